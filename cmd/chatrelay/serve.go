@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/chatrelay/chatrelay/acme"
+	"github.com/chatrelay/chatrelay/relay"
+)
+
+func serveCmd() *cobra.Command {
+	var (
+		configPath string
+		dev        bool
+		logLevel   string
+	)
+	// Flags override the config file; they are applied only when given.
+	var f struct {
+		data, domain, ip, registration                          string
+		imaps, imap, submissions, submission, smtp, https, http string
+	}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the relay",
+		Long: `Run the relay in the foreground.
+
+With --dev it runs on 127.0.0.1 (or --ip) on high ports without root:
+IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
+(STARTTLS), inbound SMTP 1025, HTTPS 1443; domain localhost, data in
+./chatrelay-data, a self-signed certificate; no config file needed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := relay.Default()
+			if dev {
+				cfg = relay.DevDefault()
+			}
+			if configPath != "" {
+				if err := cfg.LoadFile(configPath); err != nil {
+					return err
+				}
+			}
+			set := func(name string, dst *string, v string) {
+				if cmd.Flags().Changed(name) {
+					*dst = v
+				}
+			}
+			set("data", &cfg.DataDir, f.data)
+			set("domain", &cfg.Domain, f.domain)
+			set("registration", &cfg.Registration, f.registration)
+			if cmd.Flags().Changed("ip") {
+				cfg.IP = f.ip
+				if !cmd.Flags().Changed("domain") {
+					cfg.Domain = ""
+				}
+				if dev {
+					cfg.Listen = relay.DevListen(f.ip)
+				}
+				cfg.TLS.Mode = "selfsigned"
+			}
+			set("listen-imaps", &cfg.Listen.IMAPS, f.imaps)
+			set("listen-imap", &cfg.Listen.IMAP, f.imap)
+			set("listen-submissions", &cfg.Listen.Submissions, f.submissions)
+			set("listen-submission", &cfg.Listen.Submission, f.submission)
+			set("listen-smtp", &cfg.Listen.SMTP, f.smtp)
+			set("listen-https", &cfg.Listen.HTTPS, f.https)
+			set("listen-http", &cfg.Listen.HTTP, f.http)
+			return serve(cmd, cfg, logLevel)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&configPath, "config", "", "config file (TOML)")
+	fl.BoolVar(&dev, "dev", false, "development mode: loopback, high ports, self-signed, no root")
+	fl.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error, off")
+	fl.StringVar(&f.data, "data", "", "data directory")
+	fl.StringVar(&f.domain, "domain", "", "mail domain")
+	fl.StringVar(&f.ip, "ip", "", "IP-only relay: addresses are name@[IP]")
+	fl.StringVar(&f.registration, "registration", "", "open, invite or closed")
+	fl.StringVar(&f.imaps, "listen-imaps", "", "IMAP implicit TLS address")
+	fl.StringVar(&f.imap, "listen-imap", "", "IMAP STARTTLS address")
+	fl.StringVar(&f.submissions, "listen-submissions", "", "submission implicit TLS address")
+	fl.StringVar(&f.submission, "listen-submission", "", "submission STARTTLS address")
+	fl.StringVar(&f.smtp, "listen-smtp", "", "inbound SMTP address")
+	fl.StringVar(&f.https, "listen-https", "", "HTTPS address")
+	fl.StringVar(&f.http, "listen-http", "", "HTTP address (ACME HTTP-01, redirect)")
+	return cmd
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	if level == "off" {
+		return slog.New(slog.DiscardHandler), nil
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
+	log, err := newLogger(logLevel)
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	certs, err := acme.New(acme.Config{
+		Mode:     acme.Mode(cfg.TLS.Mode),
+		Domain:   cfg.Domain,
+		IP:       cfg.IP,
+		DataDir:  cfg.DataDir,
+		CA:       cfg.TLS.ACMEDirectory,
+		Email:    cfg.TLS.ACMEEmail,
+		CertFile: cfg.TLS.CertFile,
+		KeyFile:  cfg.TLS.KeyFile,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := certs.Start(ctx); err != nil {
+		return err
+	}
+	defer certs.Close()
+	srv, err := relay.New(cfg, certs, relay.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		srv.Shutdown(context.Background())
+		return err
+	}
+	printWelcome(cmd, srv, cfg)
+	<-ctx.Done()
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
+
+// printWelcome tells the operator how to connect: the listeners and a
+// dclogin: code for a fresh account, created when the app first logs in.
+func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
+	out := cmd.OutOrStdout()
+	abs, _ := filepath.Abs(cfg.DataDir)
+	fmt.Fprintf(out, "chatrelay %s serving %s (data in %s)\n", version, cfg.MailDomain(), abs)
+	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https"} {
+		if a := srv.Addr(name); a != nil {
+			fmt.Fprintf(out, "  %-12s %s\n", name, a)
+		}
+	}
+	addr, pw := srv.NewAccountCredentials()
+	fmt.Fprintf(out, "\nTo add an account in Delta Chat, scan or paste this code (the account is created at first login):\n\n  %s\n\n", srv.DCLoginURL(addr, pw))
+	if a := srv.Addr("https"); a != nil {
+		host, port, _ := net.SplitHostPort(a.String())
+		fmt.Fprintf(out, "Or make one with: curl -k -X POST https://%s/new\n", net.JoinHostPort(host, port))
+	}
+}

@@ -1,0 +1,414 @@
+package mailbox
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/crypto/argon2"
+)
+
+// ErrAuthFailed is returned for a wrong password, an unknown account that may
+// not be created, or a blocked account. The client only ever learns this.
+var ErrAuthFailed = errors.New("authentication failed")
+
+// ErrNoAccount is returned by lookups for an address that has no account.
+var ErrNoAccount = errors.New("no such account")
+
+// ErrExists is returned when creating an account that already exists.
+var ErrExists = errors.New("account already exists")
+
+// Account identifies a logged-in user.
+type Account struct {
+	ID   uint64
+	Addr string
+}
+
+// AccountInfo is what the admin tools see of an account.
+type AccountInfo struct {
+	Addr      string
+	Created   time.Time
+	LastLogin string // day, YYYY-MM-DD; nothing finer is kept
+	UsedBytes int64
+	Blocked   bool
+}
+
+type accountRecord struct {
+	ID        uint64 `json:"id"`
+	Hash      string `json:"hash"`
+	Created   int64  `json:"created"`
+	LastLogin string `json:"last_login,omitempty"`
+	Used      int64  `json:"used"`
+	Blocked   bool   `json:"blocked,omitempty"`
+}
+
+// CreateCheck decides whether an unknown address may be created at its
+// first login; a nil CreateCheck means accounts are never created that way.
+type CreateCheck func(addr, password string) error
+
+// Argon2id parameters: cheap enough that a reconnect storm after a restart
+// stays bounded, slow enough to make offline guessing costly. They are stored
+// in each hash, so they can change without breaking old accounts.
+const (
+	argonTime    = 1
+	argonMemory  = 4 * 1024 // KiB
+	argonThreads = 1
+	argonKeyLen  = 32
+)
+
+// hashSlots bounds concurrent slow hashes: a login storm queues instead of
+// allocating argonMemory per waiting client.
+var hashSlots = make(chan struct{}, runtime.NumCPU())
+
+func hashPassword(password string) string {
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	hashSlots <- struct{}{}
+	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	<-hashSlots
+	enc := base64.RawStdEncoding
+	return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=%d$%s$%s", argonMemory, argonTime, argonThreads, enc.EncodeToString(salt), enc.EncodeToString(key))
+}
+
+func verifyPassword(encoded, password string) bool {
+	parts := strings.Split(encoded, "$")
+	if len(parts) != 6 || parts[1] != "argon2id" {
+		return false
+	}
+	var m, t uint32
+	var p uint8
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m > 1<<20 || t > 16 || p == 0 {
+		return false
+	}
+	enc := base64.RawStdEncoding
+	salt, err1 := enc.DecodeString(parts[4])
+	want, err2 := enc.DecodeString(parts[5])
+	if err1 != nil || err2 != nil || len(want) == 0 {
+		return false
+	}
+	hashSlots <- struct{}{}
+	got := argon2.IDKey([]byte(password), salt, t, m, p, uint32(len(want)))
+	<-hashSlots
+	return subtle.ConstantTimeCompare(got, want) == 1
+}
+
+var dummyHash = sync.OnceValue(func() string { return hashPassword("not a password") })
+
+// authCache remembers logins verified since start, keyed by address, as a
+// fast salted digest, so that a client reconnecting costs one SHA-256.
+type authCache struct {
+	mu   sync.Mutex
+	salt [32]byte
+	m    map[string]cachedLogin
+}
+
+type cachedLogin struct {
+	digest [32]byte
+	id     uint64
+	day    string // last login day already written to the index
+}
+
+func (c *authCache) init() {
+	rand.Read(c.salt[:])
+	c.m = map[string]cachedLogin{}
+}
+
+func (c *authCache) digest(addr, password string) [32]byte {
+	h := sha256.New()
+	h.Write(c.salt[:])
+	h.Write([]byte(addr))
+	h.Write([]byte{0})
+	h.Write([]byte(password))
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+func (c *authCache) lookup(addr, password string) (cachedLogin, bool) {
+	d := c.digest(addr, password)
+	c.mu.Lock()
+	e, ok := c.m[addr]
+	c.mu.Unlock()
+	if !ok || subtle.ConstantTimeCompare(d[:], e.digest[:]) != 1 {
+		return cachedLogin{}, false
+	}
+	return e, true
+}
+
+func (c *authCache) put(addr, password string, id uint64, day string) {
+	d := c.digest(addr, password)
+	c.mu.Lock()
+	c.m[addr] = cachedLogin{digest: d, id: id, day: day}
+	c.mu.Unlock()
+}
+
+func (c *authCache) forget(addr string) {
+	c.mu.Lock()
+	delete(c.m, addr)
+	c.mu.Unlock()
+}
+
+func (s *Store) today() string { return s.now().UTC().Format("2006-01-02") }
+
+// Login checks a password and returns the account. An unknown address is
+// created when create allows it; concurrent first logins of one address
+// create it once. A wrong password changes nothing that is stored.
+func (s *Store) Login(addr, password string, create CreateCheck) (*Account, error) {
+	addr = normAddr(addr)
+	today := s.today()
+	if e, ok := s.auth.lookup(addr, password); ok {
+		if e.day != today {
+			s.touchLogin(addr, password, e.id, today)
+		}
+		return &Account{ID: e.id, Addr: addr}, nil
+	}
+	rec, err := s.account(addr)
+	switch {
+	case err == nil:
+		if rec.Blocked || !verifyPassword(rec.Hash, password) {
+			return nil, ErrAuthFailed
+		}
+		s.touchLogin(addr, password, rec.ID, today)
+		return &Account{ID: rec.ID, Addr: addr}, nil
+	case errors.Is(err, ErrNoAccount):
+		if create == nil {
+			// Spend the same time as a wrong password, so that timing
+			// does not tell which addresses exist.
+			verifyPassword(dummyHash(), password)
+			return nil, ErrAuthFailed
+		}
+		if err := create(addr, password); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrAuthFailed, err)
+		}
+		id, err := s.createAccount(addr, password, true)
+		if err != nil {
+			return nil, err
+		}
+		s.auth.put(addr, password, id, today)
+		return &Account{ID: id, Addr: addr}, nil
+	default:
+		return nil, err
+	}
+}
+
+// touchLogin records the day of a successful login, once per day.
+func (s *Store) touchLogin(addr, password string, id uint64, today string) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAccounts)
+		rec, err := getAccount(b, addr)
+		if err != nil {
+			return err
+		}
+		if rec.LastLogin == today {
+			return nil
+		}
+		rec.LastLogin = today
+		return putAccount(b, addr, rec)
+	})
+	if err != nil {
+		s.log.Warn("record last login", "err", err)
+		return
+	}
+	s.auth.put(addr, password, id, today)
+}
+
+// CreateAccount adds an account (admin tools, /new). It fails with ErrExists
+// when the address is taken.
+func (s *Store) CreateAccount(addr, password string) error {
+	_, err := s.createAccount(normAddr(addr), password, false)
+	return err
+}
+
+// createAccount hashes outside the write transaction. With loginRace set, an
+// account created meanwhile by a concurrent first login is accepted when the
+// password matches it.
+func (s *Store) createAccount(addr, password string, loginRace bool) (uint64, error) {
+	hash := hashPassword(password)
+	var id uint64
+	var existing *accountRecord
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAccounts)
+		if rec, err := getAccount(b, addr); err == nil {
+			existing = rec
+			return nil
+		}
+		meta := tx.Bucket(bucketMeta)
+		id = 1
+		if v := meta.Get(keyNextAccountID); v != nil {
+			id = decodeU64(v)
+		}
+		if err := meta.Put(keyNextAccountID, u64key(id+1)); err != nil {
+			return err
+		}
+		data, err := tx.Bucket(bucketData).CreateBucket(u64key(id))
+		if err != nil {
+			return err
+		}
+		if _, err := data.CreateBucket(keyMetadata); err != nil {
+			return err
+		}
+		mboxes, err := data.CreateBucket(keyMailboxes)
+		if err != nil {
+			return err
+		}
+		if err := createMailbox(mboxes, "INBOX", s.now()); err != nil {
+			return err
+		}
+		return putAccount(b, addr, &accountRecord{ID: id, Hash: hash, Created: s.now().Unix(), LastLogin: s.today()})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("create account: %w", err)
+	}
+	if existing != nil {
+		if !loginRace {
+			return 0, ErrExists
+		}
+		if existing.Blocked || !verifyPassword(existing.Hash, password) {
+			return 0, ErrAuthFailed
+		}
+		return existing.ID, nil
+	}
+	s.log.Info("account created", "id", id)
+	return id, nil
+}
+
+// AccountExists tells whether addr has an account (blocked ones included).
+func (s *Store) AccountExists(addr string) (bool, error) {
+	_, err := s.account(normAddr(addr))
+	if errors.Is(err, ErrNoAccount) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Lookup returns the account of addr, or ErrNoAccount.
+func (s *Store) Lookup(addr string) (*Account, error) {
+	addr = normAddr(addr)
+	rec, err := s.account(addr)
+	if err != nil {
+		return nil, err
+	}
+	return &Account{ID: rec.ID, Addr: addr}, nil
+}
+
+func (s *Store) account(addr string) (*accountRecord, error) {
+	var rec *accountRecord
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		rec, err = getAccount(tx.Bucket(bucketAccounts), addr)
+		return err
+	})
+	return rec, err
+}
+
+// Info returns what the admin tools show of one account.
+func (s *Store) Info(addr string) (*AccountInfo, error) {
+	addr = normAddr(addr)
+	rec, err := s.account(addr)
+	if err != nil {
+		return nil, err
+	}
+	return rec.info(addr), nil
+}
+
+// Accounts lists every account in address order.
+func (s *Store) Accounts() ([]AccountInfo, error) {
+	var out []AccountInfo
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAccounts).ForEach(func(k, v []byte) error {
+			var rec accountRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			out = append(out, *rec.info(string(k)))
+			return nil
+		})
+	})
+	return out, err
+}
+
+// CountAccounts returns the number of accounts.
+func (s *Store) CountAccounts() (int, error) {
+	n := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = tx.Bucket(bucketAccounts).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+func (r *accountRecord) info(addr string) *AccountInfo {
+	return &AccountInfo{Addr: addr, Created: time.Unix(r.Created, 0).UTC(), LastLogin: r.LastLogin, UsedBytes: r.Used, Blocked: r.Blocked}
+}
+
+// SetPassword replaces an account's password (admin tools).
+func (s *Store) SetPassword(addr, password string) error {
+	addr = normAddr(addr)
+	hash := hashPassword(password)
+	err := s.updateAccount(addr, func(r *accountRecord) { r.Hash = hash })
+	s.auth.forget(addr)
+	return err
+}
+
+// SetBlocked blocks or unblocks logins for an account (admin tools).
+func (s *Store) SetBlocked(addr string, blocked bool) error {
+	addr = normAddr(addr)
+	err := s.updateAccount(addr, func(r *accountRecord) { r.Blocked = blocked })
+	s.auth.forget(addr)
+	return err
+}
+
+func (s *Store) updateAccount(addr string, f func(*accountRecord)) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAccounts)
+		rec, err := getAccount(b, addr)
+		if err != nil {
+			return err
+		}
+		f(rec)
+		return putAccount(b, addr, rec)
+	})
+}
+
+func getAccount(b *bolt.Bucket, addr string) (*accountRecord, error) {
+	v := b.Get([]byte(addr))
+	if v == nil {
+		return nil, ErrNoAccount
+	}
+	var rec accountRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("account %s: %w", addr, err)
+	}
+	return &rec, nil
+}
+
+func putAccount(b *bolt.Bucket, addr string, rec *accountRecord) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(addr), v)
+}
+
+// addUsed adjusts an account's stored byte count inside a write transaction.
+func addUsed(tx *bolt.Tx, addr string, delta int64) error {
+	b := tx.Bucket(bucketAccounts)
+	rec, err := getAccount(b, addr)
+	if err != nil {
+		return err
+	}
+	rec.Used += delta
+	if rec.Used < 0 {
+		rec.Used = 0
+	}
+	return putAccount(b, addr, rec)
+}

@@ -1,0 +1,202 @@
+package mailbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/chatrelay/chatrelay/internal/safeio"
+)
+
+// ErrQuota is returned when a message does not fit in an account's quota.
+var ErrQuota = errors.New("mailbox full")
+
+var errNoMailbox = errors.New("no such mailbox")
+
+// Incoming is a message being received: the caller writes it, then Delivers
+// or Aborts. It lives in the store's tmp directory so that delivering it is
+// a link, not a copy.
+type Incoming struct {
+	s    *Store
+	f    *os.File
+	size int64
+
+	// Flags and Date are stored with the message (IMAP APPEND sets them);
+	// the zero Date means now.
+	Flags []imap.Flag
+	Date  time.Time
+}
+
+// NewIncoming starts a message.
+func (s *Store) NewIncoming() (*Incoming, error) {
+	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "in-*")
+	if err != nil {
+		return nil, fmt.Errorf("create incoming message: %w", err)
+	}
+	return &Incoming{s: s, f: f}, nil
+}
+
+func (in *Incoming) Write(p []byte) (int, error) {
+	n, err := in.f.Write(p)
+	in.size += int64(n)
+	return n, err
+}
+
+// Size is the number of bytes written so far.
+func (in *Incoming) Size() int64 { return in.size }
+
+// Abort throws the message away.
+func (in *Incoming) Abort() {
+	in.f.Close()
+	os.Remove(in.f.Name())
+}
+
+// Delivery is the outcome for one recipient.
+type Delivery struct {
+	Account     *Account
+	UID         imap.UID
+	UIDValidity uint32
+}
+
+// Deliver stores the message in mailbox for every recipient, durably: when it
+// returns nil the message file and its directory are fsynced and the index is
+// committed. On error nothing is stored for anyone. The Incoming is consumed
+// either way.
+func (in *Incoming) Deliver(rcpts []*Account, mailbox string) ([]Delivery, error) {
+	defer in.Abort()
+	s := in.s
+	mailbox = mailboxName(mailbox)
+	if err := in.f.Sync(); err != nil {
+		return nil, fmt.Errorf("sync message: %w", err)
+	}
+	files := make([]string, len(rcpts))
+	dirs := map[string]bool{}
+	cleanup := func() {
+		for i, f := range files {
+			if f != "" {
+				os.Remove(s.msgPath(rcpts[i].ID, f))
+			}
+		}
+	}
+	for i, a := range rcpts {
+		dir := s.accountDir(a.ID)
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				cleanup()
+				return nil, err
+			}
+			dirs[filepath.Dir(dir)] = true
+		}
+		name := s.newFileName()
+		if err := os.Link(in.f.Name(), filepath.Join(dir, name)); err != nil {
+			cleanup()
+			return nil, fmt.Errorf("link message: %w", err)
+		}
+		files[i] = name
+		dirs[dir] = true
+	}
+	for d := range dirs {
+		if err := safeio.SyncDir(d); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
+
+	unlock := s.lockStripes(rcpts, mailbox)
+	defer unlock()
+	date := in.Date
+	if date.IsZero() {
+		date = s.now()
+	}
+	var flags []imap.Flag
+	for _, f := range in.Flags {
+		flags = append(flags, canonicalFlag(f))
+	}
+	out := make([]Delivery, len(rcpts))
+	err := s.db.Batch(func(tx *bolt.Tx) error {
+		for i, a := range rcpts {
+			b := mailboxBucket(tx, a.ID, mailbox)
+			if b == nil {
+				return fmt.Errorf("deliver to %s: %w", a.Addr, errNoMailbox)
+			}
+			info, err := getInfo(b)
+			if err != nil {
+				return err
+			}
+			uid := imap.UID(info.UIDNext)
+			info.UIDNext++
+			if err := putInfo(b, info); err != nil {
+				return err
+			}
+			rec := msgRecord{Size: in.size, Date: date, File: files[i], Flags: flags}
+			if err := b.Bucket(keyMsgs).Put(uidKey(uid), rec.encode()); err != nil {
+				return err
+			}
+			if err := addUsed(tx, a.Addr, in.size); err != nil {
+				return err
+			}
+			out[i] = Delivery{Account: a, UID: uid, UIDValidity: info.UIDValidity}
+		}
+		return nil
+	})
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	for _, d := range out {
+		s.appended(liveKey{d.Account.ID, mailbox}, d.UID)
+	}
+	return out, nil
+}
+
+// lockStripes takes the stripe locks of one mailbox for several accounts, in
+// a fixed order so that concurrent deliveries cannot deadlock.
+func (s *Store) lockStripes(rcpts []*Account, mailbox string) func() {
+	set := map[int]bool{}
+	for _, a := range rcpts {
+		set[stripeIndex(a.ID, mailbox)] = true
+	}
+	idx := make([]int, 0, len(set))
+	for i := range set {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	locks := make([]*sync.Mutex, len(idx))
+	for i, n := range idx {
+		locks[i] = &s.stripes[n]
+		locks[i].Lock()
+	}
+	return func() {
+		for _, m := range locks {
+			m.Unlock()
+		}
+	}
+}
+
+// QuotaFits tells whether size more bytes fit in the account's quota.
+func (s *Store) QuotaFits(addr string, size int64) (bool, error) {
+	if s.opts.QuotaBytes <= 0 {
+		return true, nil
+	}
+	rec, err := s.account(normAddr(addr))
+	if err != nil {
+		return false, err
+	}
+	return rec.Used+size <= s.opts.QuotaBytes, nil
+}
+
+// Quota returns an account's used bytes and its limit (0: none).
+func (s *Store) Quota(addr string) (used, limit int64, err error) {
+	rec, err := s.account(normAddr(addr))
+	if err != nil {
+		return 0, 0, err
+	}
+	return rec.Used, s.opts.QuotaBytes, nil
+}

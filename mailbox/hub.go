@@ -1,0 +1,159 @@
+package mailbox
+
+import (
+	"sort"
+	"sync"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The hub keeps, for each mailbox some IMAP session has selected, the list
+// of UIDs in sequence order and the tracker that fans changes out to every
+// session (IDLE included). Deliveries and expunges update it right after
+// their transaction commits, under the mailbox's stripe lock, so sessions see
+// UIDs in order and hear of new mail at once: no polling anywhere.
+type hub struct {
+	mu sync.Mutex
+	m  map[liveKey]*live
+}
+
+type liveKey struct {
+	account uint64
+	mailbox string
+}
+
+type live struct {
+	key     liveKey
+	refs    int
+	tracker *imapserver.MailboxTracker
+
+	mu          sync.Mutex
+	uids        []imap.UID
+	uidValidity uint32
+	uidNext     imap.UID
+}
+
+func (h *hub) init() { h.m = map[liveKey]*live{} }
+
+func (h *hub) get(k liveKey) *live {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.m[k]
+}
+
+// openLive returns the live view of a mailbox, loading it from the index if
+// no session has it yet. Callers release it with closeLive.
+func (s *Store) openLive(accountID uint64, name string) (*live, error) {
+	k := liveKey{accountID, mailboxName(name)}
+	stripe := s.stripe(k.account, k.mailbox)
+	stripe.Lock()
+	defer stripe.Unlock()
+	s.hub.mu.Lock()
+	if l := s.hub.m[k]; l != nil {
+		l.refs++
+		s.hub.mu.Unlock()
+		return l, nil
+	}
+	s.hub.mu.Unlock()
+
+	l := &live{key: k, refs: 1}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := mailboxBucket(tx, k.account, k.mailbox)
+		if b == nil {
+			return errNoMailbox
+		}
+		info, err := getInfo(b)
+		if err != nil {
+			return err
+		}
+		l.uidValidity, l.uidNext = info.UIDValidity, imap.UID(info.UIDNext)
+		msgs := b.Bucket(keyMsgs)
+		l.uids = make([]imap.UID, 0, msgs.Stats().KeyN)
+		return msgs.ForEach(func(k, _ []byte) error {
+			l.uids = append(l.uids, keyUID(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.tracker = imapserver.NewMailboxTracker(uint32(len(l.uids)))
+	s.hub.mu.Lock()
+	s.hub.m[k] = l
+	s.hub.mu.Unlock()
+	return l, nil
+}
+
+func (s *Store) closeLive(l *live) {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	l.refs--
+	if l.refs == 0 {
+		delete(s.hub.m, l.key)
+	}
+}
+
+// appended tells sessions of a mailbox about a committed new message. The
+// caller holds the mailbox's stripe lock.
+func (s *Store) appended(k liveKey, uid imap.UID) {
+	l := s.hub.get(k)
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.uids = append(l.uids, uid)
+	if uid >= l.uidNext {
+		l.uidNext = uid + 1
+	}
+	n := uint32(len(l.uids))
+	l.mu.Unlock()
+	l.tracker.QueueNumMessages(n)
+}
+
+// expunged tells sessions of a mailbox about committed removals. The caller
+// holds the mailbox's stripe lock.
+func (s *Store) expunged(k liveKey, uids []imap.UID) {
+	l := s.hub.get(k)
+	if l == nil || len(uids) == 0 {
+		return
+	}
+	gone := make(map[imap.UID]bool, len(uids))
+	for _, u := range uids {
+		gone[u] = true
+	}
+	l.mu.Lock()
+	var seqs []uint32
+	kept := l.uids[:0:0]
+	for i, u := range l.uids {
+		if gone[u] {
+			seqs = append(seqs, uint32(i+1))
+		} else {
+			kept = append(kept, u)
+		}
+	}
+	l.uids = kept
+	l.mu.Unlock()
+	// Highest first, so each number is valid in the state it describes.
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] > seqs[j] })
+	for _, seq := range seqs {
+		l.tracker.QueueExpunge(seq)
+	}
+}
+
+// flagsChanged tells other sessions of a mailbox that a message's flags
+// changed (RFC 3501 section 7.4.2: unsolicited FETCH).
+func (s *Store) flagsChanged(k liveKey, uid imap.UID, flags []imap.Flag, source *imapserver.SessionTracker) {
+	l := s.hub.get(k)
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	i := sort.Search(len(l.uids), func(i int) bool { return l.uids[i] >= uid })
+	found := i < len(l.uids) && l.uids[i] == uid
+	l.mu.Unlock()
+	if found {
+		l.tracker.QueueMessageFlags(uint32(i+1), uid, flags, source)
+	}
+}

@@ -1,0 +1,218 @@
+// Package mailbox is chatrelay's store: a bbolt index plus one file per
+// message, the accounts that own them, and the IMAP backend that serves them.
+//
+// Durability: a message file is written to tmp/, fsynced, linked into the
+// account's directory (fsynced), and only then is the index committed. A
+// crash between the two leaves an orphan file that Open sweeps away; it never
+// leaves an index entry without its file.
+package mailbox
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketAccounts = []byte("accounts") // addr -> accountRecord (JSON)
+	bucketData     = []byte("data")     // account id (8 bytes) -> account data bucket
+	bucketMeta     = []byte("meta")     // store-level counters and settings
+
+	keyNextAccountID = []byte("next-account-id")
+	keyMailboxes     = []byte("mailboxes") // inside an account data bucket
+	keyMetadata      = []byte("metadata")  // inside an account data bucket
+	keyInfo          = []byte("info")      // inside a mailbox bucket
+	keyMsgs          = []byte("msgs")      // inside a mailbox bucket
+)
+
+// Options configure a Store.
+type Options struct {
+	// QuotaBytes is the storage limit per account; 0 means no limit.
+	QuotaBytes int64
+	// Now returns the current time; tests move it. Defaults to time.Now.
+	Now func() time.Time
+	// Logger receives store events; defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is the message store of one relay. It holds the data directory's
+// lock for as long as it is open.
+type Store struct {
+	dir  string
+	db   *bolt.DB
+	opts Options
+	log  *slog.Logger
+
+	hub    hub
+	auth   authCache
+	fileID atomic.Uint64
+
+	// stripes serialise index changes and live-view updates per mailbox, so
+	// that IMAP sessions see UIDs appear in order.
+	stripes [64]sync.Mutex
+}
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "msgs"), filepath.Join(dir, "tmp")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create store directory: %w", err)
+		}
+	}
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open store %s: locked by another process (is chatrelay already running?)", dir)
+		}
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	s := &Store{dir: dir, db: db, opts: opts, log: opts.Logger}
+	s.hub.init()
+	s.auth.init()
+	s.fileID.Store(uint64(time.Now().UnixNano()))
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketAccounts, bucketData, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("init store %s: %w", dir, err)
+	}
+	if err := s.sweep(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sweep store %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// Close closes the index. Sessions must be closed first.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Dir is the store's data directory.
+func (s *Store) Dir() string { return s.dir }
+
+// DB exposes the index for packages that keep their own buckets in the same
+// file (the outbound queue); they must not touch the store's buckets.
+func (s *Store) DB() *bolt.DB { return s.db }
+
+func (s *Store) now() time.Time { return s.opts.Now() }
+
+func (s *Store) stripe(accountID uint64, mailbox string) *sync.Mutex {
+	return &s.stripes[stripeIndex(accountID, mailbox)]
+}
+
+func stripeIndex(accountID uint64, mailbox string) int {
+	h := uint32(accountID)
+	for i := 0; i < len(mailbox); i++ {
+		h = h*31 + uint32(mailbox[i])
+	}
+	return int(h % 64)
+}
+
+func (s *Store) accountDir(id uint64) string {
+	return filepath.Join(s.dir, "msgs", strconv.FormatUint(id, 10))
+}
+
+func (s *Store) msgPath(accountID uint64, file string) string {
+	return filepath.Join(s.accountDir(accountID), file)
+}
+
+// newFileName returns a name no other message file has: a strictly
+// increasing counter seeded from the clock at start.
+func (s *Store) newFileName() string {
+	return strconv.FormatUint(s.fileID.Add(1), 36)
+}
+
+// sweep removes what a crash can leave behind: temporary files, and message
+// files that no index entry refers to.
+func (s *Store) sweep() error {
+	tmp := filepath.Join(s.dir, "tmp")
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		os.Remove(filepath.Join(tmp, e.Name()))
+	}
+	referenced := map[uint64]map[string]bool{}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketData).ForEachBucket(func(k []byte) error {
+			id := binary.BigEndian.Uint64(k)
+			files := map[string]bool{}
+			referenced[id] = files
+			return forEachMailbox(tx.Bucket(bucketData).Bucket(k), func(name string, mb *bolt.Bucket) error {
+				return mb.Bucket(keyMsgs).ForEach(func(_, v []byte) error {
+					var r msgRecord
+					if err := r.decode(v); err != nil {
+						return err
+					}
+					files[r.File] = true
+					return nil
+				})
+			})
+		})
+	})
+	if err != nil {
+		return err
+	}
+	accts, err := os.ReadDir(filepath.Join(s.dir, "msgs"))
+	if err != nil {
+		return err
+	}
+	removed := 0
+	for _, a := range accts {
+		id, err := strconv.ParseUint(a.Name(), 10, 64)
+		if err != nil || !a.IsDir() {
+			continue
+		}
+		files := referenced[id]
+		dir := s.accountDir(id)
+		msgs, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if !files[m.Name()] {
+				os.Remove(filepath.Join(dir, m.Name()))
+				removed++
+			}
+		}
+		if files == nil {
+			os.Remove(dir)
+		}
+	}
+	if removed > 0 {
+		s.log.Info("removed orphan message files left by a crash", "count", removed)
+	}
+	return nil
+}
+
+func u64key(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+// normAddr lower-cases an address; relay code passes addresses through it
+// before any lookup.
+func normAddr(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }

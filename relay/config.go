@@ -1,0 +1,196 @@
+package relay
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is everything an operator can set. Default() holds the SPEC
+// defaults; the TOML file (and the serve flags) override them. Keys use the
+// toml tag names; an unknown key in the file is an error.
+type Config struct {
+	// Domain is the mail domain: addresses are name@Domain. Empty in IP mode.
+	Domain string `toml:"domain"`
+	// IP switches to IP mode: addresses are name@[IP], a self-signed
+	// certificate is used, and (in dev mode) listeners bind to this address.
+	IP string `toml:"ip"`
+	// DataDir holds the store, certificates, keys and the control socket.
+	DataDir string `toml:"data_dir"`
+
+	Listen Listen `toml:"listen"`
+
+	// Registration is "open" (accounts are created at first login and by
+	// /new), "invite" (only /new with a valid token) or "closed" (only the
+	// admin command).
+	Registration string `toml:"registration"`
+	// Account name length bounds and the shortest password accepted.
+	MinNameLen     int `toml:"min_name_len"`
+	MaxNameLen     int `toml:"max_name_len"`
+	MinPasswordLen int `toml:"min_password_len"`
+
+	// MaxMessageSize in bytes, for submission, inbound and APPEND.
+	MaxMessageSize int64 `toml:"max_message_size"`
+	// MaxRecipients per message; announced to clients via METADATA.
+	MaxRecipients int `toml:"max_recipients"`
+	// Per-sender rate: messages per minute and burst.
+	SendRatePerMinute float64 `toml:"send_rate_per_minute"`
+	SendRateBurst     int     `toml:"send_rate_burst"`
+	// QuotaBytes per account.
+	QuotaBytes int64 `toml:"quota_bytes"`
+
+	// New accounts are refused while the machine is starved.
+	MaxLoad1      float64 `toml:"max_load1"`
+	MinFreeMemory int64   `toml:"min_free_memory"`
+	MinFreeDisk   int64   `toml:"min_free_disk"`
+
+	TLS TLSConfig `toml:"tls"`
+
+	// AdminContact is shown on the web page and via METADATA /shared/admin.
+	AdminContact string `toml:"admin_contact"`
+
+	// Dev marks a loopback development relay (set by serve --dev).
+	Dev bool `toml:"-"`
+}
+
+// Listen holds the listener addresses; an empty string disables one.
+type Listen struct {
+	IMAPS       string `toml:"imaps"`       // implicit TLS IMAP (993)
+	IMAP        string `toml:"imap"`        // IMAP with STARTTLS (143)
+	Submissions string `toml:"submissions"` // implicit TLS submission (465)
+	Submission  string `toml:"submission"`  // submission with STARTTLS (587)
+	SMTP        string `toml:"smtp"`        // inbound from other servers (25)
+	HTTPS       string `toml:"https"`       // web, /new, /mxdeliv, and IMAP/SMTP by ALPN (443)
+	HTTP        string `toml:"http"`        // ACME HTTP-01 and redirect (80)
+}
+
+// TLSConfig chooses where certificates come from.
+type TLSConfig struct {
+	// Mode is "auto" (ACME with a self-signed fallback), "selfsigned" or
+	// "files". IP mode and domains starting with "_" are always self-signed.
+	Mode     string `toml:"mode"`
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+	// ACMEDirectory is the CA's directory URL (Let's Encrypt by default).
+	ACMEDirectory string `toml:"acme_directory"`
+	ACMEEmail     string `toml:"acme_email"`
+}
+
+// Default returns the SPEC defaults for a production relay.
+func Default() Config {
+	return Config{
+		DataDir: "/var/lib/chatrelay",
+		Listen: Listen{
+			IMAPS: ":993", IMAP: ":143", Submissions: ":465", Submission: ":587",
+			SMTP: ":25", HTTPS: ":443", HTTP: ":80",
+		},
+		Registration:      "open",
+		MinNameLen:        9,
+		MaxNameLen:        9,
+		MinPasswordLen:    9,
+		MaxMessageSize:    31457280,
+		MaxRecipients:     1000,
+		SendRatePerMinute: 60,
+		SendRateBurst:     10,
+		QuotaBytes:        500 << 20,
+		MaxLoad1:          5,
+		MinFreeMemory:     200 << 20,
+		MinFreeDisk:       1 << 30,
+		TLS:               TLSConfig{Mode: "auto"},
+	}
+}
+
+// DevDefault is Default adjusted for `serve --dev`: loopback high ports,
+// no root, domain localhost, data in ./chatrelay-data.
+func DevDefault() Config {
+	c := Default()
+	c.Dev = true
+	c.Domain = "localhost"
+	c.DataDir = "chatrelay-data"
+	c.TLS.Mode = "selfsigned"
+	c.Listen = DevListen("127.0.0.1")
+	return c
+}
+
+// DevListen returns the dev-mode ports bound to host.
+func DevListen(host string) Listen {
+	hp := func(port string) string { return net.JoinHostPort(host, port) }
+	return Listen{
+		IMAPS: hp("1993"), IMAP: hp("1143"), Submissions: hp("1465"), Submission: hp("1587"),
+		SMTP: hp("1025"), HTTPS: hp("1443"),
+	}
+}
+
+// LoadFile reads a TOML config file over c. Unknown keys are an error
+// naming the key.
+func (c *Config) LoadFile(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	md, err := toml.Decode(string(data), c)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if undec := md.Undecoded(); len(undec) > 0 {
+		keys := make([]string, len(undec))
+		for i, k := range undec {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("config %s: unknown key(s): %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// MailDomain is the domain part of every local address: the domain, or
+// "[IP]" in IP mode.
+func (c *Config) MailDomain() string {
+	if c.IP != "" {
+		return "[" + c.IP + "]"
+	}
+	return c.Domain
+}
+
+// Hostname is what clients connect to: the domain, or the IP.
+func (c *Config) Hostname() string {
+	if c.IP != "" {
+		return c.IP
+	}
+	return c.Domain
+}
+
+// Validate checks the config for mistakes an operator can fix.
+func (c *Config) Validate() error {
+	if c.Domain == "" && c.IP == "" {
+		return fmt.Errorf("config: set domain (or ip for an IP-only relay)")
+	}
+	if c.IP != "" && net.ParseIP(c.IP) == nil {
+		return fmt.Errorf("config: ip %q is not an IP address", c.IP)
+	}
+	switch c.Registration {
+	case "open", "invite", "closed":
+	default:
+		return fmt.Errorf("config: registration must be open, invite or closed, not %q", c.Registration)
+	}
+	switch c.TLS.Mode {
+	case "auto", "selfsigned", "files":
+	default:
+		return fmt.Errorf("config: tls.mode must be auto, selfsigned or files, not %q", c.TLS.Mode)
+	}
+	if c.TLS.Mode == "files" && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
+		return fmt.Errorf("config: tls.mode files needs tls.cert_file and tls.key_file")
+	}
+	if c.MinNameLen < 1 || c.MaxNameLen < c.MinNameLen || c.MaxNameLen > 64 {
+		return fmt.Errorf("config: need 1 <= min_name_len <= max_name_len <= 64")
+	}
+	if c.MinPasswordLen < 1 {
+		return fmt.Errorf("config: min_password_len must be at least 1")
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("config: data_dir is empty")
+	}
+	return nil
+}

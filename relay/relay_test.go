@@ -1,0 +1,376 @@
+package relay_test
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/chatrelay/chatrelay/internal/testmsg"
+	"github.com/chatrelay/chatrelay/relay/relaytest"
+)
+
+const password = "long-enough-password"
+
+func dialIMAP(t *testing.T, r *relaytest.Relay, opts *imapclient.Options) *imapclient.Client {
+	t.Helper()
+	if opts == nil {
+		opts = &imapclient.Options{}
+	}
+	opts.TLSConfig = relaytest.ClientTLS()
+	c, err := imapclient.DialTLS(r.AddrOf("imaps"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func login(t *testing.T, r *relaytest.Relay, user string) *imapclient.Client {
+	t.Helper()
+	c := dialIMAP(t, r, nil)
+	if err := c.Login(user, password).Wait(); err != nil {
+		t.Fatalf("login %s: %v", user, err)
+	}
+	return c
+}
+
+func submit(t *testing.T, r *relaytest.Relay, user, pass, from string, to []string, msg []byte) error {
+	t.Helper()
+	c, err := smtp.DialTLS(r.AddrOf("submissions"), relaytest.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", user, pass)); err != nil {
+		return err
+	}
+	return c.SendMail(from, to, bytes.NewReader(msg))
+}
+
+func smtpCode(err error) int {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
+}
+
+func TestFirstLoginCreatesAccount(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	c := dialIMAP(t, r, nil)
+	if err := c.Login("abcdefghi@localhost", password).Wait(); err != nil {
+		t.Fatalf("first login: %v", err)
+	}
+	if ok, _ := r.Store().AccountExists("abcdefghi@localhost"); !ok {
+		t.Fatal("account not created")
+	}
+	// The same name with another password is refused, and the stored
+	// password still works afterwards.
+	c2 := dialIMAP(t, r, nil)
+	if err := c2.Login("abcdefghi@localhost", "another-password").Wait(); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	c3 := dialIMAP(t, r, nil)
+	if err := c3.Login("abcdefghi@localhost", password).Wait(); err != nil {
+		t.Fatalf("stored password no longer works: %v", err)
+	}
+	// SMTP login creates accounts too.
+	if err := submit(t, r, "smtpfirst@localhost", password, "smtpfirst@localhost", []string{"abcdefghi@localhost"},
+		testmsg.Encrypted("smtpfirst@localhost", "abcdefghi@localhost", 0)); err != nil {
+		t.Fatalf("first login by SMTP and send: %v", err)
+	}
+}
+
+func TestFirstLoginRefusals(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	cases := []struct{ name, user, pass string }{
+		{"short name", "abcdefgh@localhost", password},
+		{"long name", "abcdefghij@localhost", password},
+		{"bad characters", "abcd+fghi@localhost", password},
+		{"upper case is folded, bad chars stay", "abc!efghi@localhost", password},
+		{"wrong domain", "abcdefghi@example.org", password},
+		{"short password", "abcdefghi@localhost", "12345678"},
+		{"no domain", "abcdefghi", password},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialIMAP(t, r, nil)
+			if err := c.Login(tc.user, tc.pass).Wait(); err == nil {
+				t.Fatal("login accepted")
+			}
+			if n, _ := r.Store().CountAccounts(); n != 0 {
+				t.Fatalf("%d accounts exist after refusal", n)
+			}
+		})
+	}
+}
+
+func TestConcurrentFirstLoginCreatesOnce(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 10)
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := imapclient.DialTLS(r.AddrOf("imaps"), &imapclient.Options{TLSConfig: relaytest.ClientTLS()})
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			errs <- c.Login("concurren@localhost", password).Wait()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("login: %v", err)
+		}
+	}
+	if n, _ := r.Store().CountAccounts(); n != 1 {
+		t.Fatalf("%d accounts, want 1", n)
+	}
+}
+
+func TestSubmissionReachesIdleAndFetchReturnsExactBytes(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const alice, bob = "alicealic@localhost", "bobbobbob@localhost"
+	login(t, r, alice).Close()
+
+	exists := make(chan uint32, 16)
+	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				exists <- *d.NumMessages
+			}
+		},
+	}})
+	if err := c.Login(bob, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := testmsg.Encrypted(alice, bob, 1000)
+	start := time.Now()
+	if err := submit(t, r, alice, password, alice, []string{bob}, msg); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	select {
+	case n := <-exists:
+		if n != 1 {
+			t.Fatalf("EXISTS %d, want 1", n)
+		}
+		t.Logf("IDLE heard of the message %v after the 250", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatal("no EXISTS during IDLE")
+	}
+	if err := idle.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Delta Chat asks for a UID range past the last UID.
+	msgs, err := c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{
+		UID: true, RFC822Size: true,
+		BodySection: []*imap.FetchItemBodySection{{Specifier: imap.PartSpecifierHeader, HeaderFields: []string{"From", "Subject"}, Peek: true}},
+	}).Collect()
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("header fetch: %v, %d messages", err, len(msgs))
+	}
+	uid := msgs[0].UID
+	body, err := c.Fetch(imap.UIDSetNum(uid), &imap.FetchOptions{Flags: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
+	if err != nil || len(body) != 1 {
+		t.Fatalf("body fetch: %v", err)
+	}
+	got := body[0].FindBodySection(&imap.FetchItemBodySection{Peek: true})
+	// Submission rewrites the header for privacy, the body stays exact.
+	wantBody := msg[bytes.Index(msg, []byte("\r\n\r\n")):]
+	if !bytes.HasSuffix(got, wantBody) {
+		t.Fatalf("stored body differs from the submitted one")
+	}
+	if int64(len(got)) != msgs[0].RFC822Size {
+		t.Fatalf("RFC822.SIZE %d, body %d bytes", msgs[0].RFC822Size, len(got))
+	}
+	if !strings.Contains(string(got), "Subject: [...]") {
+		t.Fatalf("subject not replaced:\n%s", got[:200])
+	}
+
+	// Delete and expunge, as Delta Chat does.
+	if err := c.Store(imap.UIDSetNum(uid), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	expunged, err := c.Expunge().Collect()
+	if err != nil || len(expunged) != 1 {
+		t.Fatalf("expunge: %v %v", expunged, err)
+	}
+	st, err := c.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
+	if err != nil || *st.NumMessages != 0 {
+		t.Fatalf("after expunge: %v", err)
+	}
+	if used, _, _ := r.Store().Quota(bob); used != 0 {
+		t.Fatalf("quota still counts %d bytes after expunge", used)
+	}
+}
+
+func TestAuthRefusedBeforeTLS(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	c, err := imapclient.DialInsecure(r.AddrOf("imap"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	caps, err := c.Capability().Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !caps.Has(imap.CapLoginDisabled) || !caps.Has(imap.CapStartTLS) {
+		t.Fatalf("plain IMAP caps %v lack LOGINDISABLED/STARTTLS", caps)
+	}
+	if err := c.Login("abcdefghi@localhost", password).Wait(); err == nil {
+		t.Fatal("LOGIN accepted without TLS")
+	}
+	if n, _ := r.Store().CountAccounts(); n != 0 {
+		t.Fatal("account created over cleartext")
+	}
+	// After STARTTLS, login works.
+	c2, err := imapclient.DialStartTLS(r.AddrOf("imap"), &imapclient.Options{TLSConfig: relaytest.ClientTLS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if err := c2.Login("abcdefghi@localhost", password).Wait(); err != nil {
+		t.Fatalf("login after STARTTLS: %v", err)
+	}
+
+	sc, err := smtp.Dial(r.AddrOf("submission"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if err := sc.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := sc.Extension("AUTH"); ok {
+		t.Fatal("AUTH offered before STARTTLS")
+	}
+	if err := sc.Auth(sasl.NewPlainClient("", "abcdefghi@localhost", password)); err == nil {
+		t.Fatal("AUTH accepted before STARTTLS")
+	}
+	if err := sc.Mail("abcdefghi@localhost", nil); err == nil {
+		t.Fatal("MAIL accepted without AUTH")
+	}
+	sc2, err := smtp.DialStartTLS(r.AddrOf("submission"), relaytest.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc2.Close()
+	if err := sc2.Auth(sasl.NewPlainClient("", "abcdefghi@localhost", password)); err != nil {
+		t.Fatalf("AUTH after STARTTLS: %v", err)
+	}
+}
+
+func TestSubmissionEnvelopeAndPolicy(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const alice, bob = "alicealic@localhost", "bobbobbob@localhost"
+	login(t, r, bob).Close()
+	cases := []struct {
+		name string
+		from string
+		to   []string
+		msg  []byte
+		code int
+	}{
+		{"envelope sender is not the login", bob, []string{bob}, testmsg.Encrypted(bob, bob, 0), 553},
+		{"From header is not the envelope sender", alice, []string{bob}, testmsg.Encrypted(bob, bob, 0), 500},
+		{"cleartext", alice, []string{bob}, testmsg.Cleartext(alice, bob), 523},
+		{"unknown local recipient", alice, []string{"nobodyhere@localhost"}, testmsg.Encrypted(alice, "nobodyhere@localhost", 0), 550},
+		{"encrypted", alice, []string{bob}, testmsg.Encrypted(alice, bob, 0), 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := submit(t, r, alice, password, tc.from, tc.to, tc.msg)
+			if got := smtpCode(err); got != tc.code {
+				t.Fatalf("got %d (%v), want %d", got, err, tc.code)
+			}
+		})
+	}
+	c := login(t, r, bob)
+	st, err := c.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
+	if err != nil || *st.NumMessages != 1 {
+		t.Fatalf("bob has %v messages, want only the encrypted one (%v)", st.NumMessages, err)
+	}
+}
+
+func TestSubmissionRateLimit(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	r.Clock.Freeze()
+	const alice = "alicealic@localhost"
+	login(t, r, alice).Close()
+	send := func(i int) int {
+		return smtpCode(submit(t, r, alice, password, alice, []string{alice}, testmsg.Encrypted(alice, alice, i)))
+	}
+	// SPEC default: burst 10, then 60 a minute.
+	for i := range 10 {
+		if c := send(i); c != 0 {
+			t.Fatalf("message %d of the burst: code %d", i+1, c)
+		}
+	}
+	if c := send(10); c != 450 {
+		t.Fatalf("message past the burst: code %d, want 450", c)
+	}
+	r.Clock.Advance(time.Second)
+	if c := send(11); c != 0 {
+		t.Fatalf("after one second: code %d, want a refilled token", c)
+	}
+	if c := send(12); c != 450 {
+		t.Fatalf("second message in that second: code %d, want 450", c)
+	}
+	r.Clock.Advance(time.Minute)
+	for i := range 10 {
+		if c := send(13 + i); c != 0 {
+			t.Fatalf("after a minute, message %d: code %d", i+1, c)
+		}
+	}
+}
+
+func TestInboundOnlyForLocalRecipients(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	login(t, r, "bobbobbob@localhost").Close()
+	c, err := smtp.Dial(r.AddrOf("smtp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Mail("someone@example.org", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("victim@example.net", nil); smtpCode(err) != 550 {
+		t.Fatalf("relay to a foreign domain: %v, want 550", err)
+	}
+	if err := c.Rcpt("nobodyhere@localhost", nil); smtpCode(err) != 550 {
+		t.Fatalf("unknown local recipient: %v, want 550", err)
+	}
+	if err := c.Rcpt("bobbobbob@localhost", nil); err != nil {
+		t.Fatalf("local recipient: %v", err)
+	}
+	if n, _ := r.Store().CountAccounts(); n != 1 {
+		t.Fatal("inbound created an account")
+	}
+}

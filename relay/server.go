@@ -1,0 +1,255 @@
+// Package relay is the running chatmail relay: it wires the store, the
+// policy and the certificates to the listeners (IMAP, submission, inbound
+// SMTP, HTTPS) and drains them on shutdown.
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-smtp"
+
+	"github.com/chatrelay/chatrelay/mailbox"
+	"github.com/chatrelay/chatrelay/policy"
+)
+
+// Certificates supplies the TLS configuration every listener uses.
+type Certificates interface {
+	TLSConfig() *tls.Config
+	// SelfSigned is true while no publicly trusted certificate is served.
+	SelfSigned() bool
+}
+
+// Server is one relay.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	now   func() time.Time
+	store *mailbox.Store
+	certs Certificates
+	auth  *authenticator
+	rate  *policy.RateLimiter
+	rules policy.AccountRules
+	web   *web
+
+	imapTLS    *imapserver.Server // implicit TLS (993, 443 by ALPN)
+	imapPlain  *imapserver.Server // STARTTLS (143)
+	submission *smtp.Server
+	inbound    *smtp.Server
+	https      *http.Server
+
+	mu        sync.Mutex
+	listeners map[string]net.Listener
+	wg        sync.WaitGroup
+}
+
+// Options are the parts of a server that are not operator config.
+type Options struct {
+	Logger *slog.Logger
+	// Now is the clock; tests move it. Defaults to time.Now.
+	Now func() time.Time
+}
+
+// New opens the store and builds the protocol servers; Start opens the
+// listeners.
+func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	store, err := mailbox.Open(cfg.DataDir, mailbox.Options{QuotaBytes: cfg.QuotaBytes, Now: opts.Now, Logger: opts.Logger})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       opts.Logger,
+		now:       opts.Now,
+		store:     store,
+		certs:     certs,
+		rate:      policy.NewRateLimiter(cfg.SendRatePerMinute, cfg.SendRateBurst),
+		rules:     policy.AccountRules{MinNameLen: cfg.MinNameLen, MaxNameLen: cfg.MaxNameLen, MinPasswordLen: cfg.MinPasswordLen},
+		listeners: map[string]net.Listener{},
+	}
+	s.auth = newAuthenticator(s)
+	s.web = newWeb(s)
+	s.buildIMAP()
+	s.buildSMTP()
+	s.https = &http.Server{
+		Handler:           s.web.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       5 * time.Minute,
+		WriteTimeout:      5 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          stdLogger(s.log, "https"),
+		TLSConfig:         certs.TLSConfig(),
+	}
+	return s, nil
+}
+
+// Store is the server's message store.
+func (s *Server) Store() *mailbox.Store { return s.store }
+
+// Config returns the server's configuration.
+func (s *Server) Config() Config { return s.cfg }
+
+func imapCaps() imap.CapSet {
+	return imap.CapSet{
+		imap.CapIMAP4rev1: {}, imap.CapIdle: {}, imap.CapUIDPlus: {}, imap.CapMove: {},
+		imap.CapNamespace: {}, imap.CapUnselect: {}, imap.CapLiteralPlus: {},
+		imap.CapSASLIR: {}, imap.CapEnable: {}, imap.CapAppendLimit: {},
+	}
+}
+
+func (s *Server) buildIMAP() {
+	opts := &mailbox.IMAPOptions{
+		Authenticate: func(conn net.Conn, user, pass string) (*mailbox.Account, error) {
+			return s.auth.login(conn.RemoteAddr(), user, pass, "imap")
+		},
+		CheckAppend: func(acc *mailbox.Account, r io.Reader, w io.Writer) error {
+			if reply := policy.Append(acc.Addr, r, w); reply != nil {
+				return reply
+			}
+			return nil
+		},
+		MaxMessageSize: s.cfg.MaxMessageSize,
+	}
+	newSession := func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+		return s.store.NewIMAPSession(c, opts), nil, nil
+	}
+	logger := stdLogger(s.log, "imap")
+	s.imapTLS = imapserver.New(&imapserver.Options{NewSession: newSession, Caps: imapCaps(), Logger: logger})
+	s.imapPlain = imapserver.New(&imapserver.Options{NewSession: newSession, Caps: imapCaps(), Logger: logger, TLSConfig: s.certs.TLSConfig()})
+}
+
+// Start opens every configured listener and serves in the background.
+func (s *Server) Start() error {
+	tlsConf := s.certs.TLSConfig()
+	type entry struct {
+		name, addr string
+		tls        bool
+		serve      func(net.Listener) error
+	}
+	entries := []entry{
+		{"imaps", s.cfg.Listen.IMAPS, true, s.imapTLS.Serve},
+		{"imap", s.cfg.Listen.IMAP, false, s.imapPlain.Serve},
+		{"submissions", s.cfg.Listen.Submissions, true, s.submission.Serve},
+		{"submission", s.cfg.Listen.Submission, false, s.submission.Serve},
+		{"smtp", s.cfg.Listen.SMTP, false, s.inbound.Serve},
+		{"https", s.cfg.Listen.HTTPS, true, s.https.Serve},
+	}
+	for _, e := range entries {
+		if e.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", e.addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen %s on %s: %w", e.name, e.addr, err)
+		}
+		if e.tls {
+			ln = tls.NewListener(ln, tlsConf)
+		}
+		s.mu.Lock()
+		s.listeners[e.name] = ln
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func(e entry, ln net.Listener) {
+			defer s.wg.Done()
+			if err := e.serve(ln); err != nil && !isClosed(err) {
+				s.log.Error("listener stopped", "listener", e.name, "err", err)
+			}
+		}(e, ln)
+	}
+	return nil
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) || errors.Is(err, smtp.ErrServerClosed)
+}
+
+// Addr returns the bound address of a listener ("imaps", "imap",
+// "submissions", "submission", "smtp", "https"), or nil.
+func (s *Server) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ln := s.listeners[name]; ln != nil {
+		return ln.Addr()
+	}
+	return nil
+}
+
+// Listeners returns the bound address of every listener by name.
+func (s *Server) Listeners() map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]string{}
+	for n, ln := range s.listeners {
+		out[n] = ln.Addr().String()
+	}
+	return out
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+// Shutdown stops accepting, lets in-flight work finish until ctx ends, then
+// closes everything and the store.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	s.https.Shutdown(ctx)
+	s.submission.Shutdown(ctx)
+	s.inbound.Shutdown(ctx)
+	s.imapTLS.Close()
+	s.imapPlain.Close()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return s.store.Close()
+}
+
+func stdLogger(l *slog.Logger, part string) *log.Logger {
+	return log.New(slogWriter{l, part}, "", 0)
+}
+
+// slogWriter adapts the standard logger some libraries want to slog.
+type slogWriter struct {
+	log  *slog.Logger
+	part string
+}
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Debug(string(trimNL(p)), "part", w.part)
+	return len(p), nil
+}
+
+func trimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}

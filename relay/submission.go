@@ -1,0 +1,191 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/chatrelay/chatrelay/mailbox"
+	"github.com/chatrelay/chatrelay/policy"
+)
+
+// smtpReply turns a policy refusal into the SMTP error go-smtp writes.
+func smtpReply(r *policy.Reply) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode(r.Enhanced), Message: r.Text}
+}
+
+var (
+	errTempFailure = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary server error, try again later"}
+	errNoRemote    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Delivery to other servers is not available yet, try again later"}
+	errNoRelay     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
+	errBadAddress  = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
+	errMailbox     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
+)
+
+func (s *Server) buildSMTP() {
+	common := func(srv *smtp.Server) {
+		srv.Domain = s.cfg.Hostname()
+		srv.MaxMessageBytes = s.cfg.MaxMessageSize
+		srv.MaxRecipients = s.cfg.MaxRecipients
+		srv.MaxLineLength = 4096
+		srv.ReadTimeout = 5 * time.Minute
+		srv.WriteTimeout = 5 * time.Minute
+		srv.TLSConfig = s.certs.TLSConfig()
+		srv.ErrorLog = stdLogger(s.log, "smtp")
+	}
+	s.submission = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &submissionSession{s: s, conn: c}, nil
+	}))
+	common(s.submission)
+	s.inbound = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &inboundSession{s: s, conn: c}, nil
+	}))
+	common(s.inbound)
+}
+
+// isLocal tells whether an address belongs to this relay's domain.
+func (s *Server) isLocal(addr string) bool {
+	_, domain, err := policy.SplitAddress(addr)
+	return err == nil && strings.EqualFold(domain, s.cfg.MailDomain())
+}
+
+// submissionSession is one authenticated client sending mail (465, 587,
+// 443 by ALPN). go-smtp refuses AUTH before TLS since AllowInsecureAuth is
+// off, and refuses MAIL before AUTH once an AuthSession is offered.
+type submissionSession struct {
+	s     *Server
+	conn  *smtp.Conn
+	acc   *mailbox.Account
+	from  string
+	local []*mailbox.Account
+}
+
+func (ss *submissionSession) AuthMechanisms() []string { return []string{sasl.Plain} }
+
+func (ss *submissionSession) Auth(mech string) (sasl.Server, error) {
+	if mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return sasl.NewPlainServer(func(identity, username, password string) error {
+		if identity != "" && !strings.EqualFold(identity, username) {
+			return smtp.ErrAuthFailed
+		}
+		acc, err := ss.s.auth.login(ss.conn.Conn().RemoteAddr(), username, password, "smtp")
+		if err != nil {
+			return smtp.ErrAuthFailed
+		}
+		ss.acc = acc
+		return nil
+	}), nil
+}
+
+func (ss *submissionSession) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.acc == nil {
+		return smtp.ErrAuthRequired
+	}
+	if !strings.EqualFold(from, ss.acc.Addr) {
+		return smtpReply(policy.ErrSenderMismatch)
+	}
+	if !ss.s.rate.Allow(ss.acc.Addr, ss.s.now()) {
+		return smtpReply(policy.TooMuchMail(ss.acc.Addr))
+	}
+	if opts != nil && opts.Size > ss.s.cfg.MaxMessageSize {
+		return smtpReply(policy.ErrTooBig)
+	}
+	ss.from = ss.acc.Addr
+	return nil
+}
+
+func (ss *submissionSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if _, _, err := policy.SplitAddress(to); err != nil {
+		return errBadAddress
+	}
+	if !ss.s.isLocal(to) {
+		return errNoRemote
+	}
+	acc, err := ss.s.store.Lookup(to)
+	if errors.Is(err, mailbox.ErrNoAccount) {
+		return smtpReply(policy.ErrNoSuchUser)
+	} else if err != nil {
+		return errTempFailure
+	}
+	ss.local = append(ss.local, acc)
+	return nil
+}
+
+func (ss *submissionSession) Data(r io.Reader) error {
+	env := policy.Envelope{From: ss.from}
+	for _, a := range ss.local {
+		env.To = append(env.To, a.Addr)
+	}
+	return ss.s.deliverLocal(r, ss.local, func(r io.Reader, w io.Writer) *policy.Reply {
+		return policy.Outgoing(env, r, w)
+	})
+}
+
+func (ss *submissionSession) Reset() {
+	ss.from, ss.local = "", nil
+}
+
+func (ss *submissionSession) Logout() error { return nil }
+
+// readErr remembers the first read error, so that a message cut short (too
+// big, connection lost) is reported as such rather than as a policy refusal.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErr) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// deliverLocal runs the message through check into the store and delivers
+// it to local accounts. It returns nil only when the message is durable.
+func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, check func(io.Reader, io.Writer) *policy.Reply) error {
+	in, err := s.store.NewIncoming()
+	if err != nil {
+		s.log.Error("start message", "err", err)
+		return errTempFailure
+	}
+	rr := &readErr{r: r}
+	reply := check(rr, in)
+	io.Copy(io.Discard, rr)
+	if rr.err != nil {
+		in.Abort()
+		if errors.Is(rr.err, smtp.ErrDataTooLarge) {
+			return smtpReply(policy.ErrTooBig)
+		}
+		return rr.err
+	}
+	if reply != nil {
+		in.Abort()
+		return smtpReply(reply)
+	}
+	for _, a := range rcpts {
+		if ok, err := s.store.QuotaFits(a.Addr, in.Size()); err != nil {
+			in.Abort()
+			return errTempFailure
+		} else if !ok {
+			in.Abort()
+			return errMailbox
+		}
+	}
+	if len(rcpts) == 0 {
+		in.Abort()
+		return nil
+	}
+	if _, err := in.Deliver(rcpts, "INBOX"); err != nil {
+		s.log.Error("deliver", "err", err)
+		return errTempFailure
+	}
+	return nil
+}
