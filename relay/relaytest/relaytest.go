@@ -19,12 +19,12 @@ import (
 // Relay is a running test relay.
 type Relay struct {
 	*relay.Server
-	Cfg  relay.Config
-	Dir  string
+	Cfg relay.Config
+	Dir string
 	// Clock is the relay's clock: real time plus an offset tests move.
 	Clock *Clock
 	tb    testing.TB
-	stop func()
+	stop  func()
 }
 
 // Config returns a dev config on loopback port 0 with data in dir.
