@@ -1,0 +1,207 @@
+package acme
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"time"
+)
+
+const (
+	// defaultHandshakeTimeout bounds a TLS handshake on port 443. Mobile
+	// clients on poor links need a few seconds; a client that needs more
+	// is more likely holding a slot on purpose.
+	defaultHandshakeTimeout = 10 * time.Second
+	// defaultMaxHandshakes bounds handshakes in flight, so a flood of
+	// clients that never finish cannot exhaust memory or goroutines;
+	// connections beyond it are closed at once.
+	defaultMaxHandshakes = 1024
+)
+
+// Mux shares one TLS listener (port 443) between HTTPS, IMAP and
+// submission, routed by the ALPN protocol the client negotiated: "imap"
+// goes to IMAP, "smtp" to SMTP, anything else (h2, http/1.1, none) to
+// HTTPS. TLS-ALPN-01 validation handshakes ("acme-tls/1") are answered by
+// the certificate callback and closed (RFC 8737 section 3).
+//
+// The listeners it returns yield *tls.Conn with the handshake done, so a
+// server that looks for *tls.Conn treats the connection as TLS, and
+// http.Server sees the negotiated protocol.
+type Mux struct {
+	// HandshakeTimeout bounds each handshake and the wait for a route's
+	// server to accept the connection; default 10s. Set before Serve.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds handshakes in flight; default 1024. Set before
+	// Serve.
+	MaxHandshakes int
+
+	ln  net.Listener
+	cfg *tls.Config
+
+	imap, smtp, https *routeListener
+
+	ctx       context.Context // cancelled by Close, aborts handshakes in flight
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewMux returns a Mux that accepts from ln and handshakes with cfg
+// (usually Manager.TLSConfig()). cfg must list "imap" and "smtp" in
+// NextProtos for those routes to be reachable.
+func NewMux(ln net.Listener, cfg *tls.Config) *Mux {
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Mux{ln: ln, cfg: cfg, ctx: ctx, cancel: cancel}
+	m.imap = newRouteListener(m)
+	m.smtp = newRouteListener(m)
+	m.https = newRouteListener(m)
+	return m
+}
+
+// IMAP returns the listener of connections that negotiated "imap".
+func (m *Mux) IMAP() net.Listener { return m.imap }
+
+// SMTP returns the listener of connections that negotiated "smtp".
+func (m *Mux) SMTP() net.Listener { return m.smtp }
+
+// HTTPS returns the listener of all other connections.
+func (m *Mux) HTTPS() net.Listener { return m.https }
+
+// Serve accepts connections until Close, handshaking each in its own
+// goroutine so a slow client cannot stall the others. It returns nil after
+// Close and the listener's error otherwise.
+func (m *Mux) Serve() error {
+	timeout := m.HandshakeTimeout
+	if timeout <= 0 {
+		timeout = defaultHandshakeTimeout
+	}
+	limit := m.MaxHandshakes
+	if limit <= 0 {
+		limit = defaultMaxHandshakes
+	}
+	slots := make(chan struct{}, limit)
+	var backoff time.Duration
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			if m.ctx.Err() != nil {
+				return nil
+			}
+			// Running out of file descriptors is temporary: wait and try
+			// again instead of taking port 443 down (as net/http does).
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-m.ctx.Done():
+					t.Stop()
+					return nil
+				}
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		select {
+		case slots <- struct{}{}:
+		default:
+			c.Close()
+			continue
+		}
+		go m.handle(c, timeout, slots)
+	}
+}
+
+func (m *Mux) handle(c net.Conn, timeout time.Duration, slots chan struct{}) {
+	deadline := time.Now().Add(timeout)
+	// The context lets Close abort handshakes in flight; the conn deadline
+	// also bounds our writes to a client that stopped reading.
+	c.SetDeadline(deadline)
+	tc := tls.Server(c, m.cfg)
+	ctx, cancel := context.WithDeadline(m.ctx, deadline)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	<-slots
+	if err != nil {
+		c.Close()
+		return
+	}
+	var route *routeListener
+	switch tc.ConnectionState().NegotiatedProtocol {
+	case ALPNACME:
+		// The validation server only needed the certificate.
+		tc.Close()
+		return
+	case ALPNIMAP:
+		route = m.imap
+	case ALPNSMTP:
+		route = m.smtp
+	default:
+		route = m.https
+	}
+	// The server behind the route sets its own deadlines.
+	c.SetDeadline(time.Time{})
+	route.deliver(tc, timeout)
+}
+
+// Close stops Serve, closes the listener and the three route listeners,
+// and aborts handshakes in flight. Connections already handed to servers
+// are theirs to close.
+func (m *Mux) Close() error {
+	m.closeOnce.Do(func() {
+		m.cancel()
+		m.closeErr = m.ln.Close()
+		m.imap.Close()
+		m.smtp.Close()
+		m.https.Close()
+	})
+	return m.closeErr
+}
+
+// routeListener is a net.Listener fed by the Mux.
+type routeListener struct {
+	mux       *Mux
+	conns     chan net.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func newRouteListener(m *Mux) *routeListener {
+	return &routeListener{mux: m, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// deliver hands c to the route's Accept. If nobody accepts within timeout
+// (no server on this route, or one that is overloaded) c is closed rather
+// than held forever.
+func (l *routeListener) deliver(c net.Conn, timeout time.Duration) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		c.Close()
+	case <-t.C:
+		c.Close()
+	}
+}
+
+func (l *routeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close closes this route only; its connections are refused from now on.
+func (l *routeListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *routeListener) Addr() net.Addr { return l.mux.ln.Addr() }
