@@ -20,6 +20,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-smtp"
 
+	"github.com/chatrelay/chatrelay/acme"
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/policy"
 )
@@ -29,6 +30,9 @@ type Certificates interface {
 	TLSConfig() *tls.Config
 	// SelfSigned is true while no publicly trusted certificate is served.
 	SelfSigned() bool
+	// HTTPChallengeHandler answers ACME HTTP-01 on port 80, passing
+	// everything else to next.
+	HTTPChallengeHandler(next http.Handler) http.Handler
 }
 
 // Server is one relay.
@@ -48,6 +52,7 @@ type Server struct {
 	submission *smtp.Server
 	inbound    *smtp.Server
 	https      *http.Server
+	httpSrv    *http.Server
 
 	mu        sync.Mutex
 	listeners map[string]net.Listener
@@ -152,7 +157,8 @@ func (s *Server) Start() error {
 		{"submissions", s.cfg.Listen.Submissions, true, s.submission.Serve},
 		{"submission", s.cfg.Listen.Submission, false, s.submission.Serve},
 		{"smtp", s.cfg.Listen.SMTP, false, s.inbound.Serve},
-		{"https", s.cfg.Listen.HTTPS, true, s.https.Serve},
+		{"https", s.cfg.Listen.HTTPS, false, s.serveHTTPS},
+		{"http", s.cfg.Listen.HTTP, false, s.serveHTTP},
 	}
 	for _, e := range entries {
 		if e.addr == "" {
@@ -178,6 +184,40 @@ func (s *Server) Start() error {
 		}(e, ln)
 	}
 	return nil
+}
+
+// serveHTTPS runs the 443 listener: each TLS connection goes by its ALPN
+// protocol to IMAP ("imap"), submission ("smtp") or the web site.
+func (s *Server) serveHTTPS(ln net.Listener) error {
+	mux := acme.NewMux(ln, s.certs.TLSConfig())
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.imapTLS.Serve(mux.IMAP()) }()
+	go func() { defer s.wg.Done(); s.submission.Serve(mux.SMTP()) }()
+	go func() { defer s.wg.Done(); s.https.Serve(mux.HTTPS()) }()
+	err := mux.Serve()
+	mux.Close()
+	return err
+}
+
+// serveHTTP runs port 80: ACME HTTP-01 challenges, otherwise a redirect to
+// HTTPS.
+func (s *Server) serveHTTP(ln net.Listener) error {
+	redirect := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusMovedPermanently)
+	})
+	srv := &http.Server{
+		Handler:           s.certs.HTTPChallengeHandler(redirect),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          stdLogger(s.log, "http"),
+	}
+	s.mu.Lock()
+	s.httpSrv = srv
+	s.mu.Unlock()
+	return srv.Serve(ln)
 }
 
 func isClosed(err error) bool {
@@ -219,6 +259,11 @@ func (s *Server) closeListeners() {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	s.https.Shutdown(ctx)
+	s.mu.Lock()
+	if s.httpSrv != nil {
+		s.httpSrv.Shutdown(ctx)
+	}
+	s.mu.Unlock()
 	s.submission.Shutdown(ctx)
 	s.inbound.Shutdown(ctx)
 	s.imapTLS.Close()

@@ -67,14 +67,7 @@ func (s *Server) NewAccountCredentials() (addr, password string) {
 // DCLoginURL is the dclogin: code for an account on this relay, with the
 // implicit-TLS ports and "accept invalid certificates" when self-signed.
 func (s *Server) DCLoginURL(addr, password string) string {
-	host := s.cfg.Hostname()
-	if s.cfg.Dev {
-		// A dev relay listens on one loopback address; "localhost" may
-		// resolve to ::1 first on the client.
-		if a, ok := s.Addr("imaps").(*net.TCPAddr); ok && a.IP != nil && !a.IP.IsUnspecified() {
-			host = a.IP.String()
-		}
-	}
+	host := s.connectHost()
 	q := url.Values{}
 	q.Set("p", password)
 	q.Set("v", "1")
@@ -90,6 +83,18 @@ func (s *Server) DCLoginURL(addr, password string) string {
 	return "dclogin:" + addr + "?" + q.Encode()
 }
 
+// connectHost is the host name clients should connect to. A dev relay
+// listens on one loopback address, and "localhost" may resolve to ::1
+// first on the client, so it names the address itself.
+func (s *Server) connectHost() string {
+	if s.cfg.Dev {
+		if a, ok := s.Addr("imaps").(*net.TCPAddr); ok && a.IP != nil && !a.IP.IsUnspecified() {
+			return a.IP.String()
+		}
+	}
+	return s.cfg.Hostname()
+}
+
 func portOf(bound net.Addr, configured, def string) string {
 	if bound != nil {
 		if _, p, err := net.SplitHostPort(bound.String()); err == nil {
@@ -103,8 +108,8 @@ func portOf(bound net.Addr, configured, def string) string {
 }
 
 func (w *web) baseURL() string {
-	host := w.s.cfg.Hostname()
-	if w.s.cfg.IP != "" && net.ParseIP(w.s.cfg.IP).To4() == nil {
+	host := w.s.connectHost()
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
 		host = "[" + host + "]"
 	}
 	if p := portOf(w.s.Addr("https"), w.s.cfg.Listen.HTTPS, "443"); p != "443" {

@@ -44,7 +44,7 @@ func Config(dir string) relay.Config {
 
 // Start runs a relay with cfg adjusted by edit (may be nil) and stops it
 // when the test ends.
-func Start(tb testing.TB, edit func(*relay.Config)) *Relay {
+func Start(tb testing.TB, edit func(*Cfg)) *Relay {
 	tb.Helper()
 	cfg := Config(tb.TempDir())
 	if edit != nil {
@@ -138,3 +138,6 @@ func (c *Clock) Advance(d time.Duration) {
 	c.offset += d
 	c.mu.Unlock()
 }
+
+// Cfg is relay.Config, named here so tests need not import relay.
+type Cfg = relay.Config
