@@ -1,0 +1,693 @@
+// Package imapext puts a thin layer in front of go-imap's imapserver on each
+// IMAP connection. The layer owns the client connection, speaks the commands
+// imapserver cannot be extended with (METADATA, QUOTA, ID, COMPRESS=DEFLATE,
+// STARTTLS with our own policy) and passes every other command through to
+// imapserver, byte for byte and in order, over an in-memory connection.
+//
+// Design choices:
+//   - Literals of passthrough commands are always offered to imapserver as
+//     synchronizing literals; the layer forwards imapserver's "+" to the
+//     client when the client sent "{n}" and swallows it for "{n+}". A literal
+//     imapserver refuses is therefore never read by it as commands.
+//   - Responses come back in command order: before answering one of its own
+//     commands the layer waits until every passthrough command sent before
+//     it has its tagged response written.
+//   - ExtraCaps are advertised in every capability list, in every state
+//     (Delta Chat reads them from the greeting); the commands behind them
+//     answer BAD until the session called SetUser.
+//   - Without TLS (and without Options.InsecureAuth), LOGIN and AUTHENTICATE
+//     are refused with NO [PRIVACYREQUIRED], LOGINDISABLED is advertised and
+//     AUTH= mechanisms are not.
+//   - Deadlines apply to the client connection only; the in-memory
+//     connection ignores imapserver's deadlines.
+package imapext
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+)
+
+const (
+	// preAuthTimeout bounds the wait for a command before login.
+	preAuthTimeout = time.Minute
+	// idleTimeout bounds the wait for a command (or IDLE's DONE) after
+	// login. RFC 9051 section 5.4: an autologout timer must be at least 30
+	// minutes.
+	idleTimeout = 35 * time.Minute
+	// commandTimeout bounds each read within a command (progress, not total).
+	commandTimeout = 2 * time.Minute
+	// writeTimeout bounds each write to the client.
+	writeTimeout     = 2 * time.Minute
+	handshakeTimeout = 30 * time.Second
+
+	// maxPipelined bounds passthrough commands awaiting their tagged response.
+	maxPipelined = 32
+	// maxOwnCommand bounds the buffered arguments of our own commands, other
+	// than SETMETADATA values.
+	maxOwnCommand = 16 << 10
+	// maxOwnLiteral bounds a literal in our own commands, other than
+	// SETMETADATA values.
+	maxOwnLiteral = 4096
+
+	bufSize = 2048
+)
+
+// GetMetadataOptions are the options of GETMETADATA (RFC 5464 section 4.2).
+type GetMetadataOptions struct {
+	// MaxSize is the MAXSIZE option, 0 when absent. The layer drops longer
+	// values itself; a Handler may use it to avoid loading them.
+	MaxSize int64
+	// Depth is the DEPTH option: 0, 1, or -1 for "infinity".
+	Depth int
+}
+
+// Handler answers METADATA and QUOTA commands. user is the address the
+// session passed to SetUser after login.
+type Handler interface {
+	// GetMetadata returns the values of entries of mailbox ("" for server
+	// entries), and of their descendants as opts.Depth asks. A nil value is
+	// sent as NIL; entries missing from the map are not sent.
+	GetMetadata(user, mailbox string, entries []string, opts GetMetadataOptions) (map[string]*string, error)
+	// SetMetadata sets entries of mailbox; a nil value deletes the entry.
+	// An *imap.Error is sent to the client as it is, for example
+	// Code "METADATA TOOMANY" (RFC 5464 section 4.3).
+	SetMetadata(user, mailbox string, entries map[string]*string) error
+	// Quota returns the storage used by user and its limit, in bytes;
+	// limitBytes <= 0 means no limit.
+	Quota(user string) (usedBytes, limitBytes int64, err error)
+}
+
+// Options configure the layer. One Options value, with one imapserver.Server,
+// serves all connections of a listener (or of several listeners); it must not
+// be copied after the first Serve.
+type Options struct {
+	// Server handles every command the layer passes through. Build it with
+	// InsecureAuth: true (the layer enforces TLS itself) and no TLSConfig.
+	// Its sessions should call UserSetter(conn.NetConn()).SetUser after a
+	// successful login. Closing it makes later Serve calls fail.
+	Server *imapserver.Server
+	// Handler answers METADATA and QUOTA; nil leaves those commands to
+	// imapserver (which refuses them).
+	Handler Handler
+	// TLSConfig enables STARTTLS (port 143); nil means no STARTTLS.
+	TLSConfig *tls.Config
+	// ImplicitTLS says the connection is already TLS (993, or 443 with ALPN
+	// "imap"). A *tls.Conn is recognised without it.
+	ImplicitTLS bool
+	// InsecureAuth allows LOGIN and AUTHENTICATE without TLS (dev mode,
+	// tests).
+	InsecureAuth bool
+	// ExtraCaps are added to every capability list, for example METADATA,
+	// QUOTA, QUOTA=RES-STORAGE, ID, COMPRESS=DEFLATE, XCHATMAIL, XDELTAPUSH.
+	// The layer answers METADATA (or METADATA-SERVER), QUOTA, ID and
+	// COMPRESS=DEFLATE only when they are listed here.
+	ExtraCaps []string
+	// ID is the server's answer to ID (RFC 2971), e.g. name=chatrelay.
+	ID map[string]string
+	// MaxMetadataSize bounds one METADATA value in bytes; 0 means 64 KiB.
+	MaxMetadataSize int
+	// Logger receives connection-level events, never user data.
+	Logger *slog.Logger
+
+	start    sync.Once
+	listener *listener
+}
+
+func (o *Options) maxMetadataSize() int {
+	if o.MaxMetadataSize > 0 {
+		return o.MaxMetadataSize
+	}
+	return 64 << 10
+}
+
+// startServer runs Server on an in-memory listener that yields the inner end
+// of each connection, once per Options.
+func (o *Options) startServer() *listener {
+	o.start.Do(func() {
+		o.listener = newListener()
+		go func() {
+			err := o.Server.Serve(o.listener)
+			o.listener.stop(err)
+		}()
+	})
+	return o.listener
+}
+
+// Conn is the connection imapserver sees (imapserver.Conn.NetConn returns
+// it): one end of an in-memory pipe whose peer is the layer.
+type Conn struct {
+	net.Conn
+	l *layer
+}
+
+// RemoteAddr returns the client's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.l.remote }
+
+// LocalAddr returns the server's address of the client connection.
+func (c *Conn) LocalAddr() net.Addr { return c.l.local }
+
+// SetUser tells the layer who logged in; the session calls it after a
+// successful LOGIN or AUTHENTICATE. "" means logged out.
+func (c *Conn) SetUser(addr string) {
+	c.l.mu.Lock()
+	c.l.user = addr
+	c.l.mu.Unlock()
+}
+
+// User returns the address passed to SetUser.
+func (c *Conn) User() string {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	return c.l.user
+}
+
+// SetDeadline does nothing: the layer keeps the deadlines of the client
+// connection itself.
+func (c *Conn) SetDeadline(time.Time) error { return nil }
+
+// SetReadDeadline does nothing; see SetDeadline.
+func (c *Conn) SetReadDeadline(time.Time) error { return nil }
+
+// SetWriteDeadline does nothing; see SetDeadline.
+func (c *Conn) SetWriteDeadline(time.Time) error { return nil }
+
+type noUser struct{}
+
+func (noUser) SetUser(string) {}
+
+// UserSetter returns what a session calls SetUser on after login: the layer's
+// *Conn, or a no-op for any other connection.
+func UserSetter(c net.Conn) interface{ SetUser(string) } {
+	if ic, ok := c.(*Conn); ok {
+		return ic
+	}
+	return noUser{}
+}
+
+// IsTLS reports whether the client connection behind c is protected by TLS
+// (implicit or after STARTTLS).
+func IsTLS(c net.Conn) bool {
+	switch c := c.(type) {
+	case *Conn:
+		c.l.mu.Lock()
+		defer c.l.mu.Unlock()
+		return c.l.tls
+	case *tls.Conn:
+		return true
+	}
+	return false
+}
+
+// listener hands inner connections to imapserver.Server.Serve.
+type listener struct {
+	conns     chan net.Conn
+	closeOnce sync.Once
+	closed    chan struct{}
+	stopped   chan struct{}
+	err       error
+}
+
+func newListener() *listener {
+	return &listener{
+		conns:   make(chan net.Conn),
+		closed:  make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+}
+
+func (ln *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-ln.conns:
+		return c, nil
+	case <-ln.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (ln *listener) Close() error {
+	ln.closeOnce.Do(func() { close(ln.closed) })
+	return nil
+}
+
+func (ln *listener) Addr() net.Addr { return pipeAddr{} }
+
+func (ln *listener) stop(err error) {
+	ln.err = err
+	close(ln.stopped)
+	ln.Close()
+}
+
+func (ln *listener) hand(c net.Conn) error {
+	select {
+	case ln.conns <- c:
+		return nil
+	case <-ln.stopped:
+		if ln.err != nil {
+			return fmt.Errorf("imapext: imapserver stopped: %w", ln.err)
+		}
+		return errors.New("imapext: imapserver stopped")
+	}
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "imapext" }
+
+// timedReader gives every read of the client connection a fresh deadline.
+type timedReader struct {
+	c       net.Conn
+	timeout *time.Duration
+}
+
+func (r timedReader) Read(p []byte) (int, error) {
+	r.c.SetReadDeadline(time.Now().Add(*r.timeout))
+	return r.c.Read(p)
+}
+
+// timedWriter gives every write to the client connection a fresh deadline.
+type timedWriter struct{ c net.Conn }
+
+func (w timedWriter) Write(p []byte) (int, error) {
+	w.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return w.c.Write(p)
+}
+
+// layer is the state of one client connection.
+type layer struct {
+	opts          *Options
+	log           *slog.Logger
+	remote, local net.Addr
+	inner         net.Conn // the layer's end of the pipe to imapserver
+	cr            commandReader
+	rtimeout      time.Duration // read timeout; reader goroutine only
+
+	hasMetadata, hasQuota, hasID, hasCompress bool
+
+	wmu sync.Mutex // guards what follows, the write side of the client
+	raw net.Conn   // the client connection, *tls.Conn after STARTTLS
+	bw  *bufio.Writer
+	dw  *deflateWriter // set once COMPRESS is active
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	pending []pendingCmd // passthrough commands awaiting a tagged response
+	conts   int          // continuation requests seen from imapserver
+	swallow bool         // hide the next continuation request from the client
+	closed  bool         // the pump has stopped
+	user    string
+	tls     bool
+}
+
+type pendingCmd struct{ tag, name string }
+
+var errClosed = errors.New("imapext: connection closed")
+
+// Serve handles one client connection until it ends. The connection is closed
+// when Serve returns. A client that disconnects or logs out is not an error.
+func Serve(conn net.Conn, opts *Options) error {
+	defer conn.Close()
+	_, isTLS := conn.(*tls.Conn)
+	l := &layer{
+		opts:     opts,
+		log:      opts.Logger,
+		remote:   conn.RemoteAddr(),
+		local:    conn.LocalAddr(),
+		raw:      conn,
+		tls:      isTLS || opts.ImplicitTLS,
+		rtimeout: preAuthTimeout,
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	l.cond.L = &l.mu
+	for _, c := range opts.ExtraCaps {
+		switch c := strings.ToUpper(c); {
+		case c == "METADATA" || c == "METADATA-SERVER":
+			l.hasMetadata = opts.Handler != nil
+		case c == "QUOTA" || strings.HasPrefix(c, "QUOTA="):
+			l.hasQuota = opts.Handler != nil
+		case c == "ID":
+			l.hasID = true
+		case c == "COMPRESS=DEFLATE":
+			l.hasCompress = true
+		}
+	}
+	l.cr.br = bufio.NewReaderSize(timedReader{conn, &l.rtimeout}, bufSize)
+	l.bw = bufio.NewWriterSize(timedWriter{conn}, bufSize)
+
+	serverEnd, layerEnd := net.Pipe()
+	l.inner = layerEnd
+	if err := opts.startServer().hand(&Conn{Conn: serverEnd, l: l}); err != nil {
+		return err
+	}
+	pumpDone := make(chan error, 1)
+	go func() { pumpDone <- l.pump() }()
+
+	err := serveCommands(&l.cr, l)
+	ended := l.pumpEnded()
+	if !ended {
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			l.bye(textTimeout)
+		case errors.Is(err, errLineTooLong):
+			l.bye(textLineTooLong)
+		case errors.Is(err, errLiteralTooBig):
+			l.bye(textLiteralTooBig)
+		}
+	}
+	l.inner.Close()
+	l.closeClient()
+	<-pumpDone
+
+	switch {
+	case ended:
+		return nil // imapserver ended the session (LOGOUT, BYE)
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errClosed):
+		return nil
+	}
+	return fmt.Errorf("imapext: %w", err)
+}
+
+func (l *layer) pumpEnded() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+func (l *layer) closeClient() {
+	l.wmu.Lock()
+	raw := l.raw
+	l.wmu.Unlock()
+	raw.Close()
+}
+
+// bye writes an untagged BYE, best effort, while the connection goes down.
+func (l *layer) bye(text string) {
+	l.reply(func(w *bufio.Writer) {
+		writeStatus(w, "", imap.StatusResponseTypeBye, "", text)
+	})
+}
+
+// reply writes a response of the layer's own and flushes it.
+func (l *layer) reply(f func(w *bufio.Writer)) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	f(l.bw)
+	return l.flush()
+}
+
+func (l *layer) replyStatus(tag string, e *imap.Error) error {
+	return l.reply(func(w *bufio.Writer) {
+		writeStatus(w, tag, e.Type, e.Code, e.Text)
+	})
+}
+
+func (l *layer) replyOK(tag, text string) error {
+	return l.reply(func(w *bufio.Writer) {
+		writeStatus(w, tag, imap.StatusResponseTypeOK, "", text)
+	})
+}
+
+// flush sends everything written so far; the caller holds wmu. RFC 4978
+// section 4: the compressor is flushed too, so that each batch of responses
+// (an IDLE update, say) reaches the client at once.
+func (l *layer) flush() error {
+	if err := l.bw.Flush(); err != nil {
+		return err
+	}
+	if l.dw != nil {
+		return l.dw.Flush()
+	}
+	return nil
+}
+
+func (l *layer) currentUser() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.user
+}
+
+func (l *layer) authenticated() bool { return l.currentUser() != "" }
+
+func (l *layer) authAllowed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.tls || l.opts.InsecureAuth
+}
+
+// waitIdle waits until every passthrough command has been answered.
+func (l *layer) waitIdle() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.pending) > 0 && !l.closed {
+		l.cond.Wait()
+	}
+	if l.closed {
+		return errClosed
+	}
+	return nil
+}
+
+// The following methods make the layer a dispatcher for serveCommands.
+
+func (l *layer) waiting() {
+	if l.authenticated() {
+		l.rtimeout = idleTimeout
+	} else {
+		l.rtimeout = preAuthTimeout
+	}
+}
+
+func (l *layer) reading() { l.rtimeout = commandTimeout }
+
+func (l *layer) isOwn(name string) bool {
+	switch name {
+	case "STARTTLS":
+		return true
+	case "LOGIN", "AUTHENTICATE":
+		return !l.authAllowed()
+	case "GETMETADATA", "SETMETADATA":
+		return l.hasMetadata
+	case "GETQUOTA", "GETQUOTAROOT":
+		return l.hasQuota
+	case "ID":
+		return l.hasID
+	case "COMPRESS":
+		return l.hasCompress
+	}
+	return false
+}
+
+func (l *layer) invalid(line []byte, lit literal) error {
+	if err := l.waitIdle(); err != nil {
+		return err
+	}
+	if !l.authenticated() {
+		// Like imapserver: no second chance before login, against
+		// cross-protocol attacks.
+		l.bye(textSyntaxLine)
+		return errClosed
+	}
+	if err := l.cr.discardRest(lit); err != nil {
+		return err
+	}
+	return l.reply(func(w *bufio.Writer) {
+		writeStatus(w, "", imap.StatusResponseTypeBad, imap.ResponseCodeClientBug, textSyntaxLine)
+	})
+}
+
+func (l *layer) refuse(tag string, lit literal) error {
+	if err := l.waitIdle(); err != nil {
+		return err
+	}
+	if err := l.cr.discardRest(lit); err != nil {
+		return err
+	}
+	return l.replyStatus(tag, errTooBig)
+}
+
+func (l *layer) begin(tag, name string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.pending) >= maxPipelined && !l.closed {
+		l.cond.Wait()
+	}
+	if l.closed {
+		return errClosed
+	}
+	l.pending = append(l.pending, pendingCmd{tag, name})
+	return nil
+}
+
+func (l *layer) send(p []byte) error {
+	_, err := l.inner.Write(p)
+	return err
+}
+
+func (l *layer) sendAwait(p []byte, lit literal) (bool, error) {
+	l.mu.Lock()
+	conts := l.conts
+	l.swallow = lit.size >= 0 && lit.nonSync
+	l.mu.Unlock()
+
+	if lit.size >= 0 {
+		var hdr [24]byte
+		if err := l.send(p[:lit.start]); err != nil {
+			return false, err
+		}
+		p = append(appendInt(append(hdr[:0], '{'), lit.size), "}\r\n"...)
+	}
+	if err := l.send(p); err != nil {
+		return false, err
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.conts == conts && len(l.pending) > 0 && !l.closed {
+		l.cond.Wait()
+	}
+	l.swallow = false
+	if l.conts != conts {
+		return true, nil
+	}
+	if l.closed {
+		return false, errClosed
+	}
+	return false, nil
+}
+
+func (l *layer) continuationLine(name string) {
+	if name == "IDLE" {
+		l.rtimeout = idleTimeout
+	} else {
+		l.rtimeout = commandTimeout
+	}
+}
+
+func (l *layer) sendContinuation() error {
+	return l.reply(func(w *bufio.Writer) {
+		w.WriteString("+ " + textLiteralReady + "\r\n")
+	})
+}
+
+// handle runs one of the layer's own commands, after the passthrough
+// commands before it have been answered.
+func (l *layer) handle(tag, name string, line []byte, lit literal) error {
+	if err := l.waitIdle(); err != nil {
+		return err
+	}
+	max, check := maxOwnCommand, func(size int64) error {
+		if size > maxOwnLiteral {
+			return errTooBig
+		}
+		return nil
+	}
+	switch name {
+	case "LOGIN", "AUTHENTICATE":
+		// Refuse before the client sends a password literal.
+		check = func(int64) error { return errPrivacyRequired }
+	case "SETMETADATA":
+		maxValue := l.opts.maxMetadataSize()
+		max += 2 * maxValue
+		check = func(size int64) error {
+			if !l.authenticated() {
+				return errNotAuthenticated
+			}
+			if size > int64(maxValue) {
+				return errMetadataMaxSize(maxValue)
+			}
+			return nil
+		}
+	}
+	cmd, rej, err := l.cr.readOwn(line, lit, max, check, l.sendContinuation)
+	if err != nil {
+		return err
+	}
+	if rej == nil {
+		rej = l.run(tag, name, newArgs(cmd))
+	}
+	var ie *imap.Error
+	if errors.As(rej, &ie) {
+		return l.replyStatus(tag, ie)
+	}
+	return rej
+}
+
+// run executes an own command whose arguments are in a. It writes the
+// responses of a successful command itself; an *imap.Error is the tagged
+// refusal, any other error ends the connection.
+func (l *layer) run(tag, name string, a *args) error {
+	switch name {
+	case "STARTTLS":
+		return l.startTLS(tag, a)
+	case "LOGIN", "AUTHENTICATE":
+		return errPrivacyRequired
+	case "COMPRESS":
+		return l.compress(tag, a)
+	case "ID":
+		return l.id(tag, a)
+	case "GETMETADATA":
+		return l.getMetadata(tag, a)
+	case "SETMETADATA":
+		return l.setMetadata(tag, a)
+	case "GETQUOTA":
+		return l.getQuota(tag, a)
+	case "GETQUOTAROOT":
+		return l.getQuotaRoot(tag, a)
+	}
+	return errSyntax
+}
+
+// startTLS is RFC 9051 section 6.2.1.
+func (l *layer) startTLS(tag string, a *args) error {
+	if !a.end() {
+		return errSyntax
+	}
+	l.mu.Lock()
+	ok := l.opts.TLSConfig != nil && !l.tls && l.user == ""
+	l.mu.Unlock()
+	if !ok {
+		return errStartTLSUnavailable
+	}
+	if err := l.replyOK(tag, "Begin TLS negotiation now"); err != nil {
+		return err
+	}
+	if l.cr.br.Buffered() > 0 {
+		// Cleartext pipelined after STARTTLS would be taken as sent under TLS
+		// (CVE-2011-0411); RFC 9051 section 6.2.1 forbids the client to send it.
+		l.log.Info("imap: data after STARTTLS", slog.String("remote", l.remote.String()))
+		return errors.New("imapext: " + textInjection)
+	}
+	l.wmu.Lock()
+	raw := l.raw
+	l.wmu.Unlock()
+	tc := tls.Server(raw, l.opts.TLSConfig)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("imapext: STARTTLS handshake: %w", err)
+	}
+	l.wmu.Lock()
+	l.raw = tc
+	l.bw.Reset(timedWriter{tc})
+	l.wmu.Unlock()
+	l.cr.br.Reset(timedReader{tc, &l.rtimeout})
+	l.mu.Lock()
+	l.tls = true
+	l.mu.Unlock()
+	return nil
+}

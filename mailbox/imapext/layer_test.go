@@ -1,0 +1,735 @@
+package imapext
+
+import (
+	"bufio"
+	"compress/flate"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-imap/v2/imapserver"
+	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+)
+
+const (
+	testUser = "alice@example.org"
+	testPass = "secret"
+)
+
+var testCaps = []string{"METADATA", "QUOTA", "QUOTA=RES-STORAGE", "ID", "COMPRESS=DEFLATE", "XCHATMAIL", "XDELTAPUSH"}
+
+// fakeHandler keeps metadata in memory.
+type fakeHandler struct {
+	mu          sync.Mutex
+	meta        map[string]string // mailbox + "\x00" + entry
+	used, limit int64
+}
+
+func (h *fakeHandler) GetMetadata(user, mailbox string, entries []string, opts GetMetadataOptions) (map[string]*string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]*string)
+	for _, e := range entries {
+		if v, ok := h.meta[mailbox+"\x00"+e]; ok {
+			out[e] = &v
+		} else {
+			out[e] = nil
+		}
+	}
+	return out, nil
+}
+
+func (h *fakeHandler) SetMetadata(user, mailbox string, entries map[string]*string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(entries) > 3 {
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: "METADATA TOOMANY", Text: "Too many entries"}
+	}
+	for e, v := range entries {
+		if v == nil {
+			delete(h.meta, mailbox+"\x00"+e)
+		} else {
+			h.meta[mailbox+"\x00"+e] = *v
+		}
+	}
+	return nil
+}
+
+func (h *fakeHandler) Quota(user string) (int64, int64, error) { return h.used, h.limit, nil }
+
+func (h *fakeHandler) get(mailbox, entry string) (string, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	v, ok := h.meta[mailbox+"\x00"+entry]
+	return v, ok
+}
+
+// loginSession tells the layer who logged in, as the mailbox package does.
+type loginSession struct {
+	imapserver.Session
+	conn *imapserver.Conn
+}
+
+func (s *loginSession) Login(username, password string) error {
+	if err := s.Session.Login(username, password); err != nil {
+		return err
+	}
+	UserSetter(s.conn.NetConn()).SetUser(username)
+	return nil
+}
+
+type testEnv struct {
+	addr string
+	h    *fakeHandler
+	opts *Options
+}
+
+func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
+	t.Helper()
+	mem := imapmemserver.New()
+	u := imapmemserver.NewUser(testUser, testPass)
+	if err := u.Create("INBOX", nil); err != nil {
+		t.Fatal(err)
+	}
+	mem.AddUser(u)
+	srv := imapserver.New(&imapserver.Options{
+		NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return &loginSession{Session: mem.NewSession(), conn: c}, nil, nil
+		},
+		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}},
+		InsecureAuth: true,
+		Logger:       log.New(io.Discard, "", 0),
+	})
+	env := &testEnv{
+		h: &fakeHandler{meta: map[string]string{"\x00/shared/comment": "hello relay"}, used: 5000, limit: 100 << 20},
+	}
+	env.opts = &Options{
+		Server:       srv,
+		Handler:      env.h,
+		InsecureAuth: true,
+		ExtraCaps:    testCaps,
+		ID:           map[string]string{"name": "chatrelay", "version": "1"},
+	}
+	if mod != nil {
+		mod(env.opts)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.addr = ln.Addr().String()
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				Serve(c, env.opts)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		srv.Close()
+		wg.Wait()
+	})
+	return env
+}
+
+func testCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "relay.test"},
+		DNSNames:     []string{"relay.test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func (env *testEnv) client(t *testing.T) *imapclient.Client {
+	t.Helper()
+	c, err := imapclient.DialInsecure(env.addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (env *testEnv) loggedIn(t *testing.T) *imapclient.Client {
+	t.Helper()
+	c := env.client(t)
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// rawConn is a client speaking IMAP by hand.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+	w  io.Writer
+	fw *flate.Writer
+}
+
+func (env *testEnv) raw(t *testing.T) *rawConn {
+	t.Helper()
+	c, err := net.Dial("tcp", env.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r := &rawConn{t: t, c: c, br: bufio.NewReader(c), w: c}
+	r.expect("* OK")
+	return r
+}
+
+func (r *rawConn) send(s string) {
+	r.t.Helper()
+	r.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(r.w, s); err != nil {
+		r.t.Fatal(err)
+	}
+	if r.fw != nil {
+		if err := r.fw.Flush(); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+func (r *rawConn) line() string {
+	r.t.Helper()
+	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	l, err := r.br.ReadString('\n')
+	if err != nil {
+		r.t.Fatalf("reading response: %v (got %q)", err, l)
+	}
+	return l
+}
+
+// expect reads lines until one starts with prefix and returns it with the
+// lines before it.
+func (r *rawConn) expect(prefix string) (string, []string) {
+	r.t.Helper()
+	var before []string
+	for {
+		l := r.line()
+		if strings.HasPrefix(l, prefix) {
+			return l, before
+		}
+		if strings.HasPrefix(prefix, "+") || !strings.HasPrefix(l, "*") {
+			r.t.Fatalf("want %q, got %q (after %q)", prefix, l, before)
+		}
+		before = append(before, l)
+	}
+}
+
+func (r *rawConn) login() {
+	r.t.Helper()
+	r.send("l1 LOGIN " + testUser + " " + testPass + "\r\n")
+	r.expect("l1 OK")
+}
+
+func TestCapabilitiesAdvertised(t *testing.T) {
+	env := newTestEnv(t, nil)
+	c := env.client(t)
+	if err := c.WaitGreeting(); err != nil {
+		t.Fatal(err)
+	}
+	for _, cp := range append([]string{"AUTH=PLAIN", "IMAP4rev1"}, testCaps...) {
+		if !c.Caps().Has(imap.Cap(cp)) {
+			t.Errorf("greeting lacks %s: %v", cp, c.Caps())
+		}
+	}
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	caps, err := c.Capability().Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cp := range append([]string{"IDLE"}, testCaps...) {
+		if !caps.Has(imap.Cap(cp)) {
+			t.Errorf("CAPABILITY after login lacks %s: %v", cp, caps)
+		}
+	}
+}
+
+func TestLoginResponseCarriesCaps(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.send("l1 LOGIN " + testUser + " " + testPass + "\r\n")
+	l, _ := r.expect("l1 OK")
+	if !strings.Contains(l, "[CAPABILITY ") || !strings.Contains(l, " XDELTAPUSH") {
+		t.Fatalf("login OK without our caps: %q", l)
+	}
+}
+
+func TestMetadataWithClient(t *testing.T) {
+	env := newTestEnv(t, nil)
+	c := env.loggedIn(t)
+	token := []byte("opaque-token:1234")
+	if err := c.SetMetadata("INBOX", map[string]*[]byte{"/private/devicetoken": &token}).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := env.h.get("INBOX", "/private/devicetoken"); v != string(token) {
+		t.Fatalf("stored token = %q", v)
+	}
+	data, err := c.GetMetadata("", []string{"/shared/comment", "/shared/admin"}, nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := data.Entries["/shared/comment"]; v == nil || string(*v) != "hello relay" {
+		t.Fatalf("comment = %v", data.Entries)
+	}
+	if v, ok := data.Entries["/shared/admin"]; !ok || v != nil {
+		t.Fatalf("admin should be NIL: %v", data.Entries)
+	}
+	maxSize := uint32(3)
+	data, err = c.GetMetadata("", []string{"/shared/comment"}, &imapclient.GetMetadataOptions{MaxSize: &maxSize}).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := data.Entries["/shared/comment"]; ok {
+		t.Fatalf("value over MAXSIZE returned: %v", data.Entries)
+	}
+}
+
+func TestSetMetadataHandlerError(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.login()
+	r.send(`s1 SETMETADATA INBOX (/private/a "1" /private/b "2" /private/c "3" /private/d "4")` + "\r\n")
+	if l, _ := r.expect("s1 "); !strings.HasPrefix(l, "s1 NO [METADATA TOOMANY]") {
+		t.Fatalf("got %q", l)
+	}
+	r.send(`s2 SETMETADATA INBOX (/private/a* "1")` + "\r\n")
+	if l, _ := r.expect("s2 "); !strings.HasPrefix(l, "s2 BAD") {
+		t.Fatalf("wildcard entry accepted: %q", l)
+	}
+}
+
+func TestQuotaWithClient(t *testing.T) {
+	env := newTestEnv(t, nil)
+	c := env.loggedIn(t)
+	roots, err := c.GetQuotaRoot("INBOX").Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(roots) != 1 || roots[0].Root != "" {
+		t.Fatalf("roots = %+v", roots)
+	}
+	st := roots[0].Resources[imap.QuotaResourceStorage]
+	if st.Usage != 5 || st.Limit != 100<<10 {
+		t.Fatalf("storage = %+v", st)
+	}
+	q, err := c.GetQuota("").Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Resources[imap.QuotaResourceStorage].Limit != 100<<10 {
+		t.Fatalf("quota = %+v", q)
+	}
+	if _, err := c.GetQuota("other").Wait(); err == nil {
+		t.Fatal("unknown quota root accepted")
+	}
+}
+
+func TestIDWithClient(t *testing.T) {
+	env := newTestEnv(t, nil)
+	c := env.client(t)
+	id, err := c.ID(&imap.IDData{Name: "Delta Chat", Version: "2.0"}).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Name != "chatrelay" || id.Version != "1" {
+		t.Fatalf("id = %+v", id)
+	}
+	r := env.raw(t)
+	r.send("i1 ID NIL\r\ni2 ID (\"name\" NIL \"os\" {5}\r\n")
+	r.expect("i1 OK")
+	r.expect("+ ")
+	r.send("Linux)\r\n")
+	r.expect("i2 OK")
+	r.send("i3 ID (\"name\")\r\n")
+	r.expect("i3 BAD")
+}
+
+func TestPipelinedCommandsStayInOrder(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.login()
+	r.send("a1 SELECT INBOX\r\na2 GETMETADATA \"\" /shared/comment\r\na3 NOOP\r\na4 ID NIL\r\n" +
+		"a5 GETQUOTAROOT INBOX\r\na6 CAPABILITY\r\na7 NOOP\r\n")
+	var seen []string
+	metaAfter := ""
+	for len(seen) < 7 {
+		l := r.line()
+		if strings.HasPrefix(l, "* METADATA") {
+			metaAfter = strings.Join(seen, ",")
+		}
+		if !strings.HasPrefix(l, "*") {
+			seen = append(seen, strings.Fields(l)[0])
+		}
+	}
+	if got := strings.Join(seen, ","); got != "a1,a2,a3,a4,a5,a6,a7" {
+		t.Fatalf("tagged responses in order %s", got)
+	}
+	if metaAfter != "a1" {
+		t.Fatalf("METADATA response after %q, want after a1", metaAfter)
+	}
+}
+
+func TestSetMetadataLiterals(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.login()
+	r.send("s1 SETMETADATA INBOX (/private/devicetoken {6}\r\n")
+	r.expect("+ ")
+	r.send("tok\r\n1)\r\n")
+	r.expect("s1 OK")
+	if v, _ := env.h.get("INBOX", "/private/devicetoken"); v != "tok\r\n1" {
+		t.Fatalf("sync literal stored as %q", v)
+	}
+	r.send("s2 SETMETADATA INBOX (/private/devicetoken {4+}\r\nabcd /shared/x NIL)\r\ns3 NOOP\r\n")
+	r.expect("s2 OK")
+	r.expect("s3 OK")
+	if v, _ := env.h.get("INBOX", "/private/devicetoken"); v != "abcd" {
+		t.Fatalf("non-sync literal stored as %q", v)
+	}
+	r.send("g1 GETMETADATA INBOX (/private/devicetoken)\r\n")
+	l, _ := r.expect("* METADATA")
+	if !strings.Contains(l, `"abcd"`) {
+		t.Fatalf("got %q", l)
+	}
+}
+
+func TestMetadataValueBombRefused(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) { o.MaxMetadataSize = 1024 })
+	r := env.raw(t)
+	r.login()
+	r.send("b1 SETMETADATA INBOX (/private/x {100000000}\r\n")
+	if l, _ := r.expect("b1 "); !strings.HasPrefix(l, "b1 NO [METADATA MAXSIZE 1024]") {
+		t.Fatalf("got %q", l)
+	}
+	big := strings.Repeat("x", 5000)
+	r.send("b2 SETMETADATA INBOX (/private/x {5000+}\r\n" + big + ")\r\nb3 NOOP\r\n")
+	if l, _ := r.expect("b2 "); !strings.HasPrefix(l, "b2 NO [METADATA MAXSIZE 1024]") {
+		t.Fatalf("got %q", l)
+	}
+	r.expect("b3 OK")
+	r.send("b4 SETMETADATA INBOX (/private/x \"" + strings.Repeat("y", 2000) + "\")\r\n")
+	if l, _ := r.expect("b4 "); !strings.HasPrefix(l, "b4 NO [METADATA MAXSIZE 1024]") {
+		t.Fatalf("got %q", l)
+	}
+	if _, ok := env.h.get("INBOX", "/private/x"); ok {
+		t.Fatal("oversized value stored")
+	}
+}
+
+func TestUnauthenticatedMetadataRefused(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.send("m1 GETMETADATA \"\" /shared/comment\r\n")
+	if l, _ := r.expect("m1 "); !strings.HasPrefix(l, "m1 BAD") {
+		t.Fatalf("got %q", l)
+	}
+	r.send("m2 SETMETADATA INBOX (/private/x {3}\r\n")
+	if l, _ := r.expect("m2 "); !strings.HasPrefix(l, "m2 BAD") {
+		t.Fatalf("got %q (a + would invite the literal)", l)
+	}
+	r.send("m3 GETQUOTAROOT INBOX\r\n")
+	r.expect("m3 BAD")
+	r.send("m4 NOOP\r\n")
+	r.expect("m4 OK")
+}
+
+func TestAuthenticatePlainContinuation(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.send("a1 AUTHENTICATE PLAIN\r\n")
+	r.expect("+")
+	r.send(base64.StdEncoding.EncodeToString([]byte("\x00"+testUser+"\x00"+testPass)) + "\r\n")
+	l, _ := r.expect("a1 OK")
+	if !strings.Contains(l, "METADATA") {
+		t.Fatalf("AUTHENTICATE OK without our caps: %q", l)
+	}
+	r.send("a2 GETMETADATA \"\" /shared/comment\r\n")
+	r.expect("* METADATA")
+	r.expect("a2 OK")
+
+	// A cancelled exchange ("*") ends the command; the next line is a command.
+	r2 := env.raw(t)
+	r2.send("c1 AUTHENTICATE PLAIN\r\n")
+	r2.expect("+")
+	r2.send("*\r\n")
+	r2.expect("c1 BAD")
+	r2.send("c2 NOOP\r\n")
+	r2.expect("c2 OK")
+}
+
+func TestLiteralRefusedByServerStaysInSync(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	// imapserver refuses buffered literals over 4096 bytes.
+	r.send("l1 LOGIN {5000}\r\n")
+	if l, _ := r.expect("l1 "); !strings.HasPrefix(l, "l1 NO") {
+		t.Fatalf("got %q", l)
+	}
+	junk := strings.Repeat("x", 2000) + "\r\nj1 LOGOUT\r\n" + strings.Repeat("y", 2988)
+	r.send("l2 LOGIN {5000+}\r\n" + junk + " pw\r\nl3 NOOP\r\n")
+	if l, _ := r.expect("l2 "); !strings.HasPrefix(l, "l2 NO") {
+		t.Fatalf("got %q", l)
+	}
+	r.expect("l3 OK")
+	r.login()
+}
+
+func TestAppendLargeLiteralPassesThrough(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.login()
+	body := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef", 1<<16) + "\r\n"
+	r.send(fmt.Sprintf("p1 APPEND INBOX {%d}\r\n", len(body)))
+	r.expect("+")
+	r.send(body + "\r\n")
+	r.expect("p1 OK")
+	r.send(fmt.Sprintf("p2 APPEND INBOX {%d+}\r\n%s\r\np3 SELECT INBOX\r\n", len(body), body))
+	r.expect("p2 OK")
+	l, _ := r.expect("p3 OK")
+	_ = l
+	r.send("p4 FETCH 2 (RFC822.SIZE)\r\n")
+	l, _ = r.expect("* 2 FETCH")
+	if !strings.Contains(l, fmt.Sprint(len(body))) {
+		t.Fatalf("size mismatch: %q", l)
+	}
+	r.expect("p4 OK")
+}
+
+func TestLoginRefusedBeforeSTARTTLS(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) {
+		o.InsecureAuth = false
+		o.TLSConfig = &tls.Config{}
+	})
+	r := env.raw(t)
+	r.send("c1 CAPABILITY\r\n")
+	l, _ := r.expect("* CAPABILITY")
+	for _, want := range []string{" STARTTLS", " LOGINDISABLED", " METADATA"} {
+		if !strings.Contains(l, want) {
+			t.Errorf("caps lack %s: %q", want, l)
+		}
+	}
+	if strings.Contains(l, "AUTH=") {
+		t.Errorf("caps offer AUTH before TLS: %q", l)
+	}
+	r.expect("c1 OK")
+	r.send("l1 LOGIN " + testUser + " " + testPass + "\r\n")
+	if l, _ := r.expect("l1 "); !strings.HasPrefix(l, "l1 NO [PRIVACYREQUIRED]") {
+		t.Fatalf("got %q", l)
+	}
+	r.send("l2 LOGIN {17}\r\n")
+	if l, _ := r.expect("l2 "); !strings.HasPrefix(l, "l2 NO [PRIVACYREQUIRED]") {
+		t.Fatalf("got %q", l)
+	}
+	r.send("l3 AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+testUser+"\x00"+testPass)) + "\r\n")
+	if l, _ := r.expect("l3 "); !strings.HasPrefix(l, "l3 NO [PRIVACYREQUIRED]") {
+		t.Fatalf("got %q", l)
+	}
+	r.send("l4 NOOP\r\n")
+	r.expect("l4 OK")
+}
+
+func TestStartTLSThenLogin(t *testing.T) {
+	cert := testCert(t)
+	env := newTestEnv(t, func(o *Options) {
+		o.InsecureAuth = false
+		o.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	})
+	conn, err := net.Dial("tcp", env.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := imapclient.NewStartTLS(conn, &imapclient.Options{TLSConfig: &tls.Config{InsecureSkipVerify: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	caps, err := c.Capability().Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caps.Has(imap.CapStartTLS) || caps.Has(imap.CapLoginDisabled) || !caps.Has("AUTH=PLAIN") {
+		t.Fatalf("caps under TLS: %v", caps)
+	}
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetMetadata("", []string{"/shared/comment"}, nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStartTLSInjectionClosesConnection(t *testing.T) {
+	cert := testCert(t)
+	env := newTestEnv(t, func(o *Options) {
+		o.InsecureAuth = false
+		o.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	})
+	r := env.raw(t)
+	r.send("t1 STARTTLS\r\nt2 LOGIN " + testUser + " " + testPass + "\r\n")
+	r.expect("t1 OK")
+	r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if l, err := r.br.ReadString('\n'); err == nil {
+		t.Fatalf("connection still open, got %q", l)
+	}
+}
+
+func TestIdleThroughCompress(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.login()
+	r.send("z1 COMPRESS DEFLATE\r\n")
+	r.expect("z1 OK")
+	fw, _ := flate.NewWriter(r.c, flate.BestSpeed)
+	r.w, r.fw = fw, fw
+	r.br = bufio.NewReader(flate.NewReader(r.br))
+	r.send("z2 COMPRESS DEFLATE\r\n")
+	if l, _ := r.expect("z2 "); !strings.HasPrefix(l, "z2 NO [COMPRESSIONACTIVE]") {
+		t.Fatalf("got %q", l)
+	}
+	r.send("z3 SELECT INBOX\r\n")
+	r.expect("z3 OK")
+	r.send("z4 IDLE\r\n")
+	r.expect("+")
+
+	other := env.loggedIn(t)
+	msg := "Subject: hi\r\n\r\nhello\r\n"
+	ac := other.Append("INBOX", int64(len(msg)), nil)
+	io.WriteString(ac, msg)
+	ac.Close()
+	if _, err := ac.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if l := r.line(); l != "* 1 EXISTS\r\n" {
+		t.Fatalf("during IDLE got %q", l)
+	}
+	r.send("DONE\r\n")
+	r.expect("z4 OK")
+	r.send("z5 GETQUOTAROOT INBOX\r\n")
+	r.expect("z5 OK")
+}
+
+func TestCompressRequiresLogin(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.send("z1 COMPRESS DEFLATE\r\n")
+	r.expect("z1 BAD")
+	r.login()
+	r.send("z2 COMPRESS LZMA\r\n")
+	r.expect("z2 BAD")
+}
+
+func TestIdleWithClient(t *testing.T) {
+	env := newTestEnv(t, nil)
+	got := make(chan uint32, 4)
+	c, err := imapclient.DialInsecure(env.addr, &imapclient.Options{
+		UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+			Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+				if d.NumMessages != nil {
+					got <- *d.NumMessages
+				}
+			},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := env.loggedIn(t)
+	msg := "Subject: hi\r\n\r\nhello\r\n"
+	ac := other.Append("INBOX", int64(len(msg)), nil)
+	io.WriteString(ac, msg)
+	ac.Close()
+	if _, err := ac.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-got:
+		if n != 1 {
+			t.Fatalf("EXISTS %d", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no EXISTS during IDLE")
+	}
+	if err := idle.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{RFC822Size: true}).Collect()
+	if err != nil || len(msgs) != 1 || msgs[0].RFC822Size != int64(len(msg)) {
+		t.Fatalf("fetch: %v %+v", err, msgs)
+	}
+}
+
+func TestInvalidCommandBeforeLoginCloses(t *testing.T) {
+	env := newTestEnv(t, nil)
+	r := env.raw(t)
+	r.send("+bad\r\n")
+	r.expect("* BYE")
+}
+
+func TestLogoutEndsServe(t *testing.T) {
+	env := newTestEnv(t, nil)
+	c := env.loggedIn(t)
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Closed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("connection not closed after LOGOUT")
+	}
+}
