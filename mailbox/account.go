@@ -21,6 +21,10 @@ import (
 // not be created, or a blocked account. The client only ever learns this.
 var ErrAuthFailed = errors.New("authentication failed")
 
+// ErrUnavailable marks a refusal that may pass later (the machine is
+// starved); clients get a temporary error instead of "wrong password".
+var ErrUnavailable = errors.New("temporarily unavailable")
+
 // ErrNoAccount is returned by lookups for an address that has no account.
 var ErrNoAccount = errors.New("no such account")
 
@@ -187,6 +191,9 @@ func (s *Store) Login(addr, password string, create CreateCheck) (*Account, erro
 			return nil, ErrAuthFailed
 		}
 		if err := create(addr, password); err != nil {
+			if errors.Is(err, ErrUnavailable) {
+				return nil, err
+			}
 			return nil, fmt.Errorf("%w: %v", ErrAuthFailed, err)
 		}
 		id, err := s.createAccount(addr, password, true)

@@ -84,7 +84,10 @@ func (c *imapSession) Close() error {
 
 func (c *imapSession) Login(username, password string) error {
 	acc, err := c.opts.Authenticate(c.conn.NetConn(), username, password)
-	if err != nil {
+	if errors.Is(err, ErrUnavailable) {
+		// RFC 5530 section 3: a temporary failure, try again later.
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Try again later"}
+	} else if err != nil {
 		return imapserver.ErrAuthFailed
 	}
 	c.acc = acc

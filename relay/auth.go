@@ -54,7 +54,10 @@ func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailb
 		create = a.mayCreate
 	}
 	acc, err := a.s.store.Login(addr, pass, create)
-	if err != nil {
+	if errors.Is(err, mailbox.ErrUnavailable) {
+		a.s.log.Warn("new account refused", "proto", proto, "reason", err.Error())
+		return nil, err
+	} else if err != nil {
 		a.byIP.fail(ip, now)
 		a.byAcc.fail(addr, now)
 		a.s.log.Info("login failed", "proto", proto, "reason", err.Error())
@@ -68,7 +71,10 @@ func (a *authenticator) mayCreate(addr, password string) error {
 	if err := a.s.rules.CheckNewAccount(addr, password, a.s.cfg.MailDomain()); err != nil {
 		return err
 	}
-	return a.guard.check(a.s.cfg.DataDir)
+	if err := a.guard.check(a.s.cfg.DataDir); err != nil {
+		return fmt.Errorf("%w: %v", mailbox.ErrUnavailable, err)
+	}
+	return nil
 }
 
 func hostOf(addr net.Addr) string {

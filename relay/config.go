@@ -112,6 +112,9 @@ func DevDefault() Config {
 	c.DataDir = "chatrelay-data"
 	c.TLS.Mode = "selfsigned"
 	c.Listen = DevListen("127.0.0.1")
+	// A developer's machine is busy compiling; the load guard is for
+	// production relays.
+	c.MaxLoad1 = 0
 	return c
 }
 

@@ -374,3 +374,19 @@ func TestInboundOnlyForLocalRecipients(t *testing.T) {
 		t.Fatal("inbound created an account")
 	}
 }
+
+func TestStarvedMachineRefusesNewAccountsTemporarily(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.MinFreeDisk = 1 << 62 })
+	c := dialIMAP(t, r, nil)
+	err := c.Login("abcdefghi@localhost", password).Wait()
+	var imapErr *imap.Error
+	if !errors.As(err, &imapErr) || imapErr.Code != imap.ResponseCodeUnavailable {
+		t.Fatalf("IMAP login on a starved machine: %v, want NO [UNAVAILABLE]", err)
+	}
+	if err := submit(t, r, "abcdefghi@localhost", password, "", nil, nil); smtpCode(err) != 454 {
+		t.Fatalf("SMTP AUTH on a starved machine: %v, want 454", err)
+	}
+	if n, _ := r.Store().CountAccounts(); n != 0 {
+		t.Fatal("account created on a starved machine")
+	}
+}

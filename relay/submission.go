@@ -23,6 +23,7 @@ var (
 	errNoRemote    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Delivery to other servers is not available yet, try again later"}
 	errNoRelay     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
 	errBadAddress  = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
+	errAuthTemp    = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure, try again later"}
 	errMailbox     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
 )
 
@@ -75,7 +76,9 @@ func (ss *submissionSession) Auth(mech string) (sasl.Server, error) {
 			return smtp.ErrAuthFailed
 		}
 		acc, err := ss.s.auth.login(ss.conn.Conn().RemoteAddr(), username, password, "smtp")
-		if err != nil {
+		if errors.Is(err, mailbox.ErrUnavailable) {
+			return errAuthTemp
+		} else if err != nil {
 			return smtp.ErrAuthFailed
 		}
 		ss.acc = acc
