@@ -20,6 +20,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), versionCmd())
+	root.AddCommand(installCmd(), uninstallCmd(), dnsCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "chatrelay:", err)
 		os.Exit(1)

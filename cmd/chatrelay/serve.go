@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/chatrelay/chatrelay/acme"
+	"github.com/chatrelay/chatrelay/install"
 	"github.com/chatrelay/chatrelay/relay"
 )
 
@@ -145,6 +146,10 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 		return err
 	}
 	printWelcome(cmd, srv, cfg)
+	// Under systemd (Type=notify) the unit is started once listeners are up.
+	if err := install.NotifyReady(); err != nil {
+		log.Warn("tell systemd we are ready", "err", err)
+	}
 	<-ctx.Done()
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

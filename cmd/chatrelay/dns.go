@@ -1,0 +1,106 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/chatrelay/chatrelay/install"
+	"github.com/chatrelay/chatrelay/relay"
+)
+
+func dnsCmd() *cobra.Command {
+	var (
+		o          install.DNSOptions
+		dataDir    string
+		configPath string
+		zone       bool
+		check      bool
+		resolver   string
+	)
+	cmd := &cobra.Command{
+		Use:   "dns [--domain D] [--ip A] [--ipv6 A6] [--zone] [--check]",
+		Short: "Print the DNS records the relay needs, or check which are live",
+		Long: `Print the DNS records a relay for the domain needs (required) and
+should have (recommended): addresses, MX, SPF, DMARC, DKIM, MTA-STS, SRV
+records for client setup and CAA. The DKIM key is read from the relay's
+data directory. Domain and data directory come from the config file
+(` + install.ConfigPath + `) when it exists and --domain is not given.
+
+--zone prints a zone file fragment instead. --check asks DNS (the resolver
+in /etc/resolv.conf, or --resolver) and says for each record ok, missing
+or wrong; it fails when a required record is not right.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			if o.Domain == "" {
+				cfg := relay.Default()
+				if err := cfg.LoadFile(configPath); err == nil {
+					o.Domain = cfg.Domain
+					if !cmd.Flags().Changed("data") {
+						dataDir = cfg.DataDir
+					}
+					if cfg.IP != "" && cfg.Domain == "" {
+						fmt.Fprintf(out, "%s is an IP-only relay ([%s]): it needs no DNS records.\n", configPath, cfg.IP)
+						return nil
+					}
+				} else if !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+			}
+			if o.Domain == "" {
+				return errors.New("give --domain D (or run it where " + install.ConfigPath + " exists)")
+			}
+			if o.DKIM == "" {
+				txt, err := install.ReadDKIM(dataDir)
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "note: no DKIM key (%v); give --data, the relay's data directory\n", err)
+				}
+				o.DKIM = txt
+			}
+			recs := install.Records(o)
+			if !check {
+				if zone {
+					install.WriteZone(out, recs)
+				} else {
+					install.WriteText(out, recs)
+				}
+				return nil
+			}
+			if resolver == "" {
+				r, err := install.SystemResolver()
+				if err != nil {
+					return err
+				}
+				resolver = r
+			}
+			fmt.Fprintf(out, "Checking %s at %s:\n", o.Domain, resolver)
+			results := install.Check(cmd.Context(), resolver, recs)
+			install.WriteResults(out, results)
+			failed := 0
+			for _, r := range results {
+				if r.Failed() {
+					failed++
+				}
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d required DNS record(s) missing or wrong; publish them as shown by `chatrelay dns --domain %s` (changes can take up to the record's TTL to show)", failed, o.Domain)
+			}
+			fmt.Fprintln(out, "All required records are in place.")
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.Domain, "domain", "", "mail domain")
+	fl.StringVar(&o.IPv4, "ip", "", "the relay's public IPv4 address (without it any A record counts)")
+	fl.StringVar(&o.IPv6, "ipv6", "", "the relay's public IPv6 address")
+	fl.StringVar(&o.Selector, "selector", install.DefaultSelector, "DKIM selector")
+	fl.StringVar(&dataDir, "data", install.DataDir, "the relay's data directory (for the DKIM key)")
+	fl.StringVar(&configPath, "config", install.ConfigPath, "config file to take the domain and data directory from")
+	fl.BoolVar(&zone, "zone", false, "print a zone file fragment")
+	fl.BoolVar(&check, "check", false, "look the records up and report ok, missing or wrong")
+	fl.StringVar(&resolver, "resolver", "", "DNS server for --check, host:port (default: from /etc/resolv.conf)")
+	return cmd
+}

@@ -1,0 +1,489 @@
+// Package install puts a relay on a Debian or Ubuntu host: the system
+// user, directories, config file, DKIM key, binary and a sandboxed systemd
+// unit; it removes them again; and it says which DNS records the relay
+// needs and whether they are live.
+//
+// What runs on the host is data: a planner makes a Plan of Steps (files,
+// directories, host Commands), an executor carries it out, and a Runner
+// runs the commands. With a root directory (--root) everything is laid out
+// under it and a Recorder takes the commands instead of the host.
+package install
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/dkim"
+)
+
+// Where things go on the target system.
+const (
+	User       = "chatrelay"
+	ConfigDir  = "/etc/chatrelay"
+	ConfigPath = "/etc/chatrelay/chatrelay.toml"
+	DataDir    = "/var/lib/chatrelay"
+	BinaryPath = "/usr/local/bin/chatrelay"
+	UnitName   = "chatrelay.service"
+	UnitPath   = "/etc/systemd/system/chatrelay.service"
+)
+
+// DKIMKeyPath is where the relay keeps its DKIM private key.
+func DKIMKeyPath(dataDir string) string {
+	return filepath.Join(dataDir, "dkim", "private.pem")
+}
+
+// Options for Install.
+type Options struct {
+	Domain string // domain mode
+	IP     string // IP mode: addresses are name@[IP]
+	Email  string // ACME account e-mail, optional
+
+	// Root lays everything out under this directory and runs nothing on
+	// the host; the host commands are recorded (Result.Commands).
+	Root string
+	// Binary is the program to install; the running one when empty.
+	Binary string
+	// Runner runs host commands: ExecRunner, or a Recorder with Root.
+	Runner Runner
+	Out    io.Writer
+	// Confirm asks the operator before a host install changes anything;
+	// nil means yes.
+	Confirm func(question string) bool
+
+	// Ports to check; Ports (the relay's) when nil. With Root the check
+	// runs only when Ports is set: the host's ports are not the target's.
+	Ports []int
+	// OSRelease and SystemdDir locate the host facts checked
+	// (/etc/os-release, /run/systemd/system).
+	OSRelease  string
+	SystemdDir string
+	// HealthAddr is where the relay must answer IMAP over TLS once
+	// started, within HealthTimeout (90s). By default the config's
+	// listen.imaps port on 127.0.0.1. With Root the wait happens only when
+	// HealthAddr is set.
+	HealthAddr    string
+	HealthTimeout time.Duration
+	// PublicIPv4 and PublicIPv6 go into the DNS records shown at the end;
+	// in domain mode on a host the IPv4 address is guessed when empty.
+	PublicIPv4, PublicIPv6 string
+}
+
+// Result says what Install did.
+type Result struct {
+	Plan       *Plan
+	Upgrade    bool      // a previous install was found and upgraded
+	ConfigKept bool      // the existing config file was left as it was
+	Commands   []Command // the host commands, recorded (with Root)
+	DKIM       string    // the DKIM TXT record value
+	JoinURL    string
+}
+
+// facts are what the planner needs to know about the target.
+type facts struct {
+	userExists   bool
+	configExists bool
+	upgrade      bool
+	sameBinary   bool
+}
+
+func (o *Options) defaults() error {
+	if (o.Domain == "") == (o.IP == "") {
+		return errors.New("give --domain D (a domain whose DNS you control) or --ip A (an IP-only relay), not both")
+	}
+	if o.IP != "" && net.ParseIP(o.IP) == nil {
+		return fmt.Errorf("--ip %q is not an IP address", o.IP)
+	}
+	if o.Domain != "" {
+		o.Domain = strings.ToLower(strings.TrimSuffix(o.Domain, "."))
+		if strings.ContainsAny(o.Domain, "@/: ") || !strings.Contains(o.Domain, ".") && o.Domain != "localhost" {
+			return fmt.Errorf("--domain %q is not a domain name", o.Domain)
+		}
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	if o.Runner == nil {
+		if o.Root != "" {
+			o.Runner = &Recorder{}
+		} else {
+			o.Runner = ExecRunner{}
+		}
+	}
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the running program: %w", err)
+		}
+		if exe, err = filepath.EvalSymlinks(exe); err != nil {
+			return fmt.Errorf("find the running program: %w", err)
+		}
+		o.Binary = exe
+	}
+	if o.OSRelease == "" {
+		o.OSRelease = "/etc/os-release"
+	}
+	if o.SystemdDir == "" {
+		o.SystemdDir = "/run/systemd/system"
+	}
+	if o.HealthTimeout == 0 {
+		o.HealthTimeout = 90 * time.Second
+	}
+	return nil
+}
+
+// Install installs or upgrades the relay. A second run keeps the config
+// file, the DKIM key and all data, and replaces binary and unit.
+func Install(ctx context.Context, o Options) (*Result, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	f := o.gatherFacts()
+	res := &Result{Upgrade: f.upgrade, ConfigKept: f.configExists}
+	res.Plan = planInstall(&o, f, res)
+
+	if o.Root != "" {
+		fmt.Fprintf(o.Out, "Laying out chatrelay under %s; nothing runs on this host.\n", o.Root)
+	}
+	ex := &executor{root: o.Root, run: o.Runner, out: o.Out}
+	// The checks change nothing: run them before asking.
+	if err := ex.executeSteps(ctx, res.Plan, 0, checkSteps); err != nil {
+		return res, err
+	}
+	if o.Root == "" && o.Confirm != nil {
+		verb := "Install"
+		if f.upgrade {
+			verb = "Upgrade (config, key and data are kept)"
+		}
+		q := fmt.Sprintf("%s chatrelay for %s: system user %s, %s, %s, %s, service %s. Continue?",
+			verb, mailDomain(o), User, ConfigPath, DataDir, BinaryPath, UnitName)
+		if !o.Confirm(q) {
+			return nil, errors.New("nothing done (answer y, or run with --yes)")
+		}
+	}
+	if err := ex.executeSteps(ctx, res.Plan, checkSteps, len(res.Plan.Steps)); err != nil {
+		return res, err
+	}
+	if rec, ok := o.Runner.(*Recorder); ok {
+		res.Commands = rec.Commands
+	}
+	o.printSummary(res)
+	return res, nil
+}
+
+func (o *Options) gatherFacts() facts {
+	var f facts
+	exists := func(p string) bool {
+		_, err := os.Lstat(hostPath(o.Root, p))
+		return err == nil
+	}
+	f.configExists = exists(ConfigPath)
+	f.upgrade = exists(UnitPath) || exists(BinaryPath)
+	f.sameBinary = sameFile(o.Binary, hostPath(o.Root, BinaryPath))
+	if o.Root != "" {
+		f.userExists = userExists(hostPath(o.Root, "/etc/passwd"), User)
+	} else {
+		_, err := user.Lookup(User)
+		f.userExists = err == nil
+	}
+	return f
+}
+
+// userExists looks name up in a passwd file (the target's, under a root).
+func userExists(passwd, name string) bool {
+	data, err := os.ReadFile(passwd)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, name+":") {
+			return true
+		}
+	}
+	return false
+}
+
+func mailDomain(o Options) string {
+	if o.IP != "" {
+		return "[" + o.IP + "]"
+	}
+	return o.Domain
+}
+
+// checkSteps is how many steps at the start of an install plan only look.
+const checkSteps = 2
+
+func planInstall(o *Options, f facts, res *Result) *Plan {
+	rootMode := o.Root != ""
+	skipped := func(ctx context.Context, root string) (string, error) { return "skipped (--root)", nil }
+	p := &Plan{}
+
+	sys := Step{
+		Title: "checking the system",
+		Hint: "chatrelay install needs Debian or Ubuntu with systemd, run as root (sudo chatrelay install ...). " +
+			"Elsewhere run `chatrelay serve --config FILE` under your own service manager, or lay the files out with --root DIR",
+	}
+	if rootMode {
+		sys.Action = skipped
+	} else {
+		sys.Action = func(context.Context, string) (string, error) { return checkSystem(o.OSRelease, o.SystemdDir) }
+	}
+	p.Steps = append(p.Steps, sys)
+
+	ports := o.Ports
+	if ports == nil {
+		ports = Ports
+	}
+	portStep := Step{
+		Title: "checking ports " + joinInts(ports),
+		Hint: "stop and disable what holds the port (for example `systemctl disable --now exim4`; " +
+			"also postfix, nginx, apache2, dovecot), then run chatrelay install again",
+	}
+	if rootMode && o.Ports == nil {
+		portStep.Action = skipped
+	} else {
+		portStep.Action = func(context.Context, string) (string, error) {
+			return checkPorts(ports, hostPath(o.Root, BinaryPath))
+		}
+	}
+	p.Steps = append(p.Steps, portStep)
+
+	userStep := Step{
+		Title: "creating system user " + User,
+		Hint:  "check that useradd (package passwd) is installed and /etc/passwd is writable",
+	}
+	if f.userExists {
+		userStep.Action = func(context.Context, string) (string, error) { return "exists", nil }
+	} else {
+		userStep.Commands = []Command{{Args: []string{
+			"useradd", "--system", "--user-group",
+			"--home-dir", DataDir, "--no-create-home",
+			"--shell", "/usr/sbin/nologin",
+			"--comment", "chatrelay mail relay",
+			User,
+		}}}
+	}
+	p.Steps = append(p.Steps, userStep)
+
+	p.Steps = append(p.Steps, Step{
+		Title: "creating directories",
+		Dirs: []Dir{
+			{Path: ConfigDir, Mode: 0o750, Owner: "root:" + User},
+			{Path: DataDir, Mode: 0o700, Owner: User + ":" + User},
+		},
+		Hint: "check that the file system is writable and not full",
+	})
+
+	cfg := File{
+		Path: ConfigPath, Mode: 0o640, Owner: "root:" + User, Keep: true,
+		Content: ConfigFile(ConfigOptions{Domain: o.Domain, IP: o.IP, DataDir: DataDir, ACMEEmail: o.Email}),
+	}
+	p.Steps = append(p.Steps, Step{
+		Title: "writing config " + ConfigPath,
+		Files: []File{cfg},
+		// The config is the operator's: check what is there, never replace it.
+		Action: func(_ context.Context, root string) (string, error) {
+			return checkConfig(hostPath(root, ConfigPath), *o)
+		},
+		Hint: "fix the config file (or move it away to get a fresh one) and run chatrelay install again",
+	})
+
+	keyPath := DKIMKeyPath(DataDir)
+	p.Steps = append(p.Steps, Step{
+		Title: "making the DKIM key " + keyPath,
+		Files: nil,
+		Action: func(_ context.Context, root string) (string, error) {
+			hp := hostPath(root, keyPath)
+			_, statErr := os.Stat(hp)
+			k, err := dkim.LoadOrCreate(hp)
+			if err != nil {
+				return "", err
+			}
+			res.DKIM = k.TXTRecord()
+			if statErr == nil {
+				return "kept existing key", nil
+			}
+			return "created", nil
+		},
+		Hint: "a broken key file can be moved away; a new key then needs its DNS record published again",
+	})
+
+	bin := Step{
+		Title: "installing " + BinaryPath,
+		Hint:  "check that " + filepath.Dir(BinaryPath) + " is writable and that the disk is not full",
+	}
+	if f.sameBinary {
+		bin.Action = func(context.Context, string) (string, error) { return "already in place", nil }
+	} else {
+		bin.Files = []File{{Path: BinaryPath, Mode: 0o755, Owner: "root:root", Source: o.Binary}}
+	}
+	p.Steps = append(p.Steps, bin)
+
+	p.Steps = append(p.Steps, Step{
+		Title: "writing systemd unit " + UnitPath,
+		Files: []File{{
+			Path: UnitPath, Mode: 0o644, Owner: "root:root",
+			Content: []byte(Unit(UnitOptions{Binary: BinaryPath, Config: ConfigPath, DataDir: DataDir, User: User})),
+		}},
+	})
+
+	// Ownership last: the key was made by root inside the data directory.
+	p.Steps = append(p.Steps, Step{
+		Title: "setting owners",
+		Commands: []Command{
+			{Args: []string{"chown", "root:" + User, ConfigDir, ConfigPath}},
+			{Args: []string{"chown", "-R", User + ":" + User, DataDir}},
+		},
+		Hint: "check that the user " + User + " exists (getent passwd " + User + ")",
+	})
+
+	svc := Step{
+		Title: "starting " + UnitName,
+		Commands: []Command{
+			{Args: []string{"systemctl", "daemon-reload"}},
+			{Args: []string{"systemctl", "enable", "--now", UnitName}},
+		},
+		Hint: "see why with `systemctl status chatrelay` and `journalctl -u chatrelay -n 50 --no-pager`",
+	}
+	if f.upgrade {
+		// enable --now leaves a running service alone; the new binary and
+		// unit take effect on restart.
+		svc.Commands = append(svc.Commands, Command{Args: []string{"systemctl", "restart", UnitName}})
+	}
+	p.Steps = append(p.Steps, svc)
+
+	health := Step{
+		Title: "waiting for the relay to answer IMAP",
+		Hint:  "see why with `journalctl -u chatrelay -n 50 --no-pager`; the install is in place, run chatrelay install again once fixed",
+	}
+	if rootMode && o.HealthAddr == "" {
+		health.Action = skipped
+	} else {
+		health.Action = func(ctx context.Context, root string) (string, error) {
+			ctx, cancel := context.WithTimeout(ctx, o.HealthTimeout)
+			defer cancel()
+			addr := o.HealthAddr
+			if addr == "" {
+				addr = imapsAddr(hostPath(root, ConfigPath))
+			}
+			if err := WaitIMAP(ctx, addr, o.Domain, time.Second); err != nil {
+				return "", err
+			}
+			return "ok (" + addr + ")", nil
+		}
+	}
+	p.Steps = append(p.Steps, health)
+	return p
+}
+
+// checkPorts fails when a port is busy, except when the holder is the
+// installed chatrelay itself (an upgrade: it is restarted later).
+func checkPorts(ports []int, installed string) (string, error) {
+	var problems []string
+	ours := 0
+	for _, b := range BusyPorts(ports) {
+		if b.Err == nil && b.Exe != "" && b.Exe == installed {
+			ours++
+			continue
+		}
+		problems = append(problems, b.String())
+	}
+	if len(problems) > 0 {
+		return "", errors.New(strings.Join(problems, "; "))
+	}
+	if ours > 0 {
+		return "in use by the running chatrelay (restarted below)", nil
+	}
+	return "", nil
+}
+
+// checkConfig reads the config as the server will and notes when it is
+// not for the domain asked for.
+func checkConfig(path string, o Options) (string, error) {
+	cfg := relay.Default()
+	if err := cfg.LoadFile(path); err != nil {
+		return "", err
+	}
+	if err := cfg.Validate(); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	switch {
+	case o.Domain != "" && !strings.EqualFold(cfg.Domain, o.Domain):
+		return fmt.Sprintf("note: it says domain %q, not %q; edit it if that is wrong", cfg.Domain, o.Domain), nil
+	case o.IP != "" && cfg.IP != o.IP:
+		return fmt.Sprintf("note: it says ip %q, not %q; edit it if that is wrong", cfg.IP, o.IP), nil
+	}
+	return "", nil
+}
+
+// imapsAddr is where the installed relay answers IMAP over TLS: the
+// config's listen.imaps, reached over loopback when it binds all addresses.
+func imapsAddr(configPath string) string {
+	cfg := relay.Default()
+	_ = cfg.LoadFile(configPath) // checked in an earlier step
+	host, port, err := net.SplitHostPort(cfg.Listen.IMAPS)
+	if err != nil || port == "" {
+		return "127.0.0.1:993"
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
+}
+
+// randomString returns n characters from alphabet (at most 256), uniformly.
+func randomString(n int, alphabet string) string {
+	limit := 256 - 256%len(alphabet) // reject bytes that would bias the result
+	out := make([]byte, 0, n)
+	buf := make([]byte, 2*n)
+	for len(out) < n {
+		rand.Read(buf) // never fails (crypto/rand, Go 1.24+)
+		for _, c := range buf {
+			if int(c) < limit && len(out) < n {
+				out = append(out, alphabet[int(c)%len(alphabet)])
+			}
+		}
+	}
+	return string(out)
+}
+
+// DCLoginURL is a dclogin: code for a new account on an IP-only relay: the
+// account is created at first login, and "accept invalid certificates"
+// (ic=3) lets the app take the relay's self-signed certificate.
+func DCLoginURL(ip string) string {
+	host := ip
+	if strings.Contains(ip, ":") {
+		host = "[" + ip + "]"
+	}
+	addr := randomString(9, "abcdefghijklmnopqrstuvwxyz0123456789") + "@[" + ip + "]"
+	q := url.Values{}
+	q.Set("p", randomString(24, "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"))
+	q.Set("v", "1")
+	q.Set("ih", host)
+	q.Set("ip", "993")
+	q.Set("is", "ssl")
+	q.Set("sh", host)
+	q.Set("sp", "465")
+	q.Set("ss", "ssl")
+	q.Set("ic", "3")
+	return "dclogin:" + addr + "?" + q.Encode()
+}
