@@ -24,6 +24,9 @@ type liveKey struct {
 	mailbox string
 }
 
+// live.mu also guards calls into tracker: go-imap's SessionTracker reads
+// the mailbox's message count in EncodeSeqNum without the tracker's lock, so
+// queueing updates and encoding sequence numbers must not overlap.
 type live struct {
 	key     liveKey
 	refs    int
@@ -103,13 +106,12 @@ func (s *Store) appended(k liveKey, uid imap.UID) {
 		return
 	}
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.uids = append(l.uids, uid)
 	if uid >= l.uidNext {
 		l.uidNext = uid + 1
 	}
-	n := uint32(len(l.uids))
-	l.mu.Unlock()
-	l.tracker.QueueNumMessages(n)
+	l.tracker.QueueNumMessages(uint32(len(l.uids)))
 }
 
 // expunged tells sessions of a mailbox about committed removals. The caller
@@ -134,7 +136,7 @@ func (s *Store) expunged(k liveKey, uids []imap.UID) {
 		}
 	}
 	l.uids = kept
-	l.mu.Unlock()
+	defer l.mu.Unlock()
 	// Highest first, so each number is valid in the state it describes.
 	sort.Slice(seqs, func(i, j int) bool { return seqs[i] > seqs[j] })
 	for _, seq := range seqs {
@@ -150,10 +152,9 @@ func (s *Store) flagsChanged(k liveKey, uid imap.UID, flags []imap.Flag, source 
 		return
 	}
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	i := sort.Search(len(l.uids), func(i int) bool { return l.uids[i] >= uid })
-	found := i < len(l.uids) && l.uids[i] == uid
-	l.mu.Unlock()
-	if found {
+	if i < len(l.uids) && l.uids[i] == uid {
 		l.tracker.QueueMessageFlags(uint32(i+1), uid, flags, source)
 	}
 }

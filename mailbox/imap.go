@@ -77,6 +77,13 @@ func (c *imapSession) internal(op string, err error) error {
 	return errServer
 }
 
+// encode maps a server sequence number to this session's view.
+func (sel *selected) encode(seq uint32) uint32 {
+	sel.live.mu.Lock()
+	defer sel.live.mu.Unlock()
+	return sel.tracker.EncodeSeqNum(seq)
+}
+
 func (c *imapSession) Close() error {
 	c.unselect()
 	return nil
@@ -569,7 +576,7 @@ func (c *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, optio
 			if recs[i] == nil {
 				continue
 			}
-			seq := c.sel.tracker.EncodeSeqNum(t.seq)
+			seq := c.sel.encode(t.seq)
 			if seq == 0 {
 				continue
 			}
@@ -718,7 +725,7 @@ func (c *imapSession) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags
 		if recs[i] == nil {
 			continue
 		}
-		if seq := c.sel.tracker.EncodeSeqNum(t.seq); seq != 0 {
+		if seq := c.sel.encode(t.seq); seq != 0 {
 			mw := w.CreateMessage(seq)
 			mw.WriteUID(t.uid)
 			mw.WriteFlags(recs[i].Flags)

@@ -33,7 +33,7 @@ func (c *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCrite
 			return nil, c.internal("search", err)
 		}
 		for i, t := range chunk {
-			seq := c.sel.tracker.EncodeSeqNum(t.seq)
+			seq := c.sel.encode(t.seq)
 			if recs[i] == nil || seq == 0 {
 				continue
 			}

@@ -49,8 +49,18 @@ type Config struct {
 
 	TLS TLSConfig `toml:"tls"`
 
-	// AdminContact is shown on the web page and via METADATA /shared/admin.
+	// AdminContact is an email address shown on the web page and sent as
+	// METADATA /shared/admin (mailto:).
 	AdminContact string `toml:"admin_contact"`
+	// Comment is METADATA /shared/comment: a line about this relay.
+	Comment string `toml:"comment"`
+	// IrohRelay is the iroh relay URL Delta Chat uses for realtime
+	// (METADATA /shared/vendor/deltachat/irohrelay); empty: not offered.
+	IrohRelay string `toml:"iroh_relay"`
+	// TURN server for calls, announced via METADATA.
+	TURN TURNConfig `toml:"turn"`
+	// NotifyURL is the push notification proxy tokens are POSTed to.
+	NotifyURL string `toml:"notify_url"`
 
 	// Dev marks a loopback development relay (set by serve --dev).
 	Dev bool `toml:"-"`
@@ -65,6 +75,17 @@ type Listen struct {
 	SMTP        string `toml:"smtp"`        // inbound from other servers (25)
 	HTTPS       string `toml:"https"`       // web, /new, /mxdeliv, and IMAP/SMTP by ALPN (443)
 	HTTP        string `toml:"http"`        // ACME HTTP-01 and redirect (80)
+}
+
+// TURNConfig describes a TURN server sharing a secret with the relay (the
+// usual TURN REST credentials: user = expiry, password = HMAC-SHA1).
+type TURNConfig struct {
+	// Server is host:port; empty means no TURN entry is offered.
+	Server string `toml:"server"`
+	// Secret is shared with the TURN server (static-auth-secret in coturn).
+	Secret string `toml:"secret"`
+	// TTLHours is how long credentials stay valid.
+	TTLHours int `toml:"ttl_hours"`
 }
 
 // TLSConfig chooses where certificates come from.
@@ -100,6 +121,8 @@ func Default() Config {
 		MinFreeMemory:     200 << 20,
 		MinFreeDisk:       1 << 30,
 		TLS:               TLSConfig{Mode: "auto"},
+		TURN:              TURNConfig{TTLHours: 24 * 5},
+		NotifyURL:         "https://notifications.delta.chat/notify",
 	}
 }
 

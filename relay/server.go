@@ -22,6 +22,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/acme"
 	"github.com/chatrelay/chatrelay/mailbox"
+	"github.com/chatrelay/chatrelay/mailbox/imapext"
 	"github.com/chatrelay/chatrelay/policy"
 )
 
@@ -47,13 +48,15 @@ type Server struct {
 	rules policy.AccountRules
 	web   *web
 
-	imapTLS    *imapserver.Server // implicit TLS (993, 443 by ALPN)
-	imapPlain  *imapserver.Server // STARTTLS (143)
+	imap       *imapserver.Server // behind the imapext layer of every connection
+	imapTLS    *imapext.Options   // implicit TLS (993, 443 by ALPN)
+	imapPlain  *imapext.Options   // STARTTLS (143)
 	submission *smtp.Server
 	inbound    *smtp.Server
 	https      *http.Server
 	httpSrv    *http.Server
 
+	conns     connSet
 	mu        sync.Mutex
 	listeners map[string]net.Listener
 	wg        sync.WaitGroup
@@ -135,12 +138,55 @@ func (s *Server) buildIMAP() {
 		},
 		MaxMessageSize: s.cfg.MaxMessageSize,
 	}
+	opts.OnLogin = func(conn net.Conn, acc *mailbox.Account) {
+		imapext.UserSetter(conn).SetUser(acc.Addr)
+	}
 	newSession := func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 		return s.store.NewIMAPSession(c, opts), nil, nil
 	}
-	logger := stdLogger(s.log, "imap")
-	s.imapTLS = imapserver.New(&imapserver.Options{NewSession: newSession, Caps: imapCaps(), Logger: logger})
-	s.imapPlain = imapserver.New(&imapserver.Options{NewSession: newSession, Caps: imapCaps(), Logger: logger, TLSConfig: s.certs.TLSConfig()})
+	// The imapext layer in front enforces TLS before authentication, so
+	// imapserver itself may allow it on the in-memory connection.
+	s.imap = imapserver.New(&imapserver.Options{NewSession: newSession, Caps: imapCaps(), Logger: stdLogger(s.log, "imap"), InsecureAuth: true})
+	ext := func(implicit bool) *imapext.Options {
+		o := &imapext.Options{
+			Server:      s.imap,
+			Handler:     metadata{s},
+			ImplicitTLS: implicit,
+			ExtraCaps:   []string{"METADATA", "QUOTA", "QUOTA=RES-STORAGE", "ID", "COMPRESS=DEFLATE", "XCHATMAIL", "XDELTAPUSH"},
+			ID:          map[string]string{"name": "chatrelay"},
+			Logger:      s.log,
+		}
+		if !implicit {
+			o.TLSConfig = s.certs.TLSConfig()
+		}
+		return o
+	}
+	s.imapTLS, s.imapPlain = ext(true), ext(false)
+}
+
+// serveIMAP accepts IMAP connections and runs each through the imapext
+// layer.
+func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
+	return func(ln net.Listener) error {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			if !s.conns.add(conn) {
+				conn.Close()
+				continue
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer s.conns.remove(conn)
+				if err := imapext.Serve(conn, opts); err != nil && !isClosed(err) {
+					s.log.Debug("imap connection ended", "err", err)
+				}
+			}()
+		}
+	}
 }
 
 // Start opens every configured listener and serves in the background.
@@ -152,8 +198,8 @@ func (s *Server) Start() error {
 		serve      func(net.Listener) error
 	}
 	entries := []entry{
-		{"imaps", s.cfg.Listen.IMAPS, true, s.imapTLS.Serve},
-		{"imap", s.cfg.Listen.IMAP, false, s.imapPlain.Serve},
+		{"imaps", s.cfg.Listen.IMAPS, true, s.serveIMAP(s.imapTLS)},
+		{"imap", s.cfg.Listen.IMAP, false, s.serveIMAP(s.imapPlain)},
 		{"submissions", s.cfg.Listen.Submissions, true, s.submission.Serve},
 		{"submission", s.cfg.Listen.Submission, false, s.submission.Serve},
 		{"smtp", s.cfg.Listen.SMTP, false, s.inbound.Serve},
@@ -191,7 +237,7 @@ func (s *Server) Start() error {
 func (s *Server) serveHTTPS(ln net.Listener) error {
 	mux := acme.NewMux(ln, s.certs.TLSConfig())
 	s.wg.Add(3)
-	go func() { defer s.wg.Done(); s.imapTLS.Serve(mux.IMAP()) }()
+	go func() { defer s.wg.Done(); s.serveIMAP(s.imapTLS)(mux.IMAP()) }()
 	go func() { defer s.wg.Done(); s.submission.Serve(mux.SMTP()) }()
 	go func() { defer s.wg.Done(); s.https.Serve(mux.HTTPS()) }()
 	err := mux.Serve()
@@ -266,8 +312,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.submission.Shutdown(ctx)
 	s.inbound.Shutdown(ctx)
-	s.imapTLS.Close()
-	s.imapPlain.Close()
+	s.imap.Close()
+	s.conns.closeAll()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -279,6 +325,41 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func stdLogger(l *slog.Logger, part string) *log.Logger {
 	return log.New(slogWriter{l, part}, "", 0)
+}
+
+// connSet tracks open client connections so shutdown can close them.
+type connSet struct {
+	mu     sync.Mutex
+	m      map[net.Conn]struct{}
+	closed bool
+}
+
+func (c *connSet) add(conn net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	if c.m == nil {
+		c.m = map[net.Conn]struct{}{}
+	}
+	c.m[conn] = struct{}{}
+	return true
+}
+
+func (c *connSet) remove(conn net.Conn) {
+	c.mu.Lock()
+	delete(c.m, conn)
+	c.mu.Unlock()
+}
+
+func (c *connSet) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	for conn := range c.m {
+		conn.Close()
+	}
 }
 
 // slogWriter adapts the standard logger some libraries want to slog.

@@ -60,16 +60,28 @@ func (c *Courier) newHTTPClient(insecure bool) *http.Client {
 // every recipient has it. A refusal that carries an SMTP reply wraps it as
 // *smtp.SMTPError.
 func (c *Courier) mxdeliv(ctx context.Context, t target, from string, rcpts []string, sig string, body func() (io.ReadCloser, error)) error {
-	rc, err := body()
-	if err != nil {
-		return fmt.Errorf("open message: %w", err)
-	}
-	defer rc.Close()
-	size := int64(-1)
-	if f, ok := rc.(interface{ Stat() (fs.FileInfo, error) }); ok {
-		if st, err := f.Stat(); err == nil {
-			size = int64(len(sig)) + st.Size()
+	// The transport may need the body twice: it resends a request that
+	// could not be written on a kept-alive connection the peer had just
+	// closed, which needs GetBody.
+	var size int64 = -1
+	open := func() (io.ReadCloser, error) {
+		rc, err := body()
+		if err != nil {
+			return nil, fmt.Errorf("open message: %w", err)
 		}
+		if f, ok := rc.(interface{ Stat() (fs.FileInfo, error) }); ok && size < 0 {
+			if st, err := f.Stat(); err == nil {
+				size = int64(len(sig)) + st.Size()
+			}
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(strings.NewReader(sig), rc), rc}, nil
+	}
+	first, err := open()
+	if err != nil {
+		return err
 	}
 	host := t.name
 	if c.opts.HTTPSPort != 443 {
@@ -80,10 +92,12 @@ func (c *Courier) mxdeliv(ctx context.Context, t target, from string, rcpts []st
 	u := url.URL{Scheme: "https", Host: host, Path: "/mxdeliv"}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.HTTPTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), io.MultiReader(strings.NewReader(sig), rc))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), first)
 	if err != nil {
+		first.Close()
 		return err
 	}
+	req.GetBody = open
 	if size >= 0 {
 		req.ContentLength = size
 	}

@@ -8,14 +8,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -157,7 +156,7 @@ func startPeer(t *testing.T, cfg peerConfig) *peer {
 	if cfg.noHTTPS {
 		httpsLn.Close()
 	} else {
-		srv := &http.Server{Handler: http.HandlerFunc(p.serveHTTP), ErrorLog: nil}
+		srv := &http.Server{Handler: http.HandlerFunc(p.serveHTTP), ErrorLog: log.New(io.Discard, "", 0)}
 		go srv.Serve(tls.NewListener(httpsLn, tlsCfg))
 		t.Cleanup(func() { srv.Close() })
 	}
@@ -317,12 +316,8 @@ func (r *resolver) asked() []string {
 	return append([]string(nil), r.queries...)
 }
 
-var errRejected = errors.New("rejected")
-
 func rcptReply(code int, enh smtp.EnhancedCode, msg string) error {
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
 }
 
-func hasPrefixLine(body, prefix string) bool {
-	return strings.HasPrefix(body, prefix)
-}
+func itoa(i int) string { return strconv.Itoa(i) }

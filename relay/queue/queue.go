@@ -148,6 +148,9 @@ type Queue struct {
 	inflight map[string]bool          // item IDs being attempted
 	reserved map[string]int           // domain -> jobs claimed for it
 	domSem   map[string]chan struct{} // domain -> its delivery slots
+	// hold keeps items whose outcome could not be recorded (the index
+	// refused a write) from being retried in a tight loop.
+	hold map[string]time.Time
 }
 
 // maxWait caps how long the scheduler sleeps even when nothing is due: the
@@ -200,6 +203,7 @@ func Open(opts Options) (*Queue, error) {
 		inflight: map[string]bool{},
 		reserved: map[string]int{},
 		domSem:   map[string]chan struct{}{},
+		hold:     map[string]time.Time{},
 	}
 	if err := q.load(); err != nil {
 		return nil, fmt.Errorf("open queue: %w", err)
@@ -428,6 +432,9 @@ func (q *Queue) Drop(id string) error {
 		return ErrNotFound
 	}
 	q.removeSpool(id)
+	q.mu.Lock()
+	delete(q.hold, id)
+	q.mu.Unlock()
 	q.log.Info("dropped by admin", "id", id)
 	return nil
 }

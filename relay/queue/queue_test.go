@@ -699,3 +699,31 @@ func TestPutRejectsBadRecipients(t *testing.T) {
 		t.Errorf("refused Put left %d files", len(entries))
 	}
 }
+
+func TestUnreadableItemIsHeldBackNotSpun(t *testing.T) {
+	rec := newRecorder(nil)
+	e := newEnv(t, func(o *Options) { o.Deliver = rec.Deliver })
+	id := newID(e.clock.Now())
+	err := e.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketItems).Put([]byte(id), []byte("{not json")); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketNext).Put(nextKey(e.clock.Now(), id), []byte("x.example"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.run()
+	e.q.wake()
+	waitFor(t, "the item to be held back", func() bool {
+		e.q.mu.Lock()
+		defer e.q.mu.Unlock()
+		h, ok := e.q.hold[id]
+		return ok && h.After(e.clock.Now())
+	})
+	select {
+	case c := <-rec.calls:
+		t.Errorf("delivered an unreadable item: %+v", c)
+	default:
+	}
+}

@@ -67,8 +67,15 @@ func (q *Queue) dispatch(ctx context.Context, wg *sync.WaitGroup) time.Time {
 				continue
 			}
 			if t.After(now) {
-				wake = t
+				wake = earliest(wake, t)
 				return nil
+			}
+			if h, ok := q.hold[id]; ok {
+				if now.Before(h) {
+					wake = earliest(wake, h)
+					continue
+				}
+				delete(q.hold, id)
 			}
 			if len(q.inflight) >= q.opts.Workers {
 				return nil
@@ -97,6 +104,21 @@ func (q *Queue) dispatch(ctx context.Context, wg *sync.WaitGroup) time.Time {
 		}()
 	}
 	return wake
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// holdBack keeps an item out of dispatch for a while after its state could
+// not be read or written.
+func (q *Queue) holdBack(id string) {
+	q.mu.Lock()
+	q.hold[id] = q.opts.Now().Add(q.backoff(1))
+	q.mu.Unlock()
 }
 
 // saturated reports whether every one of domains already has PerDomain
@@ -153,6 +175,7 @@ func (q *Queue) attempt(ctx context.Context, c claim) {
 		return // dropped meanwhile
 	} else if err != nil {
 		q.log.Error("load queue item", "id", c.id, "err", err)
+		q.holdBack(c.id)
 		return
 	}
 
@@ -269,6 +292,7 @@ func (q *Queue) finish(id string, results []Result, shutdown bool) {
 		// The item stays as it was and is tried again; successes that
 		// were not recorded are sent once more.
 		q.log.Error("record delivery results", "id", id, "err", err)
+		q.holdBack(id)
 		return
 	}
 	if done {
@@ -321,6 +345,7 @@ func (q *Queue) bounce(it *Item, failed []Rcpt) {
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		// Bounce ran but is not recorded: it runs again next time.
 		q.log.Error("record bounce", "id", it.ID, "err", err)
+		q.holdBack(it.ID)
 		return
 	}
 	if done {

@@ -1,0 +1,143 @@
+package relay
+
+import (
+	"crypto/hmac"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/chatrelay/chatrelay/mailbox"
+	"github.com/chatrelay/chatrelay/mailbox/imapext"
+)
+
+// METADATA entries Delta Chat reads (SPEC section 2).
+const (
+	entryComment       = "/shared/comment"
+	entryAdmin         = "/shared/admin"
+	entryIrohRelay     = "/shared/vendor/deltachat/irohrelay"
+	entryTURN          = "/shared/vendor/deltachat/turn"
+	entryMaxRecipients = "/shared/vendor/deltachat/maxsmtprecipients"
+	entryDeviceToken   = "/private/devicetoken"
+)
+
+// metadata answers METADATA and QUOTA for the IMAP layer: server entries
+// from the config, private entries and push tokens from the store.
+type metadata struct{ s *Server }
+
+var _ imapext.Handler = metadata{}
+
+// serverEntries are the /shared entries of the server ("" mailbox).
+func (m metadata) serverEntries() map[string]string {
+	cfg := m.s.cfg
+	e := map[string]string{
+		entryMaxRecipients: strconv.Itoa(cfg.MaxRecipients),
+	}
+	if cfg.Comment != "" {
+		e[entryComment] = cfg.Comment
+	}
+	if cfg.AdminContact != "" {
+		e[entryAdmin] = "mailto:" + cfg.AdminContact
+	}
+	if cfg.IrohRelay != "" {
+		e[entryIrohRelay] = cfg.IrohRelay
+	}
+	if t := m.turnCredentials(); t != "" {
+		e[entryTURN] = t
+	}
+	return e
+}
+
+// turnCredentials is host:port:expiry:password, where expiry (unix
+// seconds) is the TURN user name and the password the base64 HMAC-SHA1 of
+// it under the shared secret.
+func (m metadata) turnCredentials() string {
+	t := m.s.cfg.TURN
+	if t.Server == "" || t.Secret == "" {
+		return ""
+	}
+	ttl := t.TTLHours
+	if ttl <= 0 {
+		ttl = 24
+	}
+	expiry := strconv.FormatInt(m.s.now().Unix()+int64(ttl)*3600, 10)
+	mac := hmac.New(sha1.New, []byte(t.Secret))
+	mac.Write([]byte(expiry))
+	return t.Server + ":" + expiry + ":" + base64.StdEncoding.EncodeToString(mac.Sum(nil))
+}
+
+func (m metadata) GetMetadata(user, mbox string, entries []string, opts imapext.GetMetadataOptions) (map[string]*string, error) {
+	out := map[string]*string{}
+	var shared map[string]string
+	if mbox == "" {
+		shared = m.serverEntries()
+	}
+	for _, e := range entries {
+		lower := strings.ToLower(e)
+		switch {
+		case shared != nil && strings.HasPrefix(lower, "/shared"):
+			if opts.Depth != 0 {
+				for k, v := range shared {
+					if strings.HasPrefix(k, lower+"/") && (opts.Depth < 0 || strings.Count(k[len(lower):], "/") <= opts.Depth) {
+						v := v
+						out[k] = &v
+					}
+				}
+			}
+			if v, ok := shared[lower]; ok {
+				out[e] = &v
+			} else if _, listed := out[e]; !listed {
+				out[e] = nil
+			}
+		case strings.HasPrefix(lower, "/private/") && lower != entryDeviceToken:
+			v, err := m.s.store.GetPrivate(user, mbox, lower)
+			if err != nil {
+				return nil, err
+			}
+			out[e] = v
+		default:
+			// Push tokens are write-only: a client has no need to read
+			// them back, and nothing else may.
+			out[e] = nil
+		}
+	}
+	return out, nil
+}
+
+func (m metadata) SetMetadata(user, mbox string, entries map[string]*string) error {
+	for e, v := range entries {
+		lower := strings.ToLower(e)
+		switch {
+		case lower == entryDeviceToken && strings.EqualFold(mbox, "INBOX"):
+			if v == nil {
+				continue
+			}
+			token := strings.TrimSpace(*v)
+			if token == "" || len(token) > 4096 {
+				return &imap.Error{Type: imap.StatusResponseTypeNo, Text: "Invalid device token"}
+			}
+			if err := m.s.store.AddPushToken(user, token); err != nil {
+				return err
+			}
+		case strings.HasPrefix(lower, "/private/"):
+			err := m.s.store.SetPrivate(user, mbox, lower, v)
+			if errors.Is(err, mailbox.ErrTooMany) {
+				return &imap.Error{Type: imap.StatusResponseTypeNo, Code: "METADATA TOOMANY", Text: "Too many entries"}
+			} else if err != nil {
+				return err
+			}
+		default:
+			// RFC 5464 section 3.2: shared entries here are the server's.
+			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNoPerm, Text: fmt.Sprintf("%s is read-only", e)}
+		}
+	}
+	return nil
+}
+
+func (m metadata) Quota(user string) (used, limit int64, err error) {
+	return m.s.store.Quota(user)
+}
