@@ -3,7 +3,6 @@ package mailbox
 import (
 	"encoding/json"
 	"errors"
-	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -90,15 +89,13 @@ func (s *Store) AddPushToken(addr, token string) error {
 		if err != nil {
 			return err
 		}
-		tokens := readTokens(b)
-		kept := tokens[:0]
-		for _, t := range tokens {
+		// Newest first: the token just set leads.
+		kept := []pushToken{{Token: token, Set: now}}
+		for _, t := range readTokens(b) {
 			if t.Token != token {
 				kept = append(kept, t)
 			}
 		}
-		kept = append(kept, pushToken{Token: token, Set: now})
-		sort.SliceStable(kept, func(i, j int) bool { return kept[i].Set > kept[j].Set })
 		if len(kept) > MaxPushTokens {
 			kept = kept[:MaxPushTokens]
 		}

@@ -63,25 +63,22 @@ func (c *Courier) mxdeliv(ctx context.Context, t target, from string, rcpts []st
 	// The transport may need the body twice: it resends a request that
 	// could not be written on a kept-alive connection the peer had just
 	// closed, which needs GetBody.
-	var size int64 = -1
 	open := func() (io.ReadCloser, error) {
 		rc, err := body()
 		if err != nil {
 			return nil, fmt.Errorf("open message: %w", err)
 		}
-		if f, ok := rc.(interface{ Stat() (fs.FileInfo, error) }); ok && size < 0 {
-			if st, err := f.Stat(); err == nil {
-				size = int64(len(sig)) + st.Size()
-			}
-		}
-		return struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(strings.NewReader(sig), rc), rc}, nil
+		return sigBody{io.MultiReader(strings.NewReader(sig), rc), rc}, nil
 	}
 	first, err := open()
 	if err != nil {
 		return err
+	}
+	size := int64(-1)
+	if f, ok := first.(sigBody).Closer.(interface{ Stat() (fs.FileInfo, error) }); ok {
+		if st, err := f.Stat(); err == nil {
+			size = int64(len(sig)) + st.Size()
+		}
 	}
 	host := t.name
 	if c.opts.HTTPSPort != 443 {
@@ -127,6 +124,12 @@ func (c *Courier) mxdeliv(ctx context.Context, t target, from string, rcpts []st
 		return fmt.Errorf("/mxdeliv at %s refused (HTTP %d): %w", t.name, resp.StatusCode, se)
 	}
 	return fmt.Errorf("/mxdeliv at %s answered HTTP %d", t.name, resp.StatusCode)
+}
+
+// sigBody is the DKIM signature followed by the message file.
+type sigBody struct {
+	io.Reader
+	io.Closer
 }
 
 // parseReply reads an SMTP failure reply ("550 5.1.1 text", RFC 5321

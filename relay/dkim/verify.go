@@ -67,6 +67,9 @@ func IsTemporary(err error) bool {
 // *VerifyError, except for an error reading r, which is returned as is.
 func Verify(r io.Reader, fromDomain string, lookup func(domain string) ([]string, error)) error {
 	fromDomain = strings.TrimSuffix(strings.ToLower(fromDomain), ".")
+	if fromDomain == "" {
+		return &VerifyError{Kind: ErrDomainMismatch, Detail: "no From domain"}
+	}
 	suffix := "._domainkey." + fromDomain
 	var (
 		mu         sync.Mutex
