@@ -106,7 +106,9 @@ func idOf(token string) entryID { return sha256.Sum256([]byte(token)) }
 
 // entry is one token with a wake-up pending.
 type entry struct {
-	Token string   `json:"token"`
+	// Token is bytes, not a string: JSON would replace invalid UTF-8 with
+	// U+FFFD, and the proxy must get the token byte for byte.
+	Token []byte   `json:"token"`
 	Addrs []string `json:"addrs"` // accounts that hold the token, newest last
 	// Seq counts Notify calls merged into the entry. An attempt that
 	// succeeds while Seq moved on may have reached the phone before the
@@ -195,7 +197,7 @@ func (n *Notifier) load() error {
 		var bad [][]byte
 		err = q.ForEach(func(k, v []byte) error {
 			var e entry
-			if len(k) != sha256.Size || json.Unmarshal(v, &e) != nil || idOf(e.Token) != entryID(k) {
+			if len(k) != sha256.Size || json.Unmarshal(v, &e) != nil || idOf(string(e.Token)) != entryID(k) {
 				bad = append(bad, k)
 				return nil
 			}
@@ -235,7 +237,7 @@ func (n *Notifier) Notify(addr string, tokens []string) error {
 				return err
 			}
 			if e == nil {
-				e = &entry{Token: token, First: now, Next: now}
+				e = &entry{Token: []byte(token), First: now, Next: now}
 				if err := due.Put(dueKey(now, id), nil); err != nil {
 					return err
 				}

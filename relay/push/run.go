@@ -1,11 +1,12 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	mrand "math/rand/v2"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -141,14 +142,14 @@ func (n *Notifier) attempt(ctx context.Context, c claim) {
 	n.mu.Unlock()
 	n.wake()
 	if n.attempted != nil {
-		n.attempted(outcome{token: c.e.Token, result: res, status: status})
+		n.attempted(outcome{token: string(c.e.Token), result: res, status: status})
 	}
 }
 
-func (n *Notifier) post(ctx context.Context, token string) (int, error) {
+func (n *Notifier) post(ctx context.Context, token []byte) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.opts.URL, strings.NewReader(token))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.opts.URL, bytes.NewReader(token))
 	if err != nil {
 		return 0, err
 	}
@@ -222,7 +223,10 @@ func (n *Notifier) finish(ctx context.Context, c claim, status int, postErr erro
 			}
 			// The last attempt is at the deadline itself rather than
 			// never: the proxy may be back by then.
-			res, next = retry, min(now.Add(n.backoff(e.Attempts)), deadline)
+			res, next = retry, now.Add(n.backoff(e.Attempts))
+			if next.After(deadline) {
+				next = deadline
+			}
 			return reschedule(next)
 		}
 	})
@@ -238,16 +242,25 @@ func (n *Notifier) finish(ctx context.Context, c claim, status int, postErr erro
 	case dropped:
 		n.log.Info("push token expired at the proxy, dropping it", "accounts", len(addrs))
 		for _, addr := range addrs {
-			if err := n.opts.DropToken(addr, c.e.Token); err != nil {
+			if err := n.opts.DropToken(addr, string(c.e.Token)); err != nil {
 				n.log.Warn("drop expired push token", "err", err)
 			}
 		}
 	case retry:
-		n.log.Info("push deferred", "status", status, "err", postErr, "attempts", attempts, "next", next)
+		n.log.Info("push deferred", failure(status, postErr), "attempts", attempts, "next", next)
 	case gaveUp:
-		n.log.Warn("push given up", "status", status, "err", postErr, "attempts", attempts, "after", n.opts.GiveUp)
+		n.log.Warn("push given up", failure(status, postErr), "attempts", attempts, "after", n.opts.GiveUp)
 	}
 	return res
+}
+
+// failure describes a failed attempt for the log. Errors name the proxy's
+// URL at most, never the token, which travels only in the body.
+func failure(status int, err error) slog.Attr {
+	if err != nil {
+		return slog.Any("err", err)
+	}
+	return slog.Int("status", status)
 }
 
 // backoff is the wait after the n-th failed attempt: BaseDelay doubled
