@@ -200,3 +200,12 @@ func (s *Store) Quota(addr string) (used, limit int64, err error) {
 	}
 	return rec.Used, s.opts.QuotaBytes, nil
 }
+
+// Open reads back what was written so far, e.g. to hand the message to the
+// outbound queue before it is delivered locally.
+func (in *Incoming) Open() (*os.File, error) {
+	if err := in.f.Sync(); err != nil {
+		return nil, err
+	}
+	return os.Open(in.f.Name())
+}

@@ -33,6 +33,7 @@ type live struct {
 	tracker *imapserver.MailboxTracker
 
 	mu          sync.Mutex
+	waiters     map[chan struct{}]struct{} // IDLE sessions to wake
 	uids        []imap.UID
 	uidValidity uint32
 	uidNext     imap.UID
@@ -112,6 +113,7 @@ func (s *Store) appended(k liveKey, uid imap.UID) {
 		l.uidNext = uid + 1
 	}
 	l.tracker.QueueNumMessages(uint32(len(l.uids)))
+	l.wake()
 }
 
 // expunged tells sessions of a mailbox about committed removals. The caller
@@ -142,6 +144,7 @@ func (s *Store) expunged(k liveKey, uids []imap.UID) {
 	for _, seq := range seqs {
 		l.tracker.QueueExpunge(seq)
 	}
+	l.wake()
 }
 
 // flagsChanged tells other sessions of a mailbox that a message's flags
@@ -156,5 +159,45 @@ func (s *Store) flagsChanged(k liveKey, uid imap.UID, flags []imap.Flag, source 
 	i := sort.Search(len(l.uids), func(i int) bool { return l.uids[i] >= uid })
 	if i < len(l.uids) && l.uids[i] == uid {
 		l.tracker.QueueMessageFlags(uint32(i+1), uid, flags, source)
+		l.wake()
+	}
+}
+
+// wake signals every IDLE session of the mailbox; the caller holds l.mu.
+func (l *live) wake() {
+	for ch := range l.waiters {
+		select {
+		case ch <- struct{}{}:
+		default: // already signalled
+		}
+	}
+}
+
+// idle writes updates to an IDLE session until stop is closed. Unlike
+// go-imap's SessionTracker.Idle, it registers for wake-ups before flushing
+// what is already queued, so an update that lands between the previous
+// command and IDLE is not held back until the next one.
+func (l *live) idle(t *imapserver.SessionTracker, w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	ch := make(chan struct{}, 1)
+	l.mu.Lock()
+	if l.waiters == nil {
+		l.waiters = map[chan struct{}]struct{}{}
+	}
+	l.waiters[ch] = struct{}{}
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.waiters, ch)
+		l.mu.Unlock()
+	}()
+	for {
+		if err := t.Poll(w, true); err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-stop:
+			return nil
+		}
 	}
 }

@@ -438,7 +438,7 @@ func (c *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) err
 		<-stop
 		return nil
 	}
-	return c.sel.tracker.Idle(w, stop)
+	return c.sel.live.idle(c.sel.tracker, w, stop)
 }
 
 func (c *imapSession) Namespace() (*imap.NamespaceData, error) {

@@ -62,8 +62,26 @@ type Config struct {
 	// NotifyURL is the push notification proxy tokens are POSTed to.
 	NotifyURL string `toml:"notify_url"`
 
+	// Federation.
+	Federation Federation `toml:"federation"`
+
 	// Dev marks a loopback development relay (set by serve --dev).
 	Dev bool `toml:"-"`
+
+	// Web site
+
+	// OperatorName is who runs this relay (a person or an organisation),
+	// named on the web pages and in the privacy policy; empty: the pages
+	// name the admin contact only.
+	OperatorName string `toml:"operator_name"`
+	// PrivacyExtraFile is a file whose content is added to /privacy:
+	// HTML if its name ends in .html or .htm, plain text otherwise.
+	// Read at each request, so edits show at once; empty: none.
+	PrivacyExtraFile string `toml:"privacy_extra_file"`
+	// DownloadsDir is a folder of client app files served under
+	// /downloads with their SHA-256 sums; empty means DataDir/downloads.
+	// A missing or empty folder hides the page.
+	DownloadsDir string `toml:"downloads_dir"`
 }
 
 // Listen holds the listener addresses; an empty string disables one.
@@ -75,6 +93,28 @@ type Listen struct {
 	SMTP        string `toml:"smtp"`        // inbound from other servers (25)
 	HTTPS       string `toml:"https"`       // web, /new, /mxdeliv, and IMAP/SMTP by ALPN (443)
 	HTTP        string `toml:"http"`        // ACME HTTP-01 and redirect (80)
+}
+
+// Federation configures mail to and from other relays.
+type Federation struct {
+	// DKIMSelector names our DKIM key in DNS: SELECTOR._domainkey.DOMAIN.
+	DKIMSelector string `toml:"dkim_selector"`
+	// Resolver is the DNS server (host:port) for MX, address and DKIM
+	// lookups; empty means the system's.
+	Resolver string `toml:"resolver"`
+	// StaticRoutes send mail for a domain to a host[:port], overriding
+	// MX, for networks whose DNS is gone. The peer's DKIM key is then
+	// fetched from it over HTTPS.
+	StaticRoutes map[string]string `toml:"static_routes"`
+	// SMTPPort and HTTPSPort are the ports of other relays: 25 and 443, or
+	// the dev ports when relays run in dev mode.
+	SMTPPort  int `toml:"smtp_port"`
+	HTTPSPort int `toml:"https_port"`
+	// DisableMXDeliv turns off receiving over HTTPS /mxdeliv (and trying it
+	// when sending).
+	DisableMXDeliv bool `toml:"disable_mxdeliv"`
+	// BounceAfterHours: undeliverable mail is bounced after this long.
+	BounceAfterHours int `toml:"bounce_after_hours"`
 }
 
 // TURNConfig describes a TURN server sharing a secret with the relay (the
@@ -122,7 +162,10 @@ func Default() Config {
 		MinFreeDisk:       1 << 30,
 		TLS:               TLSConfig{Mode: "auto"},
 		TURN:              TURNConfig{TTLHours: 24 * 5},
-		NotifyURL:         "https://notifications.delta.chat/notify",
+		Federation: Federation{
+			DKIMSelector: "dkim", SMTPPort: 25, HTTPSPort: 443, BounceAfterHours: 48,
+		},
+		NotifyURL: "https://notifications.delta.chat/notify",
 	}
 }
 
@@ -135,6 +178,9 @@ func DevDefault() Config {
 	c.DataDir = "chatrelay-data"
 	c.TLS.Mode = "selfsigned"
 	c.Listen = DevListen("127.0.0.1")
+	// Other dev relays listen on the dev ports.
+	c.Federation.SMTPPort = 1025
+	c.Federation.HTTPSPort = 1443
 	// A developer's machine is busy compiling; the load guard is for
 	// production relays.
 	c.MaxLoad1 = 0

@@ -3,12 +3,20 @@ package relay
 import (
 	"errors"
 	"io"
+	"net"
 	"strings"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/policy"
+	"github.com/chatrelay/chatrelay/relay/dkim"
+)
+
+var (
+	errDKIMTemp   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 5}, Message: "DKIM key lookup failed, try again later"}
+	errIPMismatch = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender address literal does not match the connecting address"}
+	errQuotaTemp  = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full, try again later"}
 )
 
 // inboundSession is another server delivering to our users on port 25. It
@@ -30,33 +38,120 @@ func (is *inboundSession) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (is *inboundSession) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if _, _, err := policy.SplitAddress(to); err != nil {
-		return errBadAddress
-	}
-	if !is.s.isLocal(to) {
-		return errNoRelay
-	}
-	acc, err := is.s.store.Lookup(to)
-	if errors.Is(err, mailbox.ErrNoAccount) {
-		return smtpReply(policy.ErrNoSuchUser)
-	} else if err != nil {
-		return errTempFailure
+	acc, err := is.s.inboundRecipient(to)
+	if err != nil {
+		return err
 	}
 	is.local = append(is.local, acc)
 	return nil
 }
 
-func (is *inboundSession) Data(r io.Reader) error {
-	env := policy.Envelope{From: is.from}
-	for _, a := range is.local {
-		env.To = append(env.To, a.Addr)
+// inboundRecipient accepts only existing local accounts; inbound mail never
+// creates one and never goes anywhere else.
+func (s *Server) inboundRecipient(to string) (*mailbox.Account, error) {
+	if _, _, err := policy.SplitAddress(to); err != nil {
+		return nil, errBadAddress
 	}
-	return is.s.deliverLocal(r, is.local, func(r io.Reader, w io.Writer) *policy.Reply {
-		_, reply := policy.Incoming(env, r, w)
-		return reply
-	})
+	if !s.isLocal(to) {
+		return nil, errNoRelay
+	}
+	acc, err := s.store.Lookup(to)
+	if errors.Is(err, mailbox.ErrNoAccount) {
+		return nil, smtpReply(policy.ErrNoSuchUser)
+	} else if err != nil {
+		return nil, errTempFailure
+	}
+	return acc, nil
+}
+
+func (is *inboundSession) Data(r io.Reader) error {
+	var ip net.IP
+	if a, ok := is.conn.Conn().RemoteAddr().(*net.TCPAddr); ok {
+		ip = a.IP
+	}
+	return is.s.receive(ip, is.from, is.local, r)
 }
 
 func (is *inboundSession) Reset() { is.from, is.local = "", nil }
 
 func (is *inboundSession) Logout() error { return nil }
+
+// receive is the one inbound path, for port 25 and /mxdeliv alike: spool
+// the raw message, check its sender (DKIM aligned with From:, or for an
+// address-literal sender the connecting IP), apply the incoming policy and
+// header clean-up, and deliver. It returns nil only when the message is
+// durable.
+func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account, r io.Reader) error {
+	if len(rcpts) == 0 {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+	}
+	raw, err := s.store.NewIncoming()
+	if err != nil {
+		s.log.Error("start message", "err", err)
+		return errTempFailure
+	}
+	defer raw.Abort()
+	rr := &readErr{r: r}
+	if _, err := io.Copy(raw, rr); err != nil {
+		if rr.err != nil {
+			return readFailure(rr.err)
+		}
+		s.log.Error("spool inbound message", "err", err)
+		return errTempFailure
+	}
+	if err := s.checkSender(raw, remote); err != nil {
+		s.log.Info("inbound refused", "reason", err.Error())
+		return err
+	}
+	in, err := raw.Open()
+	if err != nil {
+		return errTempFailure
+	}
+	defer in.Close()
+	env := policy.Envelope{From: envFrom}
+	for _, a := range rcpts {
+		env.To = append(env.To, a.Addr)
+	}
+	return s.deliverLocal(in, rcpts, errQuotaTemp, func(r io.Reader, w io.Writer) *policy.Reply {
+		_, reply := policy.Incoming(env, r, w)
+		return reply
+	})
+}
+
+// checkSender authenticates the From: domain of a spooled message.
+func (s *Server) checkSender(raw *mailbox.Incoming, remote net.IP) error {
+	f, err := raw.Open()
+	if err != nil {
+		return errTempFailure
+	}
+	defer f.Close()
+	from, err := headerFrom(f)
+	if err != nil {
+		return smtpReply(policy.ErrDKIM("no valid From header"))
+	}
+	_, domain, err := policy.SplitAddress(from)
+	if err != nil {
+		return smtpReply(policy.ErrDKIM("no valid From header"))
+	}
+	if strings.HasPrefix(domain, "[") {
+		// An address literal carries no DKIM: the sender must connect
+		// from that address.
+		lit := strings.TrimPrefix(strings.Trim(domain, "[]"), "IPv6:")
+		if ip := net.ParseIP(lit); ip == nil || remote == nil || !ip.Equal(remote) {
+			return errIPMismatch
+		}
+		return nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return errTempFailure
+	}
+	if err := dkim.Verify(f, domain, s.dkimLookup); err != nil {
+		if dkim.IsTemporary(err) {
+			s.log.Warn("dkim lookup failed", "err", err)
+			return errDKIMTemp
+		}
+		s.log.Info("inbound refused", "reason", err.Error())
+		return smtpReply(policy.ErrDKIM(err.Error()))
+	}
+	return nil
+}

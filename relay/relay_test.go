@@ -390,3 +390,41 @@ func TestStarvedMachineRefusesNewAccountsTemporarily(t *testing.T) {
 		t.Fatal("account created on a starved machine")
 	}
 }
+
+// A message that arrives between a client's last command and its IDLE is
+// announced as soon as IDLE starts, not held until the next delivery.
+func TestIdleAnnouncesMailQueuedBeforeIdle(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const alice, bob = "alicealic@localhost", "bobbobbob@localhost"
+	login(t, r, alice).Close()
+	exists := make(chan uint32, 16)
+	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				exists <- *d.NumMessages
+			}
+		},
+	}})
+	if err := c.Login(bob, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := submit(t, r, alice, password, alice, []string{bob}, testmsg.Encrypted(alice, bob, 0)); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	select {
+	case n := <-exists:
+		if n != 1 {
+			t.Fatalf("EXISTS %d", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("message delivered before IDLE was not announced")
+	}
+}

@@ -6,6 +6,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/mailbox/imapext"
 	"github.com/chatrelay/chatrelay/policy"
+	"github.com/chatrelay/chatrelay/relay/courier"
 )
 
 // Certificates supplies the TLS configuration every listener uses.
@@ -47,6 +49,7 @@ type Server struct {
 	rate  *policy.RateLimiter
 	rules policy.AccountRules
 	web   *web
+	fed   *federation
 
 	imap       *imapserver.Server // behind the imapext layer of every connection
 	imapTLS    *imapext.Options   // implicit TLS (993, 443 by ALPN)
@@ -67,6 +70,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; tests move it. Defaults to time.Now.
 	Now func() time.Time
+	// Resolver replaces DNS for federation (tests); nil means the
+	// resolver from the config.
+	Resolver courier.Resolver
+	// RootCAs replaces the system roots for verifying other relays (tests).
+	RootCAs *x509.CertPool
 }
 
 // New opens the store and builds the protocol servers; Start opens the
@@ -96,11 +104,15 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		listeners: map[string]net.Listener{},
 	}
 	s.auth = newAuthenticator(s)
+	if err := s.setupFederation(opts); err != nil {
+		store.Close()
+		return nil, err
+	}
 	s.web = newWeb(s)
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{
-		Handler:           s.web.handler(),
+		Handler:           s.httpsHandler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       5 * time.Minute,
 		WriteTimeout:      5 * time.Minute,
@@ -189,6 +201,17 @@ func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
 	}
 }
 
+// httpsHandler serves the web site and, for other relays, /mxdeliv and
+// our DKIM key.
+func (s *Server) httpsHandler() http.Handler {
+	site := s.web.handler()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/mxdeliv", s.handleMXDeliv)
+	mux.HandleFunc(dkimKeyPath, s.handleDKIMKey)
+	mux.Handle("/", site)
+	return mux
+}
+
 // Start opens every configured listener and serves in the background.
 func (s *Server) Start() error {
 	tlsConf := s.certs.TLSConfig()
@@ -229,6 +252,7 @@ func (s *Server) Start() error {
 			}
 		}(e, ln)
 	}
+	s.fed.start()
 	return nil
 }
 
@@ -314,6 +338,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.inbound.Shutdown(ctx)
 	s.imap.Close()
 	s.conns.closeAll()
+	s.fed.stop()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

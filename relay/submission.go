@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"io"
+	"net/http"
 	"strings"
 	"time"
 
@@ -20,7 +21,6 @@ func smtpReply(r *policy.Reply) *smtp.SMTPError {
 
 var (
 	errTempFailure = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary server error, try again later"}
-	errNoRemote    = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Delivery to other servers is not available yet, try again later"}
 	errNoRelay     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
 	errBadAddress  = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
 	errAuthTemp    = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure, try again later"}
@@ -58,11 +58,12 @@ func (s *Server) isLocal(addr string) bool {
 // 443 by ALPN). go-smtp refuses AUTH before TLS since AllowInsecureAuth is
 // off, and refuses MAIL before AUTH once an AuthSession is offered.
 type submissionSession struct {
-	s     *Server
-	conn  *smtp.Conn
-	acc   *mailbox.Account
-	from  string
-	local []*mailbox.Account
+	s      *Server
+	conn   *smtp.Conn
+	acc    *mailbox.Account
+	from   string
+	local  []*mailbox.Account
+	remote []string
 }
 
 func (ss *submissionSession) AuthMechanisms() []string { return []string{sasl.Plain} }
@@ -108,7 +109,8 @@ func (ss *submissionSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return errBadAddress
 	}
 	if !ss.s.isLocal(to) {
-		return errNoRemote
+		ss.remote = append(ss.remote, strings.ToLower(to))
+		return nil
 	}
 	acc, err := ss.s.store.Lookup(to)
 	if errors.Is(err, mailbox.ErrNoAccount) {
@@ -121,17 +123,37 @@ func (ss *submissionSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (ss *submissionSession) Data(r io.Reader) error {
-	env := policy.Envelope{From: ss.from}
+	env := policy.Envelope{From: ss.from, To: ss.remote}
 	for _, a := range ss.local {
 		env.To = append(env.To, a.Addr)
 	}
-	return ss.s.deliverLocal(r, ss.local, func(r io.Reader, w io.Writer) *policy.Reply {
+	in, err := ss.s.filter(r, func(r io.Reader, w io.Writer) *policy.Reply {
 		return policy.Outgoing(env, r, w)
 	})
+	if err != nil {
+		return err
+	}
+	// Queue for other servers first: once the spool is durable the local
+	// copies follow; a failure here leaves nothing half-sent.
+	if len(ss.remote) > 0 {
+		f, err := in.Open()
+		if err != nil {
+			in.Abort()
+			return errTempFailure
+		}
+		_, err = ss.s.fed.queue.Put(ss.from, ss.remote, f)
+		f.Close()
+		if err != nil {
+			in.Abort()
+			ss.s.log.Error("queue message", "err", err)
+			return errTempFailure
+		}
+	}
+	return ss.s.storeLocal(in, ss.local, errMailbox)
 }
 
 func (ss *submissionSession) Reset() {
-	ss.from, ss.local = "", nil
+	ss.from, ss.local, ss.remote = "", nil, nil
 }
 
 func (ss *submissionSession) Logout() error { return nil }
@@ -151,27 +173,55 @@ func (e *readErr) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// deliverLocal runs the message through check into the store and delivers
-// it to local accounts. It returns nil only when the message is durable.
-func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, check func(io.Reader, io.Writer) *policy.Reply) error {
+// readFailure is the reply for a message that could not be read whole.
+func readFailure(err error) error {
+	var tooBig *http.MaxBytesError
+	if errors.Is(err, smtp.ErrDataTooLarge) || errors.As(err, &tooBig) {
+		return smtpReply(policy.ErrTooBig)
+	}
+	return err
+}
+
+// filter runs a message through a policy check into a new Incoming. On
+// refusal or a read error the Incoming is already discarded.
+func (s *Server) filter(r io.Reader, check func(io.Reader, io.Writer) *policy.Reply) (*mailbox.Incoming, error) {
 	in, err := s.store.NewIncoming()
 	if err != nil {
 		s.log.Error("start message", "err", err)
-		return errTempFailure
+		return nil, errTempFailure
 	}
 	rr := &readErr{r: r}
 	reply := check(rr, in)
 	io.Copy(io.Discard, rr)
 	if rr.err != nil {
 		in.Abort()
-		if errors.Is(rr.err, smtp.ErrDataTooLarge) {
-			return smtpReply(policy.ErrTooBig)
-		}
-		return rr.err
+		return nil, readFailure(rr.err)
 	}
 	if reply != nil {
 		in.Abort()
-		return smtpReply(reply)
+		s.log.Info("message refused", "code", reply.Code, "reason", reply.Reason())
+		return nil, smtpReply(reply)
+	}
+	return in, nil
+}
+
+// deliverLocal runs the message through check into the store and delivers
+// it to local accounts. It returns nil only when the message is durable.
+// quotaErr is what a full mailbox answers.
+func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, quotaErr error, check func(io.Reader, io.Writer) *policy.Reply) error {
+	in, err := s.filter(r, check)
+	if err != nil {
+		return err
+	}
+	return s.storeLocal(in, rcpts, quotaErr)
+}
+
+// storeLocal delivers a filtered message to local accounts, or drops it when
+// there are none. The Incoming is consumed.
+func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quotaErr error) error {
+	if len(rcpts) == 0 {
+		in.Abort()
+		return nil
 	}
 	for _, a := range rcpts {
 		if ok, err := s.store.QuotaFits(a.Addr, in.Size()); err != nil {
@@ -179,12 +229,8 @@ func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, check func(
 			return errTempFailure
 		} else if !ok {
 			in.Abort()
-			return errMailbox
+			return quotaErr
 		}
-	}
-	if len(rcpts) == 0 {
-		in.Abort()
-		return nil
 	}
 	if _, err := in.Deliver(rcpts, "INBOX"); err != nil {
 		s.log.Error("deliver", "err", err)

@@ -305,9 +305,13 @@ type layer struct {
 	mu      sync.Mutex
 	cond    sync.Cond
 	pending []pendingCmd // passthrough commands awaiting a tagged response
-	conts   int          // continuation requests seen from imapserver
-	swallow bool         // hide the next continuation request from the client
-	closed  bool         // the pump has stopped
+	// greeted is set once imapserver's greeting went out: a client that
+	// pipelines STARTTLS (or any command of ours) before reading the
+	// greeting must not get our answer first.
+	greeted bool
+	conts   int  // continuation requests seen from imapserver
+	swallow bool // hide the next continuation request from the client
+	closed  bool // the pump has stopped
 	user    string
 	tls     bool
 }
@@ -449,11 +453,12 @@ func (l *layer) authAllowed() bool {
 	return l.tls || l.opts.InsecureAuth
 }
 
-// waitIdle waits until every passthrough command has been answered.
+// waitIdle waits until the greeting and every passthrough command have
+// been answered.
 func (l *layer) waitIdle() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for len(l.pending) > 0 && !l.closed {
+	for (!l.greeted || len(l.pending) > 0) && !l.closed {
 		l.cond.Wait()
 	}
 	if l.closed {

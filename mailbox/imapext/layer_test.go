@@ -93,6 +93,17 @@ func (s *loginSession) Login(username, password string) error {
 	return nil
 }
 
+// Idle flushes updates queued before IDLE began: imapmemserver's tracker
+// only wakes IDLE for updates that arrive after it started waiting, so an
+// APPEND racing the IDLE command would otherwise go unseen (the mailbox
+// package has its own IDLE loop without that gap).
+func (s *loginSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	if err := s.Session.Poll(w, true); err != nil {
+		return err
+	}
+	return s.Session.Idle(w, stop)
+}
+
 type testEnv struct {
 	addr string
 	h    *fakeHandler

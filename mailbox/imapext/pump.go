@@ -122,6 +122,7 @@ func (l *layer) pump() (err error) {
 
 		// The response is complete.
 		l.mu.Lock()
+		l.greeted = true
 		switch kind {
 		case respContinuation:
 			l.conts++

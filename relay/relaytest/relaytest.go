@@ -23,6 +23,7 @@ type Relay struct {
 	Dir string
 	// Clock is the relay's clock: real time plus an offset tests move.
 	Clock *Clock
+	Certs *acme.Manager
 	tb    testing.TB
 	stop  func()
 }
@@ -56,6 +57,13 @@ func Start(tb testing.TB, edit func(*Cfg)) *Relay {
 // StartConfig runs a relay with exactly cfg.
 func StartConfig(tb testing.TB, cfg relay.Config) *Relay {
 	tb.Helper()
+	return StartWith(tb, cfg, relay.Options{})
+}
+
+// StartWith runs a relay with exactly cfg and opts; the clock and logger
+// are the test's.
+func StartWith(tb testing.TB, cfg relay.Config, opts relay.Options) *Relay {
+	tb.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -65,7 +73,8 @@ func StartConfig(tb testing.TB, cfg relay.Config) *Relay {
 		tb.Fatal(err)
 	}
 	clock := &Clock{}
-	srv, err := relay.New(cfg, certs, relay.Options{Logger: log, Now: clock.Now})
+	opts.Logger, opts.Now = log, clock.Now
+	srv, err := relay.New(cfg, certs, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -73,7 +82,7 @@ func StartConfig(tb testing.TB, cfg relay.Config) *Relay {
 		srv.Shutdown(context.Background())
 		tb.Fatal(err)
 	}
-	r := &Relay{Server: srv, Cfg: cfg, Dir: cfg.DataDir, Clock: clock, tb: tb}
+	r := &Relay{Server: srv, Cfg: cfg, Dir: cfg.DataDir, Clock: clock, Certs: certs, tb: tb}
 	stopped := false
 	r.stop = func() {
 		if stopped {
