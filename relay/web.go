@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -17,27 +18,133 @@ import (
 	"github.com/chatrelay/chatrelay/mailbox"
 )
 
-// web serves the HTTPS side: the onboarding page and /new.
-type web struct {
-	s      *Server
-	newLim *ipLimiter
+// InviteChecker redeems invite tokens for /new?token=T when registration
+// is "invite". UseInvite returns nil when the token was valid and one use
+// of it is now spent.
+type InviteChecker interface {
+	UseInvite(token string) error
 }
+
+// web serves the HTTPS side: the onboarding page, /new, /info, /privacy,
+// /downloads, autoconfig and the MTA-STS policy.
+type web struct {
+	s       *Server
+	newLim  *ipLimiter
+	invites atomic.Pointer[inviteChecker]
+	dl      *downloads
+}
+
+// inviteChecker boxes the interface for atomic.Pointer.
+type inviteChecker struct{ InviteChecker }
 
 func newWeb(s *Server) *web {
 	// /new: a burst of 5 accounts per client IP, then one every 10 s.
-	return &web{s: s, newLim: newIPLimiter(rate.Every(10*time.Second), 5)}
+	w := &web{s: s, newLim: newIPLimiter(rate.Every(10*time.Second), 5)}
+	dir := s.cfg.DownloadsDir
+	if dir == "" {
+		dir = filepath.Join(s.cfg.DataDir, "downloads")
+	}
+	w.dl = newDownloads(dir)
+	return w
 }
+
+// SetInviteChecker makes /new accept invite tokens (registration mode
+// "invite"); nil means invites are not supported and such a relay takes
+// no new accounts over the web.
+func (s *Server) SetInviteChecker(c InviteChecker) {
+	if c == nil {
+		s.web.invites.Store(nil)
+		return
+	}
+	s.web.invites.Store(&inviteChecker{c})
+}
+
+func (w *web) inviteChecker() InviteChecker {
+	if c := w.invites.Load(); c != nil {
+		return c.InviteChecker
+	}
+	return nil
+}
+
+// WebHandler is the web site on its own (without /mxdeliv), as the HTTPS
+// listener serves it.
+func (s *Server) WebHandler() http.Handler { return s.web.handler() }
 
 func (w *web) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/new", w.handleNew)
-	mux.HandleFunc("/robots.txt", func(rw http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /robots.txt", func(rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprint(rw, "User-agent: *\nDisallow: /\n")
 	})
-	mux.HandleFunc("/{$}", w.handleIndex)
-	return mux
+	mux.HandleFunc("GET /{$}", w.handleIndex)
+	mux.HandleFunc("GET /info", w.handleInfo)
+	mux.HandleFunc("GET /privacy", w.handlePrivacy)
+	mux.HandleFunc("GET /downloads", w.handleDownloads)
+	mux.HandleFunc("GET "+mtaSTSPath, w.handleMTASTS)
+	// Delta Chat core tries autoconfig.D first, then D/.well-known.
+	mux.HandleFunc("GET /.well-known/autoconfig/mail/config-v1.1.xml", w.handleAutoconfig)
+	mux.HandleFunc("GET /mail/config-v1.1.xml", w.handleAutoconfig)
+	return w.secure(w.route(mux))
 }
+
+// route does what the Host header asks before the paths are looked at:
+// mta-sts.D serves only its policy (RFC 8461 section 3.3), www.D sends
+// browsers to D, and /downloads/NAME is answered here so that no path
+// cleaning or pattern matching stands between the name and its checks.
+func (w *web) route(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		host, port := splitHost(r.Host)
+		if d := strings.ToLower(w.s.cfg.Domain); d != "" && w.s.cfg.IP == "" {
+			switch host {
+			case "mta-sts." + d:
+				if r.URL.Path != mtaSTSPath {
+					http.NotFound(rw, r)
+					return
+				}
+				w.handleMTASTS(rw, r)
+				return
+			case "www." + d:
+				target := "https://" + d
+				if port != "" {
+					target += ":" + port
+				}
+				http.Redirect(rw, r, target+r.URL.RequestURI(), http.StatusMovedPermanently)
+				return
+			}
+		}
+		if name, ok := strings.CutPrefix(r.URL.Path, "/downloads/"); ok {
+			w.serveDownload(rw, r, name)
+			return
+		}
+		next.ServeHTTP(rw, r)
+	})
+}
+
+// splitHost returns the lower-case host name of a Host header without a
+// trailing dot, and its port if one was given.
+func splitHost(hostport string) (host, port string) {
+	host = hostport
+	if h, p, err := net.SplitHostPort(hostport); err == nil {
+		host, port = h, p
+	}
+	return strings.TrimSuffix(strings.ToLower(host), "."), port
+}
+
+// secure sets the headers every answer carries: the page may load nothing
+// but its own inline style and data: images, and nobody may frame it.
+func (w *web) secure(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		h := rw.Header()
+		h.Set("Content-Security-Policy", contentSecurityPolicy)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("X-Frame-Options", "DENY")
+		next.ServeHTTP(rw, r)
+	})
+}
+
+const contentSecurityPolicy = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 // Random account names: SPEC section 4, 9 characters of [a-z0-9].
 const nameAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -125,9 +232,10 @@ type newAccount struct {
 }
 
 func (w *web) handleNew(rw http.ResponseWriter, r *http.Request) {
+	token := r.URL.Query().Get("token")
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		http.Redirect(rw, r, "dcaccount:"+w.baseURL()+"/new", http.StatusFound)
+		http.Redirect(rw, r, "dcaccount:"+w.newURL(token), http.StatusFound)
 		return
 	case http.MethodPost:
 	default:
@@ -135,18 +243,75 @@ func (w *web) handleNew(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	if !w.newLim.allow(clientIP(r)) {
-		writeReason(rw, http.StatusTooManyRequests, "too many new accounts from your address, try again later")
+	addr, pw, err := w.createAccount(r, token)
+	if err != nil {
+		var re *registrationError
+		if !errors.As(err, &re) {
+			re = &registrationError{http.StatusInternalServerError, "could not create the account"}
+		}
+		writeReason(rw, re.code, re.reason)
 		return
 	}
-	if w.s.cfg.Registration != "open" {
-		writeReason(rw, http.StatusForbidden, "registration is not open on this relay")
-		return
+	resp := newAccount{Email: addr, Password: pw}
+	if w.s.certs.SelfSigned() {
+		resp.DCLoginURL = w.s.DCLoginURL(addr, pw)
+	}
+	rw.Header().Set("Content-Type", "application/json")
+	rw.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(rw)
+	enc.SetEscapeHTML(false)
+	enc.Encode(resp)
+}
+
+// newURL is the https URL of /new, with the invite token if there is one.
+func (w *web) newURL(token string) string {
+	u := w.baseURL() + "/new"
+	if token != "" {
+		u += "?" + url.Values{"token": {token}}.Encode()
+	}
+	return u
+}
+
+// registrationError is a refusal to make an account, with the HTTP status
+// and the reason Delta Chat shows to the user.
+type registrationError struct {
+	code   int
+	reason string
+}
+
+func (e *registrationError) Error() string { return e.reason }
+
+// createAccount makes a fresh account in the store for a web request, if
+// the registration mode, the invite token, the per-IP rate and the
+// machine's health all allow it. The token is only spent when everything
+// else has passed.
+func (w *web) createAccount(r *http.Request, token string) (addr, password string, err error) {
+	if !w.newLim.allow(clientIP(r)) {
+		return "", "", &registrationError{http.StatusTooManyRequests, "too many new accounts from your address, try again later"}
+	}
+	mode := w.s.cfg.Registration
+	switch mode {
+	case "open":
+	case "invite":
+		if token == "" {
+			return "", "", &registrationError{http.StatusForbidden, "this relay only takes new accounts with an invite"}
+		}
+		if w.inviteChecker() == nil {
+			w.s.log.Warn("new account refused: registration is invite but no invite checker is set")
+			return "", "", &registrationError{http.StatusForbidden, "this relay cannot check invites right now"}
+		}
+	default:
+		return "", "", &registrationError{http.StatusForbidden, "registration is not open on this relay"}
 	}
 	if err := w.s.auth.guard.check(w.s.cfg.DataDir); err != nil {
 		w.s.log.Warn("new account refused", "reason", err.Error())
-		writeReason(rw, http.StatusServiceUnavailable, "this relay cannot take new accounts right now")
-		return
+		return "", "", &registrationError{http.StatusServiceUnavailable, "this relay cannot take new accounts right now"}
+	}
+	if mode == "invite" {
+		if err := w.inviteChecker().UseInvite(token); err != nil {
+			w.s.log.Info("new account refused: invite not accepted", "err", err)
+			return "", "", &registrationError{http.StatusForbidden, "this invite is not valid (unknown, used up or expired)"}
+		}
 	}
 	for range 5 {
 		addr, pw := w.s.NewAccountCredentials()
@@ -156,21 +321,11 @@ func (w *web) handleNew(rw http.ResponseWriter, r *http.Request) {
 		}
 		if err != nil {
 			w.s.log.Error("create account", "err", err)
-			writeReason(rw, http.StatusInternalServerError, "could not create the account")
-			return
+			return "", "", &registrationError{http.StatusInternalServerError, "could not create the account"}
 		}
-		resp := newAccount{Email: addr, Password: pw}
-		if w.s.certs.SelfSigned() {
-			resp.DCLoginURL = w.s.DCLoginURL(addr, pw)
-		}
-		rw.Header().Set("Content-Type", "application/json")
-		rw.Header().Set("Cache-Control", "no-store")
-		enc := json.NewEncoder(rw)
-		enc.SetEscapeHTML(false)
-		enc.Encode(resp)
-		return
+		return addr, pw, nil
 	}
-	writeReason(rw, http.StatusInternalServerError, "could not find a free account name")
+	return "", "", &registrationError{http.StatusInternalServerError, "could not find a free account name"}
 }
 
 func writeReason(rw http.ResponseWriter, code int, reason string) {
@@ -185,26 +340,4 @@ func clientIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
-}
-
-var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{.Domain}} chat relay</title></head>
-<body style="font-family:sans-serif;max-width:40em;margin:auto;padding:1em">
-<h1>{{.Domain}}</h1>
-<p>This is a chatmail relay for <a href="https://delta.chat">Delta Chat</a>. It only carries end-to-end encrypted messages.</p>
-<p><a href="{{.Join}}">Join with Delta Chat</a></p>
-<p>Messages are deleted after {{.Days}} days. Storage per account: {{.QuotaMiB}} MiB. Largest message: {{.MaxMiB}} MiB.</p>
-</body></html>
-`))
-
-func (w *web) handleIndex(rw http.ResponseWriter, r *http.Request) {
-	rw.Header().Set("Content-Type", "text/html; charset=utf-8")
-	indexTmpl.Execute(rw, map[string]string{
-		"Domain":   w.s.cfg.Hostname(),
-		"Join":     "DCACCOUNT:" + w.baseURL() + "/new",
-		"Days":     "20",
-		"QuotaMiB": strconv.FormatInt(w.s.cfg.QuotaBytes>>20, 10),
-		"MaxMiB":   strconv.FormatInt(w.s.cfg.MaxMessageSize>>20, 10),
-	})
 }
