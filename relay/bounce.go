@@ -42,8 +42,11 @@ func (s *Server) bounce(item *queue.Item, failed []queue.Rcpt) error {
 		in.Abort()
 		return err
 	}
-	_, err = in.Deliver([]*mailbox.Account{acc}, "INBOX")
-	return err
+	if _, err := in.Deliver([]*mailbox.Account{acc}, "INBOX"); err != nil {
+		return err
+	}
+	s.notify([]*mailbox.Account{acc}, "")
+	return nil
 }
 
 func (s *Server) buildDSN(item *queue.Item, failed []queue.Rcpt) []byte {

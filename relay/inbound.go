@@ -112,7 +112,7 @@ func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account
 	for _, a := range rcpts {
 		env.To = append(env.To, a.Addr)
 	}
-	return s.deliverLocal(in, rcpts, errQuotaTemp, func(r io.Reader, w io.Writer) *policy.Reply {
+	return s.deliverLocal(in, rcpts, errQuotaTemp, envFrom, func(r io.Reader, w io.Writer) *policy.Reply {
 		_, reply := policy.Incoming(env, r, w)
 		return reply
 	})

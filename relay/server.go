@@ -26,6 +26,7 @@ import (
 	"github.com/chatrelay/chatrelay/mailbox/imapext"
 	"github.com/chatrelay/chatrelay/policy"
 	"github.com/chatrelay/chatrelay/relay/courier"
+	"github.com/chatrelay/chatrelay/relay/push"
 )
 
 // Certificates supplies the TLS configuration every listener uses.
@@ -50,6 +51,10 @@ type Server struct {
 	rules policy.AccountRules
 	web   *web
 	fed   *federation
+	push  *push.Notifier
+	// background work (queue, push) stops with this
+	bgCancel context.CancelFunc
+	bgDone   sync.WaitGroup
 
 	imap       *imapserver.Server // behind the imapext layer of every connection
 	imapTLS    *imapext.Options   // implicit TLS (993, 443 by ALPN)
@@ -75,6 +80,8 @@ type Options struct {
 	Resolver courier.Resolver
 	// RootCAs replaces the system roots for verifying other relays (tests).
 	RootCAs *x509.CertPool
+	// PushClient posts push notifications; nil means a default client.
+	PushClient *http.Client
 }
 
 // New opens the store and builds the protocol servers; Start opens the
@@ -107,6 +114,18 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 	if err := s.setupFederation(opts); err != nil {
 		store.Close()
 		return nil, err
+	}
+	s.push, err = push.Open(push.Options{
+		DB:        store.DB(),
+		URL:       cfg.NotifyURL,
+		Client:    opts.PushClient,
+		DropToken: store.DropPushToken,
+		Now:       opts.Now,
+		Logger:    opts.Logger,
+	})
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("push notifications: %w", err)
 	}
 	s.web = newWeb(s)
 	s.buildIMAP()
@@ -253,6 +272,10 @@ func (s *Server) Start() error {
 		}(e, ln)
 	}
 	s.fed.start()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.bgCancel = cancel
+	s.bgDone.Add(1)
+	go func() { defer s.bgDone.Done(); s.push.Run(ctx) }()
 	return nil
 }
 
@@ -339,6 +362,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.imap.Close()
 	s.conns.closeAll()
 	s.fed.stop()
+	if s.bgCancel != nil {
+		s.bgCancel()
+		s.bgDone.Wait()
+	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

@@ -149,7 +149,7 @@ func (ss *submissionSession) Data(r io.Reader) error {
 			return errTempFailure
 		}
 	}
-	return ss.s.storeLocal(in, ss.local, errMailbox)
+	return ss.s.storeLocal(in, ss.local, errMailbox, ss.from)
 }
 
 func (ss *submissionSession) Reset() {
@@ -208,17 +208,18 @@ func (s *Server) filter(r io.Reader, check func(io.Reader, io.Writer) *policy.Re
 // deliverLocal runs the message through check into the store and delivers
 // it to local accounts. It returns nil only when the message is durable.
 // quotaErr is what a full mailbox answers.
-func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, quotaErr error, check func(io.Reader, io.Writer) *policy.Reply) error {
+func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, quotaErr error, from string, check func(io.Reader, io.Writer) *policy.Reply) error {
 	in, err := s.filter(r, check)
 	if err != nil {
 		return err
 	}
-	return s.storeLocal(in, rcpts, quotaErr)
+	return s.storeLocal(in, rcpts, quotaErr, from)
 }
 
 // storeLocal delivers a filtered message to local accounts, or drops it when
-// there are none. The Incoming is consumed.
-func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quotaErr error) error {
+// there are none, and wakes the recipients' phones. The Incoming is
+// consumed.
+func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quotaErr error, from string) error {
 	if len(rcpts) == 0 {
 		in.Abort()
 		return nil
@@ -236,5 +237,23 @@ func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quot
 		s.log.Error("deliver", "err", err)
 		return errTempFailure
 	}
+	s.notify(rcpts, from)
 	return nil
+}
+
+// notify queues push notifications for recipients of a new message from
+// someone else (SPEC section 7); a user's own copies wake nobody.
+func (s *Server) notify(rcpts []*mailbox.Account, from string) {
+	for _, a := range rcpts {
+		if strings.EqualFold(a.Addr, from) {
+			continue
+		}
+		tokens, err := s.store.PushTokens(a.Addr)
+		if err != nil || len(tokens) == 0 {
+			continue
+		}
+		if err := s.push.Notify(a.Addr, tokens); err != nil {
+			s.log.Warn("queue push notification", "err", err)
+		}
+	}
 }
