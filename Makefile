@@ -3,7 +3,7 @@ GO ?= go
 DELTACHAT_DIR ?= $(CURDIR)/.cache/deltachat
 export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rpc-server-linux-x64/deltachat-rpc-server
 
-.PHONY: build run test check deltachat fuzz bench clean
+.PHONY: build run test check deltachat tools fuzz bench clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/chatrelay ./cmd/chatrelay
@@ -16,18 +16,34 @@ run:
 deltachat:
 	scripts/install-deltachat.sh $(DELTACHAT_DIR)
 
+# Debian packages some tests use: systemd-analyze (unit check), chromium
+# (the web page as a browser shows it). Installed when running as root (CI);
+# otherwise those tests skip and say which package they need.
+TOOLS_PKGS = systemd chromium
+tools:
+	@missing=""; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null || echo "could not install$$missing; those tests will skip"; \
+	  else echo "not root: tests needing$$missing will skip"; fi; \
+	fi
+
 check:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-test: deltachat check
+test: deltachat tools check
 	$(GO) test -race -timeout 25m ./...
 
 FUZZTIME ?= 30s
 fuzz:
 	@for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
 	  done; \
 	done
 
