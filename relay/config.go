@@ -5,8 +5,11 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/chatrelay/chatrelay/mailbox"
 )
 
 // Config is everything an operator can set. Default() holds the SPEC
@@ -41,6 +44,14 @@ type Config struct {
 	SendRateBurst     int     `toml:"send_rate_burst"`
 	// QuotaBytes per account.
 	QuotaBytes int64 `toml:"quota_bytes"`
+
+	// Retention (SPEC section 7): messages go after MaxMessageAgeDays; read
+	// messages over LargeMessageSize after LargeReadAgeDays; accounts with
+	// no login for AccountIdleDays.
+	MaxMessageAgeDays int   `toml:"max_message_age_days"`
+	LargeReadAgeDays  int   `toml:"large_read_age_days"`
+	LargeMessageSize  int64 `toml:"large_message_size"`
+	AccountIdleDays   int   `toml:"account_idle_days"`
 
 	// New accounts are refused while the machine is starved.
 	MaxLoad1      float64 `toml:"max_load1"`
@@ -157,6 +168,10 @@ func Default() Config {
 		SendRatePerMinute: 60,
 		SendRateBurst:     10,
 		QuotaBytes:        500 << 20,
+		MaxMessageAgeDays: 20,
+		LargeReadAgeDays:  7,
+		LargeMessageSize:  200 * 1024,
+		AccountIdleDays:   90,
 		MaxLoad1:          5,
 		MinFreeMemory:     200 << 20,
 		MinFreeDisk:       1 << 30,
@@ -215,6 +230,17 @@ func (c *Config) LoadFile(path string) error {
 		return fmt.Errorf("config %s: unknown key(s): %s", path, strings.Join(keys, ", "))
 	}
 	return nil
+}
+
+// Lifecycle is the store's retention rules from the config.
+func (c *Config) Lifecycle() mailbox.Lifecycle {
+	lc := mailbox.DefaultLifecycle()
+	day := 24 * time.Hour
+	lc.MaxAge = time.Duration(c.MaxMessageAgeDays) * day
+	lc.LargeRead = time.Duration(c.LargeReadAgeDays) * day
+	lc.LargeSize = c.LargeMessageSize
+	lc.AccountIdle = time.Duration(c.AccountIdleDays) * day
+	return lc
 }
 
 // MailDomain is the domain part of every local address: the domain, or

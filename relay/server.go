@@ -55,6 +55,7 @@ type Server struct {
 	// background work (queue, push) stops with this
 	bgCancel context.CancelFunc
 	bgDone   sync.WaitGroup
+	trimming sync.Map // addr -> true while a quota trim runs
 
 	imap       *imapserver.Server // behind the imapext layer of every connection
 	imapTLS    *imapext.Options   // implicit TLS (993, 443 by ALPN)
@@ -276,6 +277,8 @@ func (s *Server) Start() error {
 	s.bgCancel = cancel
 	s.bgDone.Add(1)
 	go func() { defer s.bgDone.Done(); s.push.Run(ctx) }()
+	s.bgDone.Add(1)
+	go func() { defer s.bgDone.Done(); s.expireLoop(ctx) }()
 	return nil
 }
 
@@ -377,6 +380,43 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func stdLogger(l *slog.Logger, part string) *log.Logger {
 	return log.New(slogWriter{l, part}, "", 0)
+}
+
+// expireLoop applies the retention rules at start and then hourly.
+func (s *Server) expireLoop(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		st, err := s.store.Expire(s.cfg.Lifecycle())
+		if err != nil {
+			s.log.Error("expire", "err", err)
+		} else if st.Messages > 0 || st.Accounts > 0 {
+			s.log.Info("expired", "messages", st.Messages, "bytes", st.Bytes, "accounts", st.Accounts)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// trimAfterDelivery trims recipients past the quota's high mark, in the
+// background and once at a time per account.
+func (s *Server) trimAfterDelivery(rcpts []*mailbox.Account) {
+	for _, a := range rcpts {
+		if _, busy := s.trimming.LoadOrStore(a.Addr, true); busy {
+			continue
+		}
+		s.bgDone.Add(1)
+		go func(addr string) {
+			defer s.bgDone.Done()
+			defer s.trimming.Delete(addr)
+			if _, _, err := s.store.TrimQuota(addr, s.cfg.Lifecycle()); err != nil {
+				s.log.Warn("quota trim", "err", err)
+			}
+		}(a.Addr)
+	}
 }
 
 // connSet tracks open client connections so shutdown can close them.

@@ -238,6 +238,7 @@ func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quot
 		return errTempFailure
 	}
 	s.notify(rcpts, from)
+	s.trimAfterDelivery(rcpts)
 	return nil
 }
 

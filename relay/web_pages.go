@@ -17,9 +17,12 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/skip2/go-qrcode"
 	"golang.org/x/text/language"
+
+	"github.com/chatrelay/chatrelay/mailbox"
 )
 
 // The pages and their strings are embedded: the binary is the whole site,
@@ -28,14 +31,8 @@ import (
 //go:embed templates
 var webFS embed.FS
 
-// Storage lifetimes of SPEC section 7 that the pages state.
-// TODO(lead): read them from Config once the expiry settings live there.
-const (
-	webRetentionDays      = 20
-	webLargeRetentionDays = 7
-	webInactiveDays       = 90
-	webPushTokenDays      = 90
-)
+// webPushTokenDays is how long a push token lives (mailbox.PushTokenTTL).
+const webPushTokenDays = int(mailbox.PushTokenTTL / (24 * time.Hour))
 
 // catalogue holds the translated strings: language -> key -> text.
 // English is complete; other languages may translate only some pages.
@@ -202,9 +199,9 @@ func (w *web) pageData(p *page, r *http.Request) *pageData {
 			QuotaMiB:           c.QuotaBytes >> 20,
 			MaxRecipients:      c.MaxRecipients,
 			SendPerMinute:      int(c.SendRatePerMinute),
-			RetentionDays:      webRetentionDays,
-			LargeRetentionDays: webLargeRetentionDays,
-			InactiveDays:       webInactiveDays,
+			RetentionDays:      c.MaxMessageAgeDays,
+			LargeRetentionDays: c.LargeReadAgeDays,
+			InactiveDays:       c.AccountIdleDays,
 			MinNameLen:         c.MinNameLen,
 			MaxNameLen:         c.MaxNameLen,
 			MinPasswordLen:     c.MinPasswordLen,
