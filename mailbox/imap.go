@@ -30,6 +30,9 @@ type IMAPOptions struct {
 	// OnLogin is told of every successful login, e.g. to tell the
 	// connection layer which user it serves.
 	OnLogin func(conn net.Conn, acc *Account)
+	// OnIdle is called when a session starts IDLE; it returns the function
+	// called when IDLE ends (metrics).
+	OnIdle func() (done func())
 }
 
 const mailboxDelim = '/'
@@ -434,6 +437,9 @@ func (c *imapSession) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error 
 }
 
 func (c *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	if c.opts.OnIdle != nil {
+		defer c.opts.OnIdle()()
+	}
 	if c.sel == nil {
 		<-stop
 		return nil

@@ -54,6 +54,7 @@ func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailb
 		create = a.mayCreate
 	}
 	acc, err := a.s.store.Login(addr, pass, create)
+	a.s.metrics.Login(proto, err == nil)
 	if errors.Is(err, mailbox.ErrUnavailable) {
 		a.s.log.Warn("new account refused", "proto", proto, "reason", err.Error())
 		return nil, err

@@ -76,6 +76,11 @@ type Config struct {
 	// Federation.
 	Federation Federation `toml:"federation"`
 
+	// MetricsListen is the Prometheus endpoint's address (loopback unless
+	// MetricsAllowPublic); empty turns it off.
+	MetricsListen      string `toml:"metrics_listen"`
+	MetricsAllowPublic bool   `toml:"metrics_allow_public"`
+
 	// Dev marks a loopback development relay (set by serve --dev).
 	Dev bool `toml:"-"`
 

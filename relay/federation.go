@@ -70,7 +70,7 @@ func (s *Server) setupFederation(opts Options) error {
 	f.queue, err = queue.Open(queue.Options{
 		DB:      s.store.DB(),
 		Dir:     filepath.Join(s.cfg.DataDir, "queue"),
-		Deliver: f.courier.Deliver,
+		Deliver: s.countOutbound(f.courier.Deliver),
 		Bounce:  s.bounce,
 		MaxAge:  time.Duration(fc.BounceAfterHours) * time.Hour,
 		Now:     s.now,
@@ -85,6 +85,20 @@ func (s *Server) setupFederation(opts Options) error {
 	}}
 	s.fed = f
 	return nil
+}
+
+// countOutbound counts each recipient a delivery attempt reached.
+func (s *Server) countOutbound(deliver queue.DeliverFunc) queue.DeliverFunc {
+	return func(ctx context.Context, from, domain string, rcpts []string, body func() (io.ReadCloser, error)) []queue.Result {
+		start := time.Now()
+		res := deliver(ctx, from, domain, rcpts, body)
+		for _, r := range res {
+			if r.Err == nil {
+				s.metrics.Delivered("out", time.Since(start))
+			}
+		}
+		return res
+	}
 }
 
 // Queue is the outbound queue (admin commands, tests).

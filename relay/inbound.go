@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -100,6 +101,10 @@ func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account
 		return errTempFailure
 	}
 	if err := s.checkSender(raw, remote); err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			s.metrics.Refused(fmt.Sprintf("%d %d.%d.%d", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]))
+		}
 		s.log.Info("inbound refused", "reason", err.Error())
 		return err
 	}

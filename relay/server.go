@@ -26,6 +26,8 @@ import (
 	"github.com/chatrelay/chatrelay/mailbox/imapext"
 	"github.com/chatrelay/chatrelay/policy"
 	"github.com/chatrelay/chatrelay/relay/courier"
+	"github.com/chatrelay/chatrelay/relay/invite"
+	"github.com/chatrelay/chatrelay/relay/metrics"
 	"github.com/chatrelay/chatrelay/relay/push"
 )
 
@@ -52,6 +54,13 @@ type Server struct {
 	web   *web
 	fed   *federation
 	push  *push.Notifier
+
+	invites     *invite.Store
+	metrics     *metrics.Metrics
+	metricsEP   *metrics.Endpoint
+	stopControl func()
+	version     string
+	recent      *metrics.RecentErrors
 	// background work (queue, push) stops with this
 	bgCancel context.CancelFunc
 	bgDone   sync.WaitGroup
@@ -83,6 +92,10 @@ type Options struct {
 	RootCAs *x509.CertPool
 	// PushClient posts push notifications; nil means a default client.
 	PushClient *http.Client
+	// Version is reported by status and metrics.
+	Version string
+	// RecentErrors keeps the last error log lines for status.
+	RecentErrors *metrics.RecentErrors
 }
 
 // New opens the store and builds the protocol servers; Start opens the
@@ -129,6 +142,16 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("push notifications: %w", err)
 	}
 	s.web = newWeb(s)
+	s.version, s.recent = opts.Version, opts.RecentErrors
+	if s.recent == nil {
+		s.recent = metrics.NewRecentErrors(50)
+	}
+	if s.invites, err = invite.Open(store.DB(), opts.Now); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("invites: %w", err)
+	}
+	s.SetInviteChecker(s.invites)
+	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version})
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{
@@ -169,6 +192,7 @@ func (s *Server) buildIMAP() {
 			return nil
 		},
 		MaxMessageSize: s.cfg.MaxMessageSize,
+		OnIdle:         func() func() { return s.metrics.Idle() },
 	}
 	opts.OnLogin = func(conn net.Conn, acc *mailbox.Account) {
 		imapext.UserSetter(conn).SetUser(acc.Addr)
@@ -213,6 +237,7 @@ func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
 			go func() {
 				defer s.wg.Done()
 				defer s.conns.remove(conn)
+				defer s.metrics.IMAPConn()()
 				if err := imapext.Serve(conn, opts); err != nil && !isClosed(err) {
 					s.log.Debug("imap connection ended", "err", err)
 				}
@@ -271,6 +296,19 @@ func (s *Server) Start() error {
 				s.log.Error("listener stopped", "listener", e.name, "err", err)
 			}
 		}(e, ln)
+	}
+	stop, err := s.ServeControl(ControlSocketPath(s.cfg.DataDir), AdminOptions{Queue: s.Queue(), Invites: s.invites, RecentErrors: s.recent, Version: s.version})
+	if err != nil {
+		s.closeListeners()
+		return fmt.Errorf("control socket: %w", err)
+	}
+	s.stopControl = stop
+	if s.cfg.MetricsListen != "" {
+		// Mail matters more than metrics: a busy metrics port is logged,
+		// not fatal.
+		if s.metricsEP, err = s.metrics.Serve(s.cfg.MetricsListen, s.cfg.MetricsAllowPublic); err != nil {
+			s.log.Error("metrics endpoint not started", "err", err)
+		}
 	}
 	s.fed.start()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -331,6 +369,14 @@ func (s *Server) Addr(name string) net.Addr {
 	return nil
 }
 
+// MetricsAddr is the metrics endpoint's bound address, or nil.
+func (s *Server) MetricsAddr() net.Addr {
+	if s.metricsEP == nil {
+		return nil
+	}
+	return s.metricsEP.Addr()
+}
+
 // Listeners returns the bound address of every listener by name.
 func (s *Server) Listeners() map[string]string {
 	s.mu.Lock()
@@ -368,6 +414,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.bgCancel != nil {
 		s.bgCancel()
 		s.bgDone.Wait()
+	}
+	if s.stopControl != nil {
+		s.stopControl()
+	}
+	if s.metricsEP != nil {
+		s.metricsEP.Close()
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -127,6 +128,7 @@ func (ss *submissionSession) Data(r io.Reader) error {
 	for _, a := range ss.local {
 		env.To = append(env.To, a.Addr)
 	}
+	start := time.Now()
 	in, err := ss.s.filter(r, func(r io.Reader, w io.Writer) *policy.Reply {
 		return policy.Outgoing(env, r, w)
 	})
@@ -149,7 +151,13 @@ func (ss *submissionSession) Data(r io.Reader) error {
 			return errTempFailure
 		}
 	}
-	return ss.s.storeLocal(in, ss.local, errMailbox, ss.from)
+	if err := ss.s.storeLocal(in, ss.local, errMailbox, ss.from); err != nil {
+		return err
+	}
+	if len(ss.local) > 0 {
+		ss.s.metrics.Delivered("local", time.Since(start))
+	}
+	return nil
 }
 
 func (ss *submissionSession) Reset() {
@@ -199,6 +207,7 @@ func (s *Server) filter(r io.Reader, check func(io.Reader, io.Writer) *policy.Re
 	}
 	if reply != nil {
 		in.Abort()
+		s.metrics.Refused(fmt.Sprintf("%d %s", reply.Code, reply.EnhancedCode()))
 		s.log.Info("message refused", "code", reply.Code, "reason", reply.Reason())
 		return nil, smtpReply(reply)
 	}
@@ -209,11 +218,16 @@ func (s *Server) filter(r io.Reader, check func(io.Reader, io.Writer) *policy.Re
 // it to local accounts. It returns nil only when the message is durable.
 // quotaErr is what a full mailbox answers.
 func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, quotaErr error, from string, check func(io.Reader, io.Writer) *policy.Reply) error {
+	start := time.Now()
 	in, err := s.filter(r, check)
 	if err != nil {
 		return err
 	}
-	return s.storeLocal(in, rcpts, quotaErr, from)
+	if err := s.storeLocal(in, rcpts, quotaErr, from); err != nil {
+		return err
+	}
+	s.metrics.Delivered("in", time.Since(start))
+	return nil
 }
 
 // storeLocal delivers a filtered message to local accounts, or drops it when

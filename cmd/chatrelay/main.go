@@ -21,6 +21,7 @@ func main() {
 	}
 	root.AddCommand(serveCmd(), versionCmd())
 	root.AddCommand(installCmd(), uninstallCmd(), dnsCmd())
+	root.AddCommand(adminCmds()...)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "chatrelay:", err)
 		os.Exit(1)

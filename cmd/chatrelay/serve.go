@@ -16,6 +16,7 @@ import (
 	"github.com/chatrelay/chatrelay/acme"
 	"github.com/chatrelay/chatrelay/install"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/metrics"
 )
 
 func serveCmd() *cobra.Command {
@@ -26,8 +27,8 @@ func serveCmd() *cobra.Command {
 	)
 	// Flags override the config file; they are applied only when given.
 	var f struct {
-		data, domain, ip, registration                          string
-		imaps, imap, submissions, submission, smtp, https, http string
+		data, domain, ip, registration                                   string
+		imaps, imap, submissions, submission, smtp, https, http, metrics string
 	}
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -64,6 +65,7 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 				}
 				if dev {
 					cfg.Listen = relay.DevListen(f.ip)
+					cfg.MetricsListen = net.JoinHostPort(f.ip, "9150")
 				}
 				cfg.TLS.Mode = "selfsigned"
 			}
@@ -74,6 +76,7 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 			set("listen-smtp", &cfg.Listen.SMTP, f.smtp)
 			set("listen-https", &cfg.Listen.HTTPS, f.https)
 			set("listen-http", &cfg.Listen.HTTP, f.http)
+			set("listen-metrics", &cfg.MetricsListen, f.metrics)
 			return serve(cmd, cfg, logLevel)
 		},
 	}
@@ -92,6 +95,7 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 	fl.StringVar(&f.smtp, "listen-smtp", "", "inbound SMTP address")
 	fl.StringVar(&f.https, "listen-https", "", "HTTPS address")
 	fl.StringVar(&f.http, "listen-http", "", "HTTP address (ACME HTTP-01, redirect)")
+	fl.StringVar(&f.metrics, "listen-metrics", "", "Prometheus metrics address (loopback)")
 	return cmd
 }
 
@@ -111,6 +115,9 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	if err != nil {
 		return err
 	}
+	// status shows the last errors even when logging is off.
+	recent := metrics.NewRecentErrors(50)
+	log = slog.New(recent.Wrap(log.Handler()))
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -137,7 +144,7 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 		return err
 	}
 	defer certs.Close()
-	srv, err := relay.New(cfg, certs, relay.Options{Logger: log})
+	srv, err := relay.New(cfg, certs, relay.Options{Logger: log, Version: version, RecentErrors: recent})
 	if err != nil {
 		return err
 	}

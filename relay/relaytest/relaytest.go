@@ -36,6 +36,7 @@ func Config(dir string) relay.Config {
 		IMAPS: "127.0.0.1:0", IMAP: "127.0.0.1:0", Submissions: "127.0.0.1:0",
 		Submission: "127.0.0.1:0", SMTP: "127.0.0.1:0", HTTPS: "127.0.0.1:0",
 	}
+	cfg.MetricsListen = "127.0.0.1:0"
 	// The machine running tests may be busy; the guard has its own tests.
 	cfg.MaxLoad1 = 0
 	cfg.MinFreeMemory = 0
