@@ -428,3 +428,43 @@ func TestIdleAnnouncesMailQueuedBeforeIdle(t *testing.T) {
 		t.Fatal("message delivered before IDLE was not announced")
 	}
 }
+
+// Expiry removes old messages like an EXPUNGE: an IDLE session hears of it.
+func TestExpiryIsSeenByIMAPSessions(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const alice = "alicealic@localhost"
+	login(t, r, alice).Close()
+	if err := submit(t, r, alice, password, alice, []string{alice}, testmsg.Encrypted(alice, alice, 0)); err != nil {
+		t.Fatal(err)
+	}
+	expunged := make(chan uint32, 4)
+	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+		Expunge: func(seq uint32) { expunged <- seq },
+	}})
+	if err := c.Login(alice, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	r.Clock.Advance(21 * 24 * time.Hour)
+	// Advancing 21 days makes the login stale by less than the 90-day
+	// account rule, so only the message goes.
+	st, err := r.Store().Expire(r.Cfg.Lifecycle())
+	if err != nil || st.Messages != 1 || st.Accounts != 0 {
+		t.Fatalf("expire: %+v %v", st, err)
+	}
+	select {
+	case seq := <-expunged:
+		if seq != 1 {
+			t.Fatalf("EXPUNGE %d", seq)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("IDLE session not told of the expired message")
+	}
+}
