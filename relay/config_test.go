@@ -1,0 +1,66 @@
+package relay
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// tomlKeys lists the dotted keys of a config struct.
+func tomlKeys(prefix string, t reflect.Type) []string {
+	var out []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := f.Tag.Get("toml")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := prefix + tag
+		if f.Type.Kind() == reflect.Struct {
+			out = append(out, tomlKeys(key+".", f.Type)...)
+			continue
+		}
+		out = append(out, key)
+	}
+	return out
+}
+
+func TestConfigDocCoversEveryKey(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "CONFIG.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range tomlKeys("", reflect.TypeOf(Config{})) {
+		if !strings.Contains(string(doc), "`"+k+"`") {
+			t.Errorf("docs/CONFIG.md does not document %s", k)
+		}
+	}
+}
+
+func TestConfigFileUnknownKeyIsNamed(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.toml")
+	os.WriteFile(p, []byte("domain = \"x.test\"\nquota_byts = 5\n[listen]\nimapz = \":1\"\n"), 0o600)
+	cfg := Default()
+	err := cfg.LoadFile(p)
+	if err == nil || !strings.Contains(err.Error(), "quota_byts") || !strings.Contains(err.Error(), "listen.imapz") {
+		t.Fatalf("unknown keys: %v", err)
+	}
+	os.WriteFile(p, []byte("domain = \"x.test\"\nregistration = \"invite\"\n[federation]\nstatic_routes = { \"b.test\" = \"10.0.0.1\" }\n"), 0o600)
+	cfg = Default()
+	if err := cfg.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Registration != "invite" || cfg.Federation.StaticRoutes["b.test"] != "10.0.0.1" || cfg.QuotaBytes != 500<<20 {
+		t.Fatalf("loaded %+v", cfg)
+	}
+	cfg.Registration = "sometimes"
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "registration") {
+		t.Fatalf("bad registration: %v", err)
+	}
+}
