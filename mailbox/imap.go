@@ -538,15 +538,11 @@ func (c *imapSession) loadRecords(ts []target) ([]*msgRecord, error) {
 		}
 		msgs := b.Bucket(keyMsgs)
 		for i, t := range ts {
-			v := msgs.Get(uidKey(t.uid))
-			if v == nil {
-				continue
-			}
-			var r msgRecord
-			if err := r.decode(v); err != nil {
+			r, err := getRecord(msgs, t.uid)
+			if err != nil {
 				return err
 			}
-			recs[i] = &r
+			recs[i] = r
 		}
 		return nil
 	})
@@ -685,16 +681,14 @@ func (c *imapSession) updateFlags(ts []target, op imap.StoreFlagsOp, flags []ima
 		}
 		msgs := b.Bucket(keyMsgs)
 		for i, t := range ts {
-			recs[i], changed[i] = nil, false
-			v := msgs.Get(uidKey(t.uid))
-			if v == nil {
-				continue
-			}
-			var r msgRecord
-			if err := r.decode(v); err != nil {
+			changed[i] = false
+			r, err := getRecord(msgs, t.uid)
+			if err != nil {
 				return err
 			}
-			recs[i] = &r
+			if recs[i] = r; r == nil {
+				continue
+			}
 			if r.applyFlags(op, flags) {
 				changed[i] = true
 				if err := msgs.Put(uidKey(t.uid), r.encode()); err != nil {

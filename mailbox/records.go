@@ -77,6 +77,19 @@ func (r *msgRecord) decode(b []byte) error {
 	return nil
 }
 
+// getRecord reads one message's entry; nil when the UID is gone.
+func getRecord(msgs *bolt.Bucket, uid imap.UID) (*msgRecord, error) {
+	v := msgs.Get(uidKey(uid))
+	if v == nil {
+		return nil, nil
+	}
+	var r msgRecord
+	if err := r.decode(v); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
 	return append(b, s...)

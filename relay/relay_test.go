@@ -63,6 +63,26 @@ func smtpCode(err error) int {
 	return 0
 }
 
+// selectWatching logs in, selects INBOX and reports every EXISTS count.
+func selectWatching(t *testing.T, r *relaytest.Relay, user string) (*imapclient.Client, <-chan uint32) {
+	t.Helper()
+	exists := make(chan uint32, 16)
+	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages != nil {
+				exists <- *d.NumMessages
+			}
+		},
+	}})
+	if err := c.Login(user, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	return c, exists
+}
+
 func TestFirstLoginCreatesAccount(t *testing.T) {
 	r := relaytest.Start(t, nil)
 	c := dialIMAP(t, r, nil)
@@ -147,20 +167,7 @@ func TestSubmissionReachesIdleAndFetchReturnsExactBytes(t *testing.T) {
 	const alice, bob = "alicealic@localhost", "bobbobbob@localhost"
 	login(t, r, alice).Close()
 
-	exists := make(chan uint32, 16)
-	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
-		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
-			if d.NumMessages != nil {
-				exists <- *d.NumMessages
-			}
-		},
-	}})
-	if err := c.Login(bob, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
+	c, exists := selectWatching(t, r, bob)
 	idle, err := c.Idle()
 	if err != nil {
 		t.Fatal(err)
@@ -397,20 +404,7 @@ func TestIdleAnnouncesMailQueuedBeforeIdle(t *testing.T) {
 	r := relaytest.Start(t, nil)
 	const alice, bob = "alicealic@localhost", "bobbobbob@localhost"
 	login(t, r, alice).Close()
-	exists := make(chan uint32, 16)
-	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
-		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
-			if d.NumMessages != nil {
-				exists <- *d.NumMessages
-			}
-		},
-	}})
-	if err := c.Login(bob, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
+	c, exists := selectWatching(t, r, bob)
 	if err := submit(t, r, alice, password, alice, []string{bob}, testmsg.Encrypted(alice, bob, 0)); err != nil {
 		t.Fatal(err)
 	}
