@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/emersion/go-imap/v2"
@@ -50,11 +51,12 @@ var (
 )
 
 type imapSession struct {
-	s    *Store
-	opts *IMAPOptions
-	conn *imapserver.Conn
-	acc  *Account
-	sel  *selected
+	s     *Store
+	opts  *IMAPOptions
+	conn  *imapserver.Conn
+	acc   *Account
+	selMu sync.Mutex // guards sel against Close during IDLE
+	sel   *selected
 }
 
 type selected struct {
@@ -108,10 +110,13 @@ func (c *imapSession) Login(username, password string) error {
 }
 
 func (c *imapSession) unselect() {
-	if c.sel != nil {
-		c.sel.tracker.Close()
-		c.s.closeLive(c.sel.live)
-		c.sel = nil
+	c.selMu.Lock()
+	sel := c.sel
+	c.sel = nil
+	c.selMu.Unlock()
+	if sel != nil {
+		sel.tracker.Close()
+		c.s.closeLive(sel.live)
 	}
 }
 
@@ -440,11 +445,17 @@ func (c *imapSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) err
 	if c.opts.OnIdle != nil {
 		defer c.opts.OnIdle()()
 	}
-	if c.sel == nil {
+	// go-imap runs Idle in its own goroutine and, when the client drops
+	// the connection, may call Close before Idle has returned: read the
+	// selection once, under the lock Close takes.
+	c.selMu.Lock()
+	sel := c.sel
+	c.selMu.Unlock()
+	if sel == nil {
 		<-stop
 		return nil
 	}
-	return c.sel.live.idle(c.sel.tracker, w, stop)
+	return sel.live.idle(sel.tracker, w, stop)
 }
 
 func (c *imapSession) Namespace() (*imap.NamespaceData, error) {

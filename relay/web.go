@@ -179,10 +179,10 @@ func (s *Server) DCLoginURL(addr, password string) string {
 	q.Set("p", password)
 	q.Set("v", "1")
 	q.Set("ih", host)
-	q.Set("ip", portOf(s.Addr("imaps"), s.cfg.Listen.IMAPS, "993"))
+	q.Set("ip", s.implicitTLSPort("imaps", s.cfg.Listen.IMAPS, "993"))
 	q.Set("is", "ssl")
 	q.Set("sh", host)
-	q.Set("sp", portOf(s.Addr("submissions"), s.cfg.Listen.Submissions, "465"))
+	q.Set("sp", s.implicitTLSPort("submissions", s.cfg.Listen.Submissions, "465"))
 	q.Set("ss", "ssl")
 	if s.certs.SelfSigned() {
 		q.Set("ic", "3")
@@ -195,11 +195,22 @@ func (s *Server) DCLoginURL(addr, password string) string {
 // first on the client, so it names the address itself.
 func (s *Server) connectHost() string {
 	if s.cfg.Dev {
-		if a, ok := s.Addr("imaps").(*net.TCPAddr); ok && a.IP != nil && !a.IP.IsUnspecified() {
-			return a.IP.String()
+		for _, name := range []string{"imaps", "https"} {
+			if a, ok := s.Addr(name).(*net.TCPAddr); ok && a.IP != nil && !a.IP.IsUnspecified() {
+				return a.IP.String()
+			}
 		}
 	}
 	return s.cfg.Hostname()
+}
+
+// implicitTLSPort is the port clients reach a protocol on with implicit
+// TLS: its own listener, or the HTTPS one (by ALPN) when that is off.
+func (s *Server) implicitTLSPort(name, configured, def string) string {
+	if configured == "" && s.cfg.Listen.HTTPS != "" {
+		return portOf(s.Addr("https"), s.cfg.Listen.HTTPS, "443")
+	}
+	return portOf(s.Addr(name), configured, def)
 }
 
 func portOf(bound net.Addr, configured, def string) string {
@@ -334,10 +345,15 @@ func writeReason(rw http.ResponseWriter, code int, reason string) {
 	json.NewEncoder(rw).Encode(map[string]string{"reason": reason})
 }
 
+// clientIP is the key /new is rate limited by: the client's IP, or for
+// IPv6 its /64, as the connection caps count.
 func clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ipKey(&net.TCPAddr{IP: ip})
 	}
 	return host
 }

@@ -1086,3 +1086,17 @@ func checkNetLog(t *testing.T, path string, origin string) {
 		t.Error("net log shows no request for the page")
 	}
 }
+
+// With the dedicated implicit-TLS ports off, the dclogin code sends clients
+// to the HTTPS port, where ALPN routes IMAP and submission.
+func TestDCLoginUsesHTTPSPortWhenOthersAreOff(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.Listen.IMAPS, c.Listen.Submissions = "", "" })
+	u, err := url.Parse(r.DCLoginURL("abcdefghi@localhost", "password123"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(r.AddrOf("https"))
+	if u.Query().Get("ip") != port || u.Query().Get("sp") != port {
+		t.Fatalf("dclogin %s, want both ports %s", u, port)
+	}
+}
