@@ -117,7 +117,7 @@ func TestDeltaChat(t *testing.T) {
 func needs(t *testing.T, accounts ...*account) {
 	t.Helper()
 	if slices.Contains(accounts, nil) {
-		t.Skip("needs accounts from earlier steps: run all of TestDeltaChat")
+		t.Skip("needs accounts from earlier steps: run the whole test")
 	}
 }
 
@@ -125,9 +125,15 @@ func needs(t *testing.T, accounts ...*account) {
 // (bounded by ctx) and checks core calls it configured.
 func configure(ctx context.Context, t *testing.T, dc *dctest.RPC, name, password string, setup func(ctx context.Context, acc uint32, addr, pw string) error) *account {
 	t.Helper()
+	return configureAt(ctx, t, dc, name, "localhost", password, setup)
+}
+
+// configureAt is configure for the address name@domain.
+func configureAt(ctx context.Context, t *testing.T, dc *dctest.RPC, name, domain, password string, setup func(ctx context.Context, acc uint32, addr, pw string) error) *account {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	a := &account{name: name, addr: name + "@localhost", password: password}
+	a := &account{name: name, addr: name + "@" + domain, password: password}
 	var err error
 	if a.id, err = dc.AddAccount(ctx); err != nil {
 		t.Fatal(err)
@@ -146,7 +152,15 @@ func configure(ctx context.Context, t *testing.T, dc *dctest.RPC, name, password
 	if got, err := dc.GetConfig(ctx, a.id, "configured_addr"); err != nil || got != a.addr {
 		t.Errorf("configured_addr = %q, %v; want %q", got, err, a.addr)
 	}
-	t.Logf("TIME configure %s: %v", a.addr, took.Round(time.Millisecond))
+	// Core skips whatever is in INBOX when its inbox loop first selects
+	// it (a new account starts with no history), so a message that
+	// arrives between configuring and that SELECT is never shown. Wait
+	// until the loop has selected INBOX, fetched, and gone into IDLE.
+	idleStart := time.Now()
+	if _, err := dc.WaitEvent(ctx, a.id, "ImapInboxIdle", nil); err != nil {
+		t.Fatalf("%s: core's inbox loop never went into IDLE: %v", a.addr, err)
+	}
+	t.Logf("TIME configure %s: %v (then IDLE on INBOX after %v)", a.addr, took.Round(time.Millisecond), time.Since(idleStart).Round(time.Millisecond))
 	return a
 }
 
@@ -200,8 +214,9 @@ func exchange(ctx context.Context, t *testing.T, dc *dctest.RPC, from *account, 
 }
 
 // secureJoin has joiner scan inviter's setup-contact QR code and waits for
-// both sides to finish the handshake, which runs over the relay.
-func secureJoin(ctx context.Context, t *testing.T, dc *dctest.RPC, inviter, joiner *account) {
+// both sides to finish the handshake, which runs over the relay. Then each
+// writes once in the new chat; it returns the chat ids on both sides.
+func secureJoin(ctx context.Context, t *testing.T, dc *dctest.RPC, inviter, joiner *account) (inviterChat, joinerChat uint32) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
@@ -236,7 +251,10 @@ func secureJoin(ctx context.Context, t *testing.T, dc *dctest.RPC, inviter, join
 		t.Errorf("joiner's chat after securejoin: %+v, %v; want an encrypted chat", c, err)
 	}
 	m := exchange(ctx, t, dc, joiner, chat, inviter, "hello after securejoin")
-	exchange(ctx, t, dc, inviter, m.ChatID, joiner, "re: hello after securejoin")
+	if r := exchange(ctx, t, dc, inviter, m.ChatID, joiner, "re: hello after securejoin"); r.ChatID != chat {
+		t.Errorf("the inviter's reply arrived in chat %d, want the securejoin chat %d", r.ChatID, chat)
+	}
+	return m.ChatID, chat
 }
 
 // roundTrips sends n messages a->b, each answered b->a, checking text and

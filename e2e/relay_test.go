@@ -7,7 +7,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,10 +85,12 @@ func relayBinary(t *testing.T) string {
 
 // relay is one chatrelay process in dev mode on loopback ports.
 type relay struct {
-	Domain string
+	Domain string // the mail domain: "localhost", or "[IP]" in IP mode
 	Host   string // every listener's address
-	// Ports, by listener.
+	// Ports, by listener; 0 for a listener that is turned off.
 	IMAPS, IMAP, Submissions, Submission, SMTP, HTTPS, HTTP int
+	// Metrics is the Prometheus endpoint's port, on 127.0.0.1.
+	Metrics int
 
 	dir     string
 	logPath string
@@ -94,42 +98,104 @@ type relay struct {
 	exited  chan struct{}
 }
 
-// startRelay runs `chatrelay serve --dev` with a fresh data directory and
-// waits until IMAPS greets. It stops the relay on cleanup and, if the test
-// failed, logs the end of the relay's output.
+// relayOptions changes how startRelayWith runs the relay.
+type relayOptions struct {
+	// IP runs an IP-only relay, `serve --dev --ip IP`: domain [IP], every
+	// listener on IP at the fixed dev ports, peers reached on their dev
+	// ports. The test skips when those ports are taken (by a developer's
+	// own dev relay, say).
+	IP string
+	// OnlyHTTPS turns off the dedicated IMAP and submission listeners, so
+	// IMAP and SMTP are served only over the HTTPS listener (by ALPN).
+	OnlyHTTPS bool
+	// LogLevel is --log-level; "" keeps the relay's default.
+	LogLevel string
+	// Config is added to the config file (TOML).
+	Config string
+}
+
+// devPorts are the fixed ports of `serve --dev`.
+var devPorts = struct{ IMAPS, IMAP, Submissions, Submission, SMTP, HTTPS int }{1993, 1143, 1465, 1587, 1025, 1443}
+
+// startRelay runs `chatrelay serve --dev` with a fresh data directory on
+// free 127.0.0.1 ports and waits until IMAPS greets.
 func startRelay(t *testing.T) *relay {
 	t.Helper()
+	return startRelayWith(t, relayOptions{})
+}
+
+// startRelayWith runs `chatrelay serve --dev` as opts say, with a fresh data
+// directory, and waits until IMAPS (or, with OnlyHTTPS, HTTPS) answers. It
+// stops the relay on cleanup and, if the test failed, logs the end of the
+// relay's output.
+func startRelayWith(t *testing.T, opts relayOptions) *relay {
+	t.Helper()
 	bin := relayBinary(t)
-	ports := freePorts(t, 7)
 	r := &relay{
-		Domain: "localhost", Host: "127.0.0.1",
-		IMAPS: ports[0], IMAP: ports[1], Submissions: ports[2], Submission: ports[3], SMTP: ports[4], HTTPS: ports[5], HTTP: ports[6],
 		dir:    t.TempDir(),
 		exited: make(chan struct{}),
+	}
+	if keep := os.Getenv(dctest.LogDirEnv); keep != "" {
+		// Kept after the test, beside core's files, for reading the log.
+		dir, err := os.MkdirTemp(keep, "relay-"+strings.ReplaceAll(t.Name(), "/", "_")+"-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.dir = dir
+		t.Logf("the relay's files are in %s", dir)
+	}
+	// The relay refuses new accounts while the load average is high; on a
+	// busy test machine that is not what these tests are about.
+	config := filepath.Join(r.dir, "chatrelay.toml")
+	if err := os.WriteFile(config, []byte("max_load1 = 0\n"+opts.Config+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Metrics go to a free port, away from the dev default (9150) that
+	// every dev relay would share.
+	r.Metrics = freePorts(t, 1)[0]
+	args := []string{"serve", "--dev", "--config", config, "--data", filepath.Join(r.dir, "data"),
+		"--listen-metrics", net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Metrics))}
+	addr := func(port int) string {
+		if port == 0 {
+			return "" // an empty address turns the listener off
+		}
+		return net.JoinHostPort(r.Host, strconv.Itoa(port))
+	}
+	if opts.IP != "" {
+		r.Domain, r.Host = "["+opts.IP+"]", opts.IP
+		p := devPorts
+		r.IMAPS, r.IMAP, r.Submissions, r.Submission, r.SMTP, r.HTTPS = p.IMAPS, p.IMAP, p.Submissions, p.Submission, p.SMTP, p.HTTPS
+		if err := portsFree(r.Host, p.IMAPS, p.IMAP, p.Submissions, p.Submission, p.SMTP, p.HTTPS); err != nil {
+			t.Skipf("the dev ports on %s are not free (a dev relay of your own running?), skipping: %v", r.Host, err)
+		}
+		args = append(args, "--ip", opts.IP)
+	} else {
+		r.Domain, r.Host = "localhost", "127.0.0.1"
+		ports := freePorts(t, 7)
+		r.IMAPS, r.IMAP, r.Submissions, r.Submission, r.SMTP, r.HTTPS, r.HTTP = ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6]
+		if opts.OnlyHTTPS {
+			r.IMAPS, r.IMAP, r.Submissions, r.Submission = 0, 0, 0, 0
+		}
+		args = append(args,
+			"--domain", r.Domain,
+			"--listen-imaps="+addr(r.IMAPS),
+			"--listen-imap="+addr(r.IMAP),
+			"--listen-submissions="+addr(r.Submissions),
+			"--listen-submission="+addr(r.Submission),
+			"--listen-smtp="+addr(r.SMTP),
+			"--listen-https="+addr(r.HTTPS),
+			"--listen-http="+addr(r.HTTP),
+		)
+	}
+	if opts.LogLevel != "" {
+		args = append(args, "--log-level", opts.LogLevel)
 	}
 	r.logPath = filepath.Join(r.dir, "relay.log")
 	logf, err := os.Create(r.logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The relay refuses new accounts while the load average is high; on a
-	// busy test machine that is not what these tests are about.
-	config := filepath.Join(r.dir, "chatrelay.toml")
-	if err := os.WriteFile(config, []byte("max_load1 = 0\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := func(port int) string { return net.JoinHostPort(r.Host, strconv.Itoa(port)) }
-	r.cmd = exec.Command(bin, "serve", "--dev", "--config", config,
-		"--data", filepath.Join(r.dir, "data"),
-		"--domain", r.Domain,
-		"--listen-imaps", addr(r.IMAPS),
-		"--listen-imap", addr(r.IMAP),
-		"--listen-submissions", addr(r.Submissions),
-		"--listen-submission", addr(r.Submission),
-		"--listen-smtp", addr(r.SMTP),
-		"--listen-https", addr(r.HTTPS),
-		"--listen-http", addr(r.HTTP),
-	)
+	r.cmd = exec.Command(bin, args...)
 	r.cmd.Stdout = logf
 	r.cmd.Stderr = logf
 	start := time.Now()
@@ -145,11 +211,11 @@ func startRelay(t *testing.T) *relay {
 	t.Cleanup(func() {
 		r.stop()
 		if log, err := os.ReadFile(r.logPath); err == nil && strings.Contains(string(log), "WARNING: DATA RACE") {
-			t.Errorf("the race detector found a data race in the relay; see %s", r.logPath)
+			t.Errorf("the race detector found a data race in the relay %s; see %s. The report:\n%s", r.Domain, r.logPath, raceReports(string(log), 300))
 		}
 		if t.Failed() {
 			t.Logf("relay command: %s", strings.Join(r.cmd.Args, " "))
-			t.Logf("relay output (%s), last lines:\n%s", r.logPath, tail(r.logPath, 80))
+			t.Logf("relay %s output (%s), last lines:\n%s", r.Domain, r.logPath, tail(r.logPath, 80))
 		}
 	})
 
@@ -158,12 +224,25 @@ func startRelay(t *testing.T) *relay {
 	if err := r.waitReady(ctx); err != nil {
 		t.Fatalf("relay not ready: %v\nrelay output:\n%s", err, tail(r.logPath, 40))
 	}
-	t.Logf("relay ready in %v (imaps %d, submissions %d, https %d)", time.Since(start).Round(time.Millisecond), r.IMAPS, r.Submissions, r.HTTPS)
+	t.Logf("relay %s ready in %v (imaps %d, submissions %d, https %d)", r.Domain, time.Since(start).Round(time.Millisecond), r.IMAPS, r.Submissions, r.HTTPS)
 	return r
 }
 
-// waitReady polls until the IMAPS listener completes a TLS handshake and
-// greets with "* OK", the relay exits, or ctx ends.
+// portsFree reports an error naming the first port on host that cannot be
+// listened on now.
+func portsFree(host string, ports ...int) error {
+	for _, p := range ports {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
+		if err != nil {
+			return err
+		}
+		l.Close()
+	}
+	return nil
+}
+
+// waitReady polls until IMAP over TLS completes a handshake and greets with
+// "* OK", the relay exits, or ctx ends.
 func (r *relay) waitReady(ctx context.Context) error {
 	var last error
 	for delay := 10 * time.Millisecond; ; delay = min(2*delay, 250*time.Millisecond) {
@@ -183,8 +262,13 @@ func (r *relay) waitReady(ctx context.Context) error {
 func (r *relay) greets(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}}
-	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(r.Host, strconv.Itoa(r.IMAPS)))
+	// With the IMAP listeners off, IMAP is there only by ALPN on HTTPS.
+	port, alpn := r.IMAPS, []string(nil)
+	if port == 0 {
+		port, alpn = r.HTTPS, []string{"imap"}
+	}
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, NextProtos: alpn}}
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(r.Host, strconv.Itoa(port)))
 	if err != nil {
 		return err
 	}
@@ -261,4 +345,85 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "")
+}
+
+// metric sums the samples of a Prometheus metric whose label set contains
+// every one of labels (`kind="out"`), read from the relay's metrics
+// endpoint.
+func (r *relay) metric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Metrics)) + "/metrics"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s, %v", url, resp.Status, err)
+	}
+	var sum float64
+	for line := range strings.Lines(string(body)) {
+		series, value, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if !ok || strings.HasPrefix(series, "#") {
+			continue
+		}
+		n, lbls, _ := strings.Cut(series, "{")
+		if n != name || !containsAll(lbls, labels) {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
+}
+
+func containsAll(s string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
+
+// log returns everything the relay has written so far.
+func (r *relay) log(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(r.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// raceReports returns the race detector's reports in a relay's output,
+// at most max lines.
+func raceReports(log string, max int) string {
+	var out []string
+	in := false
+	for line := range strings.Lines(log) {
+		if strings.HasPrefix(line, "WARNING: DATA RACE") {
+			in = true
+		}
+		if in {
+			out = append(out, line)
+			if len(out) >= max {
+				break
+			}
+		}
+		if strings.HasPrefix(line, "==================") && in && len(out) > 1 {
+			in = false
+		}
+	}
+	return strings.Join(out, "")
 }
