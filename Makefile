@@ -3,7 +3,7 @@ GO ?= go
 DELTACHAT_DIR ?= $(CURDIR)/.cache/deltachat
 export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rpc-server-linux-x64/deltachat-rpc-server
 
-.PHONY: build run test check deltachat tools fuzz bench clean
+.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/chatrelay ./cmd/chatrelay
@@ -47,8 +47,24 @@ fuzz:
 	  done; \
 	done
 
+# Benchmarks against Postfix + Dovecot and maddy (docs/BENCHMARKS.md):
+# QUICK=1 for a short run, SERVERS=chatrelay,maddy to pick, PROFILE=1 for
+# pprof profiles of chatrelay, MICRO=1 for the Go micro benchmarks.
+# Every fuzz target, as `make fuzz` runs them.
+fuzz-list:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do echo "$$pkg $$f"; done; \
+	done
+
+# kill -9 under load, then restart and count (TESTING.md layer 6): every
+# message answered 250 is there once, the index checks out, no orphans.
+# `make test` runs a few cycles of the same test.
+CRASH_CYCLES ?= 200
+crashtest:
+	CHATRELAY_CRASH_CYCLES=$(CRASH_CYCLES) $(GO) test -run '^TestCrashLoop$$' -count=1 -timeout 30m -v ./cmd/chatrelay
+
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	QUICK="$(QUICK)" SERVERS="$(SERVERS)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
 
 clean:
 	rm -rf bin

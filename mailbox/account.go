@@ -178,7 +178,9 @@ func (s *Store) Login(addr, password string, create CreateCheck) (*Account, erro
 	rec, err := s.account(addr)
 	switch {
 	case err == nil:
-		if rec.Blocked || !verifyPassword(rec.Hash, password) {
+		// The hash is checked for a blocked account too, so that timing
+		// does not tell it apart.
+		if !verifyPassword(rec.Hash, password) || rec.Blocked {
 			return nil, ErrAuthFailed
 		}
 		s.touchLogin(addr, password, rec.ID, today)
@@ -194,6 +196,8 @@ func (s *Store) Login(addr, password string, create CreateCheck) (*Account, erro
 			if errors.Is(err, ErrUnavailable) {
 				return nil, err
 			}
+			// A refused new name costs what a wrong password costs.
+			verifyPassword(dummyHash(), password)
 			return nil, fmt.Errorf("%w: %v", ErrAuthFailed, err)
 		}
 		id, err := s.createAccount(addr, password, true)

@@ -43,7 +43,7 @@ func newAuthenticator(s *Server) *authenticator {
 // the log; the client only learns that authentication failed.
 func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailbox.Account, error) {
 	now := time.Now()
-	ip := hostOf(remote)
+	ip := ipKey(remote) // IPv6: per /64, as the connection caps
 	addr := strings.ToLower(strings.TrimSpace(user))
 	if a.byIP.blocked(ip, now) || a.byAcc.blocked(addr, now) {
 		a.s.log.Info("login throttled", "proto", proto)

@@ -98,6 +98,12 @@ type Config struct {
 	// /downloads with their SHA-256 sums; empty means DataDir/downloads.
 	// A missing or empty folder hides the page.
 	DownloadsDir string `toml:"downloads_dir"`
+
+	// Limits
+
+	// Limits caps simultaneous connections per protocol, in total and per
+	// client address (see ConnLimits); 0 means no cap.
+	Limits ConnLimits `toml:"limits"`
 }
 
 // Listen holds the listener addresses; an empty string disables one.
@@ -186,6 +192,7 @@ func Default() Config {
 			DKIMSelector: "dkim", SMTPPort: 25, HTTPSPort: 443, BounceAfterHours: 48,
 		},
 		NotifyURL: "https://notifications.delta.chat/notify",
+		Limits:    DefaultConnLimits(),
 	}
 }
 
@@ -294,6 +301,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("config: data_dir is empty")
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	return nil
 }

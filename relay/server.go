@@ -75,6 +75,7 @@ type Server struct {
 	httpSrv    *http.Server
 
 	conns     connSet
+	limits    *connLimits
 	mu        sync.Mutex
 	listeners map[string]net.Listener
 	wg        sync.WaitGroup
@@ -123,6 +124,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		rate:      policy.NewRateLimiter(cfg.SendRatePerMinute, cfg.SendRateBurst),
 		rules:     policy.AccountRules{MinNameLen: cfg.MinNameLen, MaxNameLen: cfg.MaxNameLen, MinPasswordLen: cfg.MinPasswordLen},
 		listeners: map[string]net.Listener{},
+		limits:    newConnLimits(cfg.Limits),
 	}
 	s.auth = newAuthenticator(s)
 	if err := s.setupFederation(opts); err != nil {
@@ -224,11 +226,22 @@ func (s *Server) buildIMAP() {
 // layer.
 func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
 	return func(ln net.Listener) error {
+		var backoff time.Duration
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
+				// Out of file descriptors is temporary: wait rather than
+				// take IMAP down for good.
+				var te interface{ Temporary() bool }
+				if errors.As(err, &te) && te.Temporary() && !errors.Is(err, net.ErrClosed) {
+					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+					s.log.Warn("imap accept", "err", err, "retry_in", backoff)
+					time.Sleep(backoff)
+					continue
+				}
 				return err
 			}
+			backoff = 0
 			if !s.conns.add(conn) {
 				conn.Close()
 				continue
@@ -283,6 +296,8 @@ func (s *Server) Start() error {
 			s.closeListeners()
 			return fmt.Errorf("listen %s on %s: %w", e.name, e.addr, err)
 		}
+		// Counted below TLS, so that a handshake already holds a slot.
+		ln = s.limitListener(e.name, ln)
 		if e.tls {
 			ln = tls.NewListener(ln, tlsConf)
 		}
@@ -346,7 +361,9 @@ func (s *Server) serveHTTP(ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.certs.HTTPChallengeHandler(redirect),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          stdLogger(s.log, "http"),
+		// Without it an idle keep-alive connection is never closed.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    stdLogger(s.log, "http"),
 	}
 	s.mu.Lock()
 	s.httpSrv = srv

@@ -26,6 +26,7 @@ var (
 	errBadAddress  = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
 	errAuthTemp    = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure, try again later"}
 	errMailbox     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
+	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: "Line too long"}
 )
 
 func (s *Server) buildSMTP() {
@@ -186,6 +187,10 @@ func readFailure(err error) error {
 	var tooBig *http.MaxBytesError
 	if errors.Is(err, smtp.ErrDataTooLarge) || errors.As(err, &tooBig) {
 		return smtpReply(policy.ErrTooBig)
+	}
+	if errors.Is(err, smtp.ErrTooLongLine) {
+		// RFC 5321 section 4.5.3.1.6; go-smtp closes the connection after.
+		return errLineTooLong
 	}
 	return err
 }

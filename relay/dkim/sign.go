@@ -93,6 +93,10 @@ func readHeader(br *bufio.Reader) ([]byte, error) {
 	partial := false // the previous read ended inside a line
 	for {
 		line, err := br.ReadSlice('\n')
+		if len(head) == 0 && len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
+			// It would fold into our DKIM-Signature field and break it.
+			return nil, errors.New("dkim sign: header section starts with a continuation line")
+		}
 		head = append(head, line...)
 		if len(head) > maxHeaderBytes {
 			return nil, errors.New("dkim sign: header section too large")
