@@ -409,3 +409,27 @@ func TestInboundRefusals(t *testing.T) {
 		t.Fatalf("no key published: %d, want 554", got)
 	}
 }
+
+// Where DNS is gone: static routes reach the peer, and its DKIM key comes
+// from the peer itself over HTTPS (verified TLS), so verification holds.
+func TestFederationStaticRoutesWithoutDNS(t *testing.T) {
+	a, b, dns := domainPeers(t, func(a, b *relay.Config) {
+		a.Federation.StaticRoutes = map[string]string{"b.test": "127.0.0.3"}
+		b.Federation.StaticRoutes = map[string]string{"a.test": "127.0.0.2"}
+	})
+	// No DNS at all from here on.
+	dns.mu.Lock()
+	dns.mx, dns.ip, dns.txt = nil, nil, nil
+	dns.mu.Unlock()
+	alice, bob := "alicealic@a.test", "bobbobbob@b.test"
+	login(t, a, alice).Close()
+	login(t, b, bob).Close()
+	if err := submit(t, a, alice, password, alice, []string{bob}, testmsg.Encrypted(alice, bob, 0)); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, b, bob, 1, 10*time.Second)
+	if err := submit(t, b, bob, password, bob, []string{alice}, testmsg.Encrypted(bob, alice, 0)); err != nil {
+		t.Fatal(err)
+	}
+	waitMessages(t, a, alice, 1, 10*time.Second)
+}
