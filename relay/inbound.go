@@ -70,7 +70,7 @@ func (is *inboundSession) Data(r io.Reader) error {
 	if a, ok := is.conn.Conn().RemoteAddr().(*net.TCPAddr); ok {
 		ip = a.IP
 	}
-	return is.s.receive(ip, is.from, is.local, r)
+	return is.s.receive(ip, is.from, is.local, progressDeadline(is.conn, r))
 }
 
 func (is *inboundSession) Reset() { is.from, is.local = "", nil }

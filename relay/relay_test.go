@@ -2,6 +2,9 @@ package relay_test
 
 import (
 	"bytes"
+	"crypto/tls"
+	"encoding/base64"
+	"net/textproto"
 	"errors"
 	"strings"
 	"sync"
@@ -14,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
+	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
 
@@ -460,5 +464,49 @@ func TestExpiryIsSeenByIMAPSessions(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("IDLE session not told of the expired message")
+	}
+}
+
+// A message that arrives slowly but steadily is taken even when the whole
+// DATA takes longer than one read timeout.
+func TestSlowButSteadyDATA(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	relay.SetMaxWaitForTest(r.Server, 600*time.Millisecond)
+	const alice = "alicealic@localhost"
+	login(t, r, alice).Close()
+	conn, err := tls.Dial("tcp", r.AddrOf("submissions"), relaytest.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := textproto.NewConn(conn)
+	expect := func(code int) {
+		t.Helper()
+		if _, _, err := tc.ReadResponse(code); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(220)
+	auth := base64.StdEncoding.EncodeToString([]byte("\x00" + alice + "\x00" + password))
+	for _, step := range []struct {
+		cmd  string
+		code int
+	}{{"EHLO client.test", 250}, {"AUTH PLAIN " + auth, 235}, {"MAIL FROM:<" + alice + ">", 250}, {"RCPT TO:<" + alice + ">", 250}, {"DATA", 354}} {
+		tc.PrintfLine("%s", step.cmd)
+		expect(step.code)
+	}
+	msg := testmsg.Encrypted(alice, alice, 4000)
+	chunk := 900
+	start := time.Now()
+	for i := 0; i < len(msg); i += chunk {
+		conn.Write(msg[i:min(i+chunk, len(msg))]) // unbuffered: each chunk goes now
+		time.Sleep(150 * time.Millisecond)       // the slow link
+	}
+	conn.Write([]byte(".\r\n"))
+	if _, _, err := tc.ReadResponse(250); err != nil {
+		t.Fatalf("slow DATA refused after %v: %v", time.Since(start), err)
+	}
+	if time.Since(start) < time.Second {
+		t.Fatal("the transfer was not slower than the read timeout")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -125,6 +126,7 @@ func (ss *submissionSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (ss *submissionSession) Data(r io.Reader) error {
+	r = progressDeadline(ss.conn, r)
 	env := policy.Envelope{From: ss.from, To: ss.remote}
 	for _, a := range ss.local {
 		env.To = append(env.To, a.Addr)
@@ -166,6 +168,29 @@ func (ss *submissionSession) Reset() {
 }
 
 func (ss *submissionSession) Logout() error { return nil }
+
+// progressDeadline renews the read deadline as DATA arrives. go-smtp sets
+// it once per command line, so a 30 MiB message from a phone on a slow link
+// would otherwise have to arrive whole within one ReadTimeout; a client
+// that stops sending still times out.
+func progressDeadline(c *smtp.Conn, r io.Reader) io.Reader {
+	return &deadlineReader{r: r, conn: c.Conn(), timeout: c.Server().ReadTimeout}
+}
+
+type deadlineReader struct {
+	r       io.Reader
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if d.timeout > 0 {
+		d.conn.SetReadDeadline(time.Now().Add(d.timeout))
+	}
+	// go-smtp's DATA reader fills p line by line from the network before
+	// returning: small reads keep each one within a deadline.
+	return d.r.Read(p[:min(len(p), 1024)])
+}
 
 // readErr remembers the first read error, so that a message cut short (too
 // big, connection lost) is reported as such rather than as a policy refusal.
