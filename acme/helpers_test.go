@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chatrelay/acme/acmetest"
 )
 
 // waitTimeout bounds every wait for an event in these tests; the events
@@ -31,9 +33,7 @@ func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 // testLogger logs to the test log while the test runs; certmagic's
 // goroutines may outlive the test, and their late lines are dropped.
 func testLogger(t *testing.T) *slog.Logger {
-	w := &testLogWriter{t: t}
-	t.Cleanup(w.stop)
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(acmetest.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // waitFor waits until cond holds, re-checking whenever m reports a change.

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/base64"
-	"net/textproto"
 	"errors"
+	"net/textproto"
 	"strings"
 	"sync"
 	"testing"
@@ -500,7 +500,7 @@ func TestSlowButSteadyDATA(t *testing.T) {
 	start := time.Now()
 	for i := 0; i < len(msg); i += chunk {
 		conn.Write(msg[i:min(i+chunk, len(msg))]) // unbuffered: each chunk goes now
-		time.Sleep(150 * time.Millisecond)       // the slow link
+		time.Sleep(150 * time.Millisecond)        // the slow link
 	}
 	conn.Write([]byte(".\r\n"))
 	if _, _, err := tc.ReadResponse(250); err != nil {

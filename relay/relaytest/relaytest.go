@@ -65,22 +65,37 @@ func StartConfig(tb testing.TB, cfg relay.Config) *Relay {
 // are the test's.
 func StartWith(tb testing.TB, cfg relay.Config, opts relay.Options) *Relay {
 	tb.Helper()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	certs, err := acme.New(acme.Config{Mode: acme.ModeSelfSigned, Domain: cfg.Domain, IP: cfg.IP, DataDir: cfg.DataDir, Logger: log})
+	certs, err := acme.New(acme.Config{Mode: acme.ModeSelfSigned, Domain: cfg.Domain, IP: cfg.IP, DataDir: cfg.DataDir, Logger: testLogger()})
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return StartWithCerts(tb, cfg, opts, certs)
+}
+
+// StartWithCerts runs a relay with exactly cfg and opts and the
+// certificates of certs (say an "auto" Manager against an in-process CA,
+// see acme/acmetest), as `chatrelay serve` does. Once the listeners are up
+// it calls certs.Start, with a context that ends when the relay stops, and
+// closes certs then. The clock is the test's, and so is the logger unless
+// opts.Logger is set.
+func StartWithCerts(tb testing.TB, cfg relay.Config, opts relay.Options, certs *acme.Manager) *Relay {
+	tb.Helper()
+	ctx, cancelCerts := context.WithCancel(context.Background())
 	clock := &Clock{}
-	opts.Logger, opts.Now = log, clock.Now
+	if opts.Logger == nil {
+		opts.Logger = testLogger()
+	}
+	opts.Now = clock.Now
 	srv, err := relay.New(cfg, certs, opts)
 	if err != nil {
+		cancelCerts()
+		certs.Close()
 		tb.Fatal(err)
 	}
 	if err := srv.Start(); err != nil {
 		srv.Shutdown(context.Background())
+		cancelCerts()
+		certs.Close()
 		tb.Fatal(err)
 	}
 	r := &Relay{Server: srv, Cfg: cfg, Dir: cfg.DataDir, Clock: clock, Certs: certs, tb: tb}
@@ -90,13 +105,26 @@ func StartWith(tb testing.TB, cfg relay.Config, opts relay.Options) *Relay {
 			return
 		}
 		stopped = true
+		cancelCerts()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
 		certs.Close()
 	}
 	tb.Cleanup(r.stop)
+	if err := certs.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
 	return r
+}
+
+// testLogger logs warnings to stderr, everything with -v.
+func testLogger() *slog.Logger {
+	level := slog.LevelWarn
+	if testing.Verbose() {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // Stop shuts the relay down (also done at test end).
