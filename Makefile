@@ -47,9 +47,6 @@ fuzz:
 	  done; \
 	done
 
-# Benchmarks against Postfix + Dovecot and maddy (docs/BENCHMARKS.md):
-# QUICK=1 for a short run, SERVERS=chatrelay,maddy to pick, PROFILE=1 for
-# pprof profiles of chatrelay, MICRO=1 for the Go micro benchmarks.
 # Every fuzz target, as `make fuzz` runs them.
 fuzz-list:
 	@for pkg in $$($(GO) list ./...); do \
@@ -63,6 +60,9 @@ CRASH_CYCLES ?= 200
 crashtest:
 	CHATRELAY_CRASH_CYCLES=$(CRASH_CYCLES) $(GO) test -run '^TestCrashLoop$$' -count=1 -timeout 30m -v ./cmd/chatrelay
 
+# Benchmarks against Postfix + Dovecot and maddy (docs/BENCHMARKS.md):
+# QUICK=1 for a short run, SERVERS=chatrelay,maddy to pick, PROFILE=1 for
+# pprof profiles of chatrelay, MICRO=1 for the Go micro benchmarks.
 bench:
 	QUICK="$(QUICK)" SERVERS="$(SERVERS)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
 

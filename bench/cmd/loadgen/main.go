@@ -1,0 +1,518 @@
+// Command loadgen runs chatrelay's benchmarks (docs/BENCHMARKS.md): it
+// starts chatrelay, Postfix + Dovecot and maddy one after the other on
+// loopback ports from a temporary directory, measures each the same way
+// (P1..P6), stops it, and writes results.json and results.md with the
+// ratios of chatrelay to each peer. Run it through `make bench`
+// (bench/run.sh), which builds and installs what it needs.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/chatrelay/chatrelay/bench/load"
+)
+
+type plan struct {
+	Quick       bool
+	Users       int           // accounts on every server
+	P1Messages  int           // P1 sample size
+	P1MaxGap    time.Duration // random pause before each P1 message
+	P2Pings     int
+	P3Clients   int
+	P3Duration  time.Duration
+	P3Size      int
+	P4Small     int // idle connections, first measurement
+	P4Large     int // and second (also the P5 storm)
+	StormPar    int // connections being set up at once in the storm
+	StormLimit  time.Duration
+	SearchStep  int
+	SearchMax   int
+	SearchLimit time.Duration
+	MinFreeKiB  int64 // stop the search when less memory is available
+}
+
+func fullPlan() plan {
+	return plan{Users: 10000, P1Messages: 500, P1MaxGap: 400 * time.Millisecond, P2Pings: 20,
+		P3Clients: 32, P3Duration: 20 * time.Second, P3Size: 4096,
+		P4Small: 1000, P4Large: 10000, StormPar: 1000, StormLimit: 240 * time.Second,
+		SearchStep: 10000, SearchMax: 100000, SearchLimit: 240 * time.Second, MinFreeKiB: 3 << 20}
+}
+
+func quickPlan() plan {
+	return plan{Quick: true, Users: 1000, P1Messages: 100, P1MaxGap: 300 * time.Millisecond, P2Pings: 5,
+		P3Clients: 32, P3Duration: 5 * time.Second, P3Size: 4096,
+		P4Small: 200, P4Large: 1000, StormPar: 500, StormLimit: 120 * time.Second,
+		SearchStep: 0, MinFreeKiB: 3 << 20}
+}
+
+// Result is one server's figures.
+type Result struct {
+	Server  string   `json:"server"`
+	Skipped string   `json:"skipped,omitempty"`
+	Errors  []string `json:"errors,omitempty"`
+	Notes   []string `json:"notes,omitempty"`
+
+	P1 *load.LatencyResult `json:"p1_latency,omitempty"`
+	P2 *PingResult         `json:"p2_deltachat_ping,omitempty"`
+	P3 *P3Result           `json:"p3_throughput,omitempty"`
+	P4 []P4Result          `json:"p4_idle_memory,omitempty"`
+	// P4Max is the most idle connections held (bounded search).
+	P4Max *SearchResult `json:"p4_max_idle,omitempty"`
+	P5    *P5Result     `json:"p5_login_storm,omitempty"`
+	P6    *P6Result     `json:"p6_footprint,omitempty"`
+}
+
+type P3Result struct {
+	load.ThroughputResult
+	ServerCPUSeconds float64 `json:"server_cpu_seconds"`
+	CPUMsPerMessage  float64 `json:"server_cpu_ms_per_message"`
+	DrainSeconds     float64 `json:"drain_seconds"`
+}
+
+type P4Result struct {
+	Connections int     `json:"connections"`
+	Wanted      int     `json:"wanted"`
+	BaselineKiB int64   `json:"baseline_pss_kib"`
+	LoadedKiB   int64   `json:"loaded_pss_kib"`
+	KiBPerConn  float64 `json:"kib_per_connection"`
+	Processes   int     `json:"processes"`
+	OpenSeconds float64 `json:"open_seconds"`
+	FirstErr    string  `json:"first_error,omitempty"`
+}
+
+type SearchResult struct {
+	Held       int     `json:"held"`
+	StoppedBy  string  `json:"stopped_by"`
+	PSSKiB     int64   `json:"pss_kib"`
+	Seconds    float64 `json:"seconds"`
+	KiBPerConn float64 `json:"kib_per_connection"`
+}
+
+type P5Result struct {
+	load.StormResult
+	CPUSeconds float64 `json:"server_cpu_seconds"`
+	// CPUCores is server CPU over the storm's wall time (2 = both cores).
+	CPUCores float64 `json:"server_cpu_cores"`
+}
+
+type P6Result struct {
+	SizeBytes  int64  `json:"size_bytes"`
+	SizeWhat   string `json:"size_what"`
+	IdlePSSKiB int64  `json:"idle_pss_kib"`
+	IdleRSSKiB int64  `json:"idle_rss_kib"`
+	// IdleAnonKiB is the anonymous part of IdlePSSKiB (no mapped files).
+	IdleAnonKiB  int64   `json:"idle_pss_anon_kib"`
+	Processes    int     `json:"processes"`
+	FirstStartMs float64 `json:"first_start_ms"`
+	RestartMs    float64 `json:"start_to_ready_ms"`
+}
+
+type Report struct {
+	Date    string                        `json:"date"`
+	Quick   bool                          `json:"quick"`
+	Machine map[string]string             `json:"machine"`
+	Results []*Result                     `json:"results"`
+	Ratios  map[string]map[string]float64 `json:"ratios_chatrelay_to_peer"`
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "small sizes, a few minutes in all")
+	out := flag.String("out", ".cache/bench/results", "directory for results.json and results.md")
+	cache := flag.String("cache", ".cache/bench", "where setup.sh put the binaries")
+	only := flag.String("servers", "chatrelay,postfix-dovecot,maddy", "servers to measure, comma separated")
+	keep := flag.Bool("keep", false, "keep the servers' temporary directory")
+	remake := flag.String("report", "", "only rewrite results.md (and the ratios) from this results.json")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	if *remake != "" {
+		var rep Report
+		data, err := os.ReadFile(*remake)
+		if err == nil {
+			err = json.Unmarshal(data, &rep)
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		rep.Ratios = ratios(rep.Results)
+		if err := writeReport(filepath.Dir(*remake), &rep); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Print(markdown(&rep))
+		return
+	}
+
+	p := fullPlan()
+	if *quick {
+		p = quickPlan()
+	}
+	if fds := raiseFDLimit(); p.SearchMax > fds-2000 {
+		// One descriptor per connection on the client side, and the
+		// server is held to the same limit.
+		p.SearchMax = max(0, fds-2000)
+		log.Printf("idle connection search capped at %d by the descriptor limit", p.SearchMax)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// Everything is bounded: the whole run stops after 75 minutes.
+	ctx, cancel := context.WithTimeout(ctx, 75*time.Minute)
+	defer cancel()
+
+	tmp, err := os.MkdirTemp("", "chatrelay-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	os.Chmod(tmp, 0o755)
+	if !*keep {
+		defer os.RemoveAll(tmp)
+	}
+	rep := &Report{Date: time.Now().UTC().Format(time.RFC3339), Quick: p.Quick, Machine: machine()}
+	for _, name := range strings.Split(*only, ",") {
+		if ctx.Err() != nil {
+			break
+		}
+		r := &Result{Server: name}
+		rep.Results = append(rep.Results, r)
+		srv, err := newServer(name, tmp, *cache)
+		if err != nil {
+			r.Skipped = err.Error()
+			log.Printf("%s: skipped: %v", name, err)
+			continue
+		}
+		r.Notes = srv.Notes()
+		measure(ctx, p, srv, r, tmp)
+		srv.Group().remove()
+		writeReport(*out, rep)
+	}
+	rep.Ratios = ratios(rep.Results)
+	if err := writeReport(*out, rep); err != nil {
+		log.Fatal(err)
+	}
+	md, _ := os.ReadFile(filepath.Join(*out, "results.md"))
+	fmt.Println(string(md))
+}
+
+func newServer(name, tmp, cache string) (server, error) {
+	abs := func(p string) string { a, _ := filepath.Abs(p); return a }
+	switch name {
+	case "chatrelay":
+		bin := abs(filepath.Join(cache, "chatrelay"))
+		if _, err := os.Stat(bin); err != nil {
+			return nil, fmt.Errorf("no %s: run bench/setup.sh", bin)
+		}
+		return newChatrelay(tmp, bin)
+	case "maddy":
+		bin := abs(filepath.Join(cache, "maddy"))
+		if _, err := os.Stat(bin); err != nil {
+			return nil, fmt.Errorf("no %s: run bench/setup.sh", bin)
+		}
+		return newMaddy(tmp, bin)
+	case "postfix-dovecot":
+		for _, b := range []string{"postfix", "dovecot", "openssl"} {
+			if _, err := exec.LookPath(b); err != nil {
+				return nil, fmt.Errorf("%s not installed (bench/setup.sh installs it as root)", b)
+			}
+		}
+		if os.Geteuid() != 0 {
+			return nil, fmt.Errorf("Postfix and Dovecot need root to start")
+		}
+		return newPostfixDovecot(tmp)
+	}
+	return nil, fmt.Errorf("unknown server %q", name)
+}
+
+// measure runs P1..P6 against one server, recording errors and going on
+// with the next measurement where it can.
+func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
+	fail := func(what string, err error) {
+		log.Printf("%s: %s: %v", s.Name(), what, err)
+		r.Errors = append(r.Errors, what+": "+err.Error())
+	}
+	defer s.Stop()
+	t := s.Target()
+	logf := func(format string, args ...any) { log.Printf(s.Name()+": "+format, args...) }
+
+	if err := s.Setup(p.Users); err != nil {
+		fail("setup", err)
+		return
+	}
+	first, err := s.Start(ctx)
+	if err != nil {
+		fail("start", err)
+		return
+	}
+	logf("started in %v; logging in %d accounts once", first.Round(time.Millisecond), p.Users)
+	prep := load.Prepare(ctx, t, 0, p.Users, 32, 20*time.Minute)
+	logf("accounts ready: %d in %.1fs (failed %d %s)", prep.LoggedIn, prep.LoginSeconds, prep.Failed, prep.FirstErr)
+	if prep.Failed > 0 {
+		fail("prepare accounts", fmt.Errorf("%d of %d failed: %s", prep.Failed, prep.Wanted, prep.FirstErr))
+	}
+	restart := func() (time.Duration, bool) {
+		s.Stop()
+		d, err := s.Start(ctx)
+		if err != nil {
+			fail("restart", err)
+			return 0, false
+		}
+		return d, true
+	}
+	if err := s.Measuring(); err != nil {
+		fail("measuring config", err)
+		return
+	}
+	ready, ok := restart()
+	if !ok {
+		return
+	}
+	time.Sleep(3 * time.Second)
+	size, what := s.Size()
+	pss, anon, procs := s.Group().pssAnon()
+	r.P6 = &P6Result{SizeBytes: size, SizeWhat: what, IdlePSSKiB: pss, IdleAnonKiB: anon, IdleRSSKiB: s.Group().rss(), Processes: procs,
+		FirstStartMs: ms(first), RestartMs: ms(ready)}
+	logf("P6: size %d MiB, idle PSS %d KiB (anonymous %d KiB, %d processes), ready in %v", size>>20, pss, anon, procs, ready.Round(time.Millisecond))
+
+	// P1
+	senders, rcpts := 100, 200
+	{
+		lctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+		res, err := load.Latency(lctx, t, 1, 0, p.P1Messages, p.P1MaxGap, p.P3Size)
+		cancel()
+		if err != nil {
+			fail("P1", err)
+		}
+		if res.FromEnd.N > 0 {
+			r.P1 = &res
+			logf("P1: n=%d p50 %.1f ms p99 %.1f ms (end of DATA -> EXISTS)", res.FromEnd.N, res.FromEnd.P50, res.FromEnd.P99)
+		}
+	}
+	// P3
+	{
+		if err := s.Drain(ctx); err != nil {
+			fail("P3 drain before", err)
+		}
+		cpu0 := s.Group().cpu()
+		res, err := load.Throughput(ctx, t, p.P3Clients, senders, rcpts, p.P3Duration, 0, p.P3Size)
+		if err != nil {
+			fail("P3", err)
+		} else {
+			d0 := time.Now()
+			if err := s.Drain(ctx); err != nil {
+				fail("P3 drain", err)
+			}
+			drain := time.Since(d0)
+			cpu := s.Group().cpu() - cpu0
+			r.P3 = &P3Result{ThroughputResult: res, ServerCPUSeconds: cpu.Seconds(), DrainSeconds: drain.Seconds()}
+			if res.Accepted > 0 {
+				r.P3.CPUMsPerMessage = ms(cpu) / float64(res.Accepted)
+			}
+			logf("P3: %.0f msg/s (%d accepted, %d failed %s), %.2f CPU-ms/msg, drain %.1fs", res.PerSec, res.Accepted, res.Failed, res.FirstErr, r.P3.CPUMsPerMessage, drain.Seconds())
+		}
+	}
+	// P2
+	{
+		pctx, cancel := context.WithTimeout(ctx, 8*time.Minute)
+		res, err := pings(pctx, t, 300, 301, p.P2Pings, filepath.Join(tmp, s.Name()+"-deltachat"))
+		cancel()
+		if err != nil {
+			fail("P2", err)
+			res.Error = err.Error()
+		}
+		r.P2 = &res
+		logf("P2: n=%d p50 %.0f ms (per leg: core send p50 %.0f ms, delivery to IncomingMsg p50 %.0f ms)", res.RTT.N, res.RTT.P50, res.Send.P50, res.Deliver.P50)
+	}
+	// P4, first size
+	if _, ok := restart(); !ok {
+		return
+	}
+	time.Sleep(2 * time.Second)
+	r.P4 = append(r.P4, idleMemory(ctx, p, s, p.P4Small, p.P4Small, 100, logf))
+
+	// P5: a restart, then every account logs in at once; the connections
+	// then stay in IDLE for P4's second size and the search.
+	if _, ok := restart(); !ok {
+		return
+	}
+	time.Sleep(2 * time.Second)
+	base, _ := s.Group().pss()
+	cpu0 := s.Group().cpu()
+	var idlers load.Idlers
+	defer idlers.Close()
+	st := time.Now()
+	storm := idlers.Open(ctx, t, load.OpenOptions{Count: p.P4Large, Accounts: p.P4Large, Parallel: p.StormPar, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
+	wall := time.Since(st)
+	cpu := s.Group().cpu() - cpu0
+	r.P5 = &P5Result{StormResult: storm, CPUSeconds: cpu.Seconds(), CPUCores: cpu.Seconds() / wall.Seconds()}
+	logf("P5: %d/%d logged in in %.2fs (idle %.2fs), failed %d %s; server CPU %.1fs (%.2f cores)", storm.LoggedIn, storm.Wanted, storm.LoginSeconds, storm.IdleSeconds, storm.Failed, storm.FirstErr, cpu.Seconds(), r.P5.CPUCores)
+	loaded, procs := settledPSS(ctx, s)
+	n := idlers.Len()
+	p4 := P4Result{Connections: n, Wanted: p.P4Large, BaselineKiB: base, LoadedKiB: loaded, Processes: procs, OpenSeconds: storm.IdleSeconds, FirstErr: storm.FirstErr}
+	if n > 0 {
+		p4.KiBPerConn = float64(loaded-base) / float64(n)
+	}
+	r.P4 = append(r.P4, p4)
+	logf("P4: %d idle: %.1f KiB each (PSS %d -> %d KiB, %d processes)", n, p4.KiBPerConn, base, loaded, procs)
+
+	// The search goes on from a storm that finished; a server that could
+	// not take the storm in time would not get further in the search.
+	if p.SearchStep > 0 && n == p.P4Large {
+		r.P4Max = search(ctx, p, s, &idlers, base, logf)
+	}
+	idlers.Close()
+}
+
+// idleMemory opens n IDLE connections (accounts 0..accounts-1) on a fresh
+// server and reports the server's memory per connection.
+func idleMemory(ctx context.Context, p plan, s server, n, accounts, par int, logf func(string, ...any)) P4Result {
+	base, _ := s.Group().pss()
+	var idlers load.Idlers
+	defer idlers.Close()
+	res := idlers.Open(ctx, s.Target(), load.OpenOptions{Count: n, Accounts: accounts, Parallel: par, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
+	loaded, procs := settledPSS(ctx, s)
+	r := P4Result{Connections: idlers.Len(), Wanted: n, BaselineKiB: base, LoadedKiB: loaded, Processes: procs, OpenSeconds: res.IdleSeconds, FirstErr: res.FirstErr}
+	if r.Connections > 0 {
+		r.KiBPerConn = float64(loaded-base) / float64(r.Connections)
+	}
+	logf("P4: %d idle: %.1f KiB each (PSS %d -> %d KiB, %d processes) %s", r.Connections, r.KiBPerConn, base, loaded, procs, res.FirstErr)
+	return r
+}
+
+// search adds idle connections in steps (accounts reused, spread over
+// loopback source addresses) until a step fails, memory runs low, the
+// count cap or the time limit is reached.
+func search(ctx context.Context, p plan, s server, idlers *load.Idlers, base int64, logf func(string, ...any)) *SearchResult {
+	start := time.Now()
+	res := &SearchResult{StoppedBy: "count cap"}
+	for step := 1; ; step++ {
+		have := idlers.Len()
+		if have >= p.SearchMax {
+			break
+		}
+		left := p.SearchLimit - time.Since(start)
+		if left <= 5*time.Second {
+			res.StoppedBy = "time limit"
+			break
+		}
+		if load.MemAvailableKiB() < p.MinFreeKiB {
+			res.StoppedBy = "memory low"
+			break
+		}
+		want := min(p.SearchStep, p.SearchMax-have)
+		st := idlers.Open(ctx, s.Target(), load.OpenOptions{Count: want, Accounts: p.Users, Parallel: p.StormPar, Idle: true, Timeout: left,
+			PerSource: 20000, SourceBase: 1 + step, MaxFail: want / 100, MinFreeKiB: p.MinFreeKiB})
+		logf("search: +%d idle (failed %d %s), now %d, MemAvailable %d MiB", st.Idling, st.Failed, st.FirstErr, idlers.Len(), load.MemAvailableKiB()>>10)
+		if st.MemoryLow {
+			res.StoppedBy = "memory low"
+			break
+		}
+		if st.TimedOut {
+			res.StoppedBy = "time limit"
+			break
+		}
+		if st.Failed > 0 {
+			res.StoppedBy = "connections failed: " + st.FirstErr
+			break
+		}
+	}
+	res.Held = idlers.Len()
+	res.PSSKiB, _ = settledPSS(ctx, s)
+	res.Seconds = time.Since(start).Seconds()
+	if res.Held > 0 {
+		res.KiBPerConn = float64(res.PSSKiB-base) / float64(res.Held)
+	}
+	logf("search: held %d idle connections (%s), PSS %d MiB", res.Held, res.StoppedBy, res.PSSKiB>>10)
+	return res
+}
+
+// settledPSS is the server's memory once connections are idle: the
+// smallest of samples every 2 s over 30 s. A garbage-collected server
+// (chatrelay, maddy) holds garbage from setting the connections up for a
+// while and returns it to the kernel gradually.
+func settledPSS(ctx context.Context, s server) (kib int64, procs int) {
+	kib, procs = s.Group().pss()
+	for range 15 {
+		select {
+		case <-ctx.Done():
+			return kib, procs
+		case <-time.After(2 * time.Second):
+		}
+		if k, p := s.Group().pss(); k < kib {
+			kib, procs = k, p
+		}
+	}
+	return kib, procs
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// raiseFDLimit raises the descriptor limit as far as allowed (servers
+// started from here inherit it) and returns it.
+func raiseFDLimit() int {
+	lim := syscall.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		var cur syscall.Rlimit
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &cur)
+		cur.Cur = cur.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &cur)
+		log.Printf("fd limit %d (could not raise to %d: %v)", cur.Cur, lim.Cur, err)
+		return int(cur.Cur)
+	}
+	return int(lim.Cur)
+}
+
+func machine() map[string]string {
+	m := map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "go": runtime.Version()}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m["cpu"] = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		line, _, _ := strings.Cut(string(data), "\n")
+		m["memory"] = strings.Join(strings.Fields(line)[1:], " ")
+	}
+	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
+		m["kernel"] = strings.TrimSpace(string(out))
+	}
+	if data, err := os.ReadFile("/etc/os-release"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "PRETTY_NAME="); ok {
+				m["os"] = strings.Trim(v, `"`)
+			}
+		}
+	}
+	for _, c := range [][]string{{"postfix", "postconf", "-h", "mail_version"}, {"dovecot", "dovecot", "--version"}} {
+		if out, err := exec.Command(c[1], c[2:]...).Output(); err == nil {
+			m[c[0]] = strings.TrimSpace(string(out))
+		}
+	}
+	m["maddy"] = "v0.8.1"
+	return m
+}
+
+func writeReport(dir string, rep *Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), data, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "results.md"), []byte(markdown(rep)), 0o644)
+}

@@ -1,0 +1,230 @@
+// Package load is the client side of chatrelay's benchmarks: a small IMAP
+// client that logs in, selects and idles with as little memory as it can
+// (so that tens of thousands of connections fit beside the server), a
+// submission client, and the measured scenarios (P1 latency, P3
+// throughput, P4 idle connections, P5 login storm). It speaks only plain
+// IMAP and SMTP, so the same code measures chatrelay and its peers.
+package load
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ClientTLS accepts any certificate: every server under test has a
+// self-signed one, and the benchmarks run on loopback only.
+func ClientTLS() *tls.Config {
+	return &tls.Config{InsecureSkipVerify: true, ServerName: "localhost", ClientSessionCache: nil}
+}
+
+// IMAPConn is one IMAP connection over implicit TLS.
+type IMAPConn struct {
+	conn   net.Conn
+	r      *bufio.Reader
+	tag    int
+	exists int
+	idling string // tag of the running IDLE
+}
+
+// DialIMAP connects with implicit TLS from local (nil: any loopback source)
+// and reads the greeting.
+func DialIMAP(ctx context.Context, addr string, local net.IP) (*IMAPConn, error) {
+	d := &net.Dialer{Timeout: 30 * time.Second}
+	if local != nil {
+		d.LocalAddr = &net.TCPAddr{IP: local}
+	}
+	td := tls.Dialer{NetDialer: d, Config: ClientTLS()}
+	conn, err := td.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &IMAPConn{conn: conn, r: bufio.NewReaderSize(conn, 1024)}
+	c.deadline(ctx, 30*time.Second)
+	line, err := c.readLine()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, "* OK") {
+		conn.Close()
+		return nil, fmt.Errorf("greeting %q", line)
+	}
+	return c, nil
+}
+
+func (c *IMAPConn) deadline(ctx context.Context, d time.Duration) {
+	t := time.Now().Add(d)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(t) {
+		t = dl
+	}
+	c.conn.SetDeadline(t)
+}
+
+// Close drops the connection without LOGOUT.
+func (c *IMAPConn) Close() error { return c.conn.Close() }
+
+// readLine reads one response line; a literal {n} at its end is read and
+// folded into the line.
+func (c *IMAPConn) readLine() (string, error) {
+	var sb strings.Builder
+	for range 1000 {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		sb.WriteString(line)
+		s := strings.TrimRight(line, "\r\n")
+		if !strings.HasSuffix(s, "}") {
+			break
+		}
+		i := strings.LastIndexByte(s, '{')
+		n, err := strconv.Atoi(strings.TrimSuffix(s[i+1:len(s)-1], "+"))
+		if i < 0 || err != nil || n < 0 || n > 64<<20 {
+			break
+		}
+		buf := make([]byte, n)
+		if _, err := ioReadFull(c.r, buf); err != nil {
+			return "", err
+		}
+		sb.Write(buf)
+	}
+	s := strings.TrimRight(sb.String(), "\r\n")
+	c.noteExists(s)
+	return s, nil
+}
+
+func (c *IMAPConn) noteExists(line string) {
+	if f := strings.Fields(line); len(f) == 3 && f[0] == "*" && strings.EqualFold(f[2], "EXISTS") {
+		if n, err := strconv.Atoi(f[1]); err == nil {
+			c.exists = n
+		}
+	}
+}
+
+func ioReadFull(r *bufio.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Cmd sends one command and reads up to its tagged reply, which must be OK.
+func (c *IMAPConn) Cmd(ctx context.Context, cmd string) error {
+	c.tag++
+	tag := "a" + strconv.Itoa(c.tag)
+	c.deadline(ctx, 60*time.Second)
+	if _, err := c.conn.Write([]byte(tag + " " + cmd + "\r\n")); err != nil {
+		return err
+	}
+	for range 100000 {
+		line, err := c.readLine()
+		if err != nil {
+			return fmt.Errorf("%s: %w", firstWord(cmd), err)
+		}
+		if rest, ok := strings.CutPrefix(line, tag+" "); ok {
+			if strings.HasPrefix(strings.ToUpper(rest), "OK") {
+				return nil
+			}
+			return fmt.Errorf("%s: %s", firstWord(cmd), rest)
+		}
+	}
+	return errors.New("too many response lines")
+}
+
+func firstWord(s string) string {
+	w, _, _ := strings.Cut(s, " ")
+	return w
+}
+
+// Login logs in with LOGIN.
+func (c *IMAPConn) Login(ctx context.Context, user, pass string) error {
+	return c.Cmd(ctx, "LOGIN "+quote(user)+" "+quote(pass))
+}
+
+// Select selects INBOX; Exists is its message count afterwards.
+func (c *IMAPConn) Select(ctx context.Context) error { return c.Cmd(ctx, "SELECT INBOX") }
+
+// Exists is the last EXISTS count the server sent.
+func (c *IMAPConn) Exists() int { return c.exists }
+
+// Idle starts IDLE and returns once the server answered "+".
+func (c *IMAPConn) Idle(ctx context.Context) error {
+	c.tag++
+	tag := "a" + strconv.Itoa(c.tag)
+	c.deadline(ctx, 60*time.Second)
+	if _, err := c.conn.Write([]byte(tag + " IDLE\r\n")); err != nil {
+		return err
+	}
+	for range 1000 {
+		line, err := c.readLine()
+		if err != nil {
+			return fmt.Errorf("IDLE: %w", err)
+		}
+		if strings.HasPrefix(line, "+") {
+			c.idling = tag
+			// Idle connections stay open for as long as the scenario
+			// runs; only WaitExists reads from them again.
+			c.conn.SetDeadline(time.Time{})
+			return nil
+		}
+		if strings.HasPrefix(line, tag+" ") {
+			return fmt.Errorf("IDLE: %s", line)
+		}
+	}
+	return errors.New("IDLE: no continuation")
+}
+
+// WaitExists reads untagged responses during IDLE until EXISTS reports
+// more than n messages, and returns the time it was read.
+func (c *IMAPConn) WaitExists(n int, timeout time.Duration) (time.Time, error) {
+	c.conn.SetReadDeadline(time.Now().Add(timeout))
+	defer c.conn.SetReadDeadline(time.Time{})
+	for range 100000 {
+		if _, err := c.readLine(); err != nil {
+			return time.Time{}, err
+		}
+		if c.exists > n {
+			return time.Now(), nil
+		}
+	}
+	return time.Time{}, errors.New("no EXISTS")
+}
+
+// Done ends IDLE.
+func (c *IMAPConn) Done(ctx context.Context) error {
+	if c.idling == "" {
+		return nil
+	}
+	tag := c.idling
+	c.idling = ""
+	c.deadline(ctx, 30*time.Second)
+	if _, err := c.conn.Write([]byte("DONE\r\n")); err != nil {
+		return err
+	}
+	for range 100000 {
+		line, err := c.readLine()
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(line, tag+" ") {
+			return nil
+		}
+	}
+	return errors.New("DONE: no tagged reply")
+}
+
+func quote(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}

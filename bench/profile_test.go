@@ -1,0 +1,195 @@
+// Package bench holds chatrelay's benchmark harness. The comparison with
+// Postfix + Dovecot and maddy is `make bench` (cmd/loadgen, run.sh); the
+// benchmarks in this file run the same scenarios against a relay started
+// in-process (relaytest), so that pprof sees the relay's code:
+//
+//	go test ./bench -run '^$' -bench P3 -benchtime 1x -profdir /tmp/prof
+//	go tool pprof -top /tmp/prof/P3.cpu.pprof
+//
+// With -profdir each benchmark writes a CPU profile of its measured part
+// only (not of the set-up), and P4 also a heap profile. Without it they
+// are ordinary Go benchmarks that report their figures as metrics. The
+// load generator shares the process, so profiles show client frames too
+// (package bench/load, crypto/tls client side): read them by package.
+package bench
+
+import (
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/bench/load"
+	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/relaytest"
+)
+
+var (
+	profDir = flag.String("profdir", "", "write CPU (and heap) profiles of each benchmark's measured part to this directory")
+	// An experiment, not a setting: bbolt groups Batch calls for up to
+	// MaxBatchDelay (10 ms by default) before it commits. This flag sets it
+	// on the in-process relay's index to see what the delay costs.
+	batchDelay = flag.Duration("batchdelay", -1, "experiment: set the relay index's bbolt MaxBatchDelay (default: leave bbolt's 10ms)")
+)
+
+// benchConfig is a relaytest config with the limits that would measure
+// themselves instead of the relay turned off, as in cmd/loadgen.
+func benchConfig(dir string) relay.Config {
+	cfg := relaytest.Config(dir)
+	cfg.SendRatePerMinute, cfg.SendRateBurst = 1e9, 1e9
+	cfg.Limits = relay.ConnLimits{}
+	return cfg
+}
+
+func target(r *relaytest.Relay) load.Target {
+	if *batchDelay >= 0 {
+		r.Store().DB().MaxBatchDelay = *batchDelay
+	}
+	return load.Target{IMAPS: r.AddrOf("imaps"), Submissions: r.AddrOf("submissions"), Domain: r.Cfg.MailDomain()}
+}
+
+// profile starts a CPU profile named name when -profdir is set and returns
+// the function that stops it.
+func profile(b *testing.B, name string) func() {
+	b.Helper()
+	if *profDir == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(*profDir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(*profDir, name+".cpu.pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatalf("%v (do not combine -profdir with -cpuprofile)", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		b.Logf("CPU profile: %s", f.Name())
+	}
+}
+
+func heapProfile(b *testing.B, name string) {
+	if *profDir == "" {
+		return
+	}
+	runtime.GC()
+	f, err := os.Create(filepath.Join(*profDir, name+".heap.pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	pprof.Lookup("heap").WriteTo(f, 0)
+	b.Logf("heap profile: %s", f.Name())
+}
+
+func prepare(b *testing.B, t load.Target, n int) {
+	b.Helper()
+	res := load.Prepare(context.Background(), t, 0, n, 32, 10*time.Minute)
+	if res.Failed > 0 {
+		b.Fatalf("preparing %d accounts: %d failed: %s", n, res.Failed, res.FirstErr)
+	}
+}
+
+// BenchmarkP1Latency: one message at a time, end of DATA until the
+// recipient's IDLE reads EXISTS.
+func BenchmarkP1Latency(b *testing.B) {
+	r := relaytest.StartConfig(b, benchConfig(b.TempDir()))
+	t := target(r)
+	prepare(b, t, 2)
+	stop := profile(b, "P1")
+	b.ResetTimer()
+	res, err := load.Latency(b.Context(), t, 1, 0, max(b.N, 20), 0, 4096)
+	b.StopTimer()
+	stop()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(res.FromEnd.P50, "p50-ms")
+	b.ReportMetric(res.FromEnd.P99, "p99-ms")
+	b.ReportMetric(res.Submit.P50, "p50-250-ms")
+}
+
+// BenchmarkP3Submit: 32 clients submit 4 KiB encrypted-format messages;
+// b.N messages in all (at least 2000).
+func BenchmarkP3Submit(b *testing.B) {
+	r := relaytest.StartConfig(b, benchConfig(b.TempDir()))
+	t := target(r)
+	prepare(b, t, 64)
+	stop := profile(b, "P3")
+	b.ResetTimer()
+	res, err := load.Throughput(b.Context(), t, 32, 0, 32, 5*time.Minute, int64(max(b.N, 2000)), 4096)
+	b.StopTimer()
+	stop()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if res.Failed > 0 {
+		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
+	}
+	b.ReportMetric(res.PerSec, "msgs/s")
+}
+
+// BenchmarkP4Idle: 2000 IMAP connections logged in, INBOX selected, in
+// IDLE; reports the process's heap and stacks per connection (client side
+// included: the heap profile tells them apart).
+func BenchmarkP4Idle(b *testing.B) {
+	const n = 2000
+	r := relaytest.StartConfig(b, benchConfig(b.TempDir()))
+	t := target(r)
+	prepare(b, t, n)
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	stop := profile(b, "P4")
+	b.ResetTimer()
+	var idlers load.Idlers
+	defer idlers.Close()
+	res := idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 100, Idle: true, Timeout: 5 * time.Minute})
+	b.StopTimer()
+	stop()
+	if res.Failed > 0 {
+		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heapProfile(b, "P4")
+	per := func(a, b uint64) float64 { return float64(int64(a)-int64(b)) / 1024 / n }
+	b.ReportMetric(per(after.HeapInuse, before.HeapInuse), "heap-KiB/conn")
+	b.ReportMetric(per(after.StackInuse, before.StackInuse), "stack-KiB/conn")
+	b.ReportMetric(float64(runtime.NumGoroutine())/n, "goroutines/conn")
+}
+
+// BenchmarkP5Storm: accounts made, the relay restarted (no login cache),
+// then every account logs in at once.
+func BenchmarkP5Storm(b *testing.B) {
+	n := 2000
+	if testing.Short() {
+		n = 500
+	}
+	dir := b.TempDir()
+	r := relaytest.StartConfig(b, benchConfig(dir))
+	prepare(b, target(r), n)
+	r.Stop()
+	r = relaytest.StartConfig(b, benchConfig(dir))
+	t := target(r)
+	stop := profile(b, "P5")
+	b.ResetTimer()
+	var idlers load.Idlers
+	defer idlers.Close()
+	res := idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 500, Timeout: 5 * time.Minute})
+	b.StopTimer()
+	stop()
+	if res.Failed > 0 {
+		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
+	}
+	b.ReportMetric(res.LoginSeconds, "s-all-in")
+	b.ReportMetric(float64(n)/res.LoginSeconds, "logins/s")
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make bench`: builds what it needs (bench/setup.sh), then measures
+# chatrelay, Postfix + Dovecot and maddy one after the other on loopback
+# (bench/cmd/loadgen) and prints the table; results.json and results.md
+# land in $OUT (default .cache/bench/results).
+#
+#   QUICK=1          small sizes, about 10 minutes instead of about 50
+#   SERVERS=a,b      only these (chatrelay, postfix-dovecot, maddy)
+#   PROFILE=1        instead: CPU/heap profiles of chatrelay in-process
+#                    (go test ./bench -bench ... -profdir $OUT/profiles)
+#   MICRO=1          instead: the Go micro benchmarks of every package
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+export CACHE="${CACHE:-$ROOT/.cache/bench}"
+OUT="${OUT:-$CACHE/results}"
+GO="${GO:-go}"
+cd "$ROOT"
+
+if [ -n "${MICRO:-}" ]; then
+  exec "$GO" test -run '^$' -bench . -benchmem ./...
+fi
+# Many idle connections need many descriptors, client and servers alike.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+if [ -n "${PROFILE:-}" ]; then
+  mkdir -p "$OUT/profiles"
+  "$GO" test ./bench -run '^$' -bench "${BENCH:-.}" -benchtime 1x -timeout 30m -profdir "$OUT/profiles" | tee "$OUT/profiles/bench.txt"
+  for p in "$OUT"/profiles/*.cpu.pprof; do
+    echo "== $p"; "$GO" tool pprof -top -nodecount 25 "$p" 2>/dev/null | sed -n '1,32p'
+  done
+  exit 0
+fi
+
+bash "$ROOT/bench/setup.sh"
+args=(-cache "$CACHE" -out "$OUT")
+[ -n "${QUICK:-}" ] && args+=(-quick)
+[ -n "${SERVERS:-}" ] && args+=(-servers "$SERVERS")
+"$CACHE/loadgen" "${args[@]}"
+echo "results: $OUT/results.md, $OUT/results.json"
