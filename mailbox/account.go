@@ -183,7 +183,12 @@ func (s *Store) Login(addr, password string, create CreateCheck) (*Account, erro
 		if !verifyPassword(rec.Hash, password) || rec.Blocked {
 			return nil, ErrAuthFailed
 		}
-		s.touchLogin(addr, password, rec.ID, today)
+		if rec.LastLogin == today {
+			// Nothing to record: cache the login without a write.
+			s.auth.put(addr, password, rec.ID, today)
+		} else {
+			s.touchLogin(addr, password, rec.ID, today)
+		}
 		return &Account{ID: rec.ID, Addr: addr}, nil
 	case errors.Is(err, ErrNoAccount):
 		if create == nil {

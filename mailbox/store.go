@@ -21,6 +21,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/chatrelay/chatrelay/internal/safeio"
 )
 
 var (
@@ -82,6 +84,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
+	// A lone delivery should not wait for company: bbolt's default 10 ms
+	// batch delay was the whole of a quiet relay's delivery latency.
+	// Concurrent deliveries still share a commit.
+	db.MaxBatchDelay = 0
 	s := &Store{dir: dir, db: db, opts: opts, log: opts.Logger}
 	s.hub.init()
 	s.auth.init()
@@ -98,15 +104,43 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("init store %s: %w", dir, err)
 	}
-	if err := s.sweep(); err != nil {
+	// Only a crash leaves orphans: after a clean shutdown the walk over
+	// the whole index is skipped.
+	clean := filepath.Join(dir, cleanMarker)
+	if _, err := os.Stat(clean); err != nil {
+		if err := s.sweep(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("sweep store %s: %w", dir, err)
+		}
+	}
+	if err := os.Remove(clean); err != nil && !errors.Is(err, os.ErrNotExist) {
 		db.Close()
-		return nil, fmt.Errorf("sweep store %s: %w", dir, err)
+		return nil, err
+	}
+	if err := safeio.SyncDir(dir); err != nil {
+		db.Close()
+		return nil, err
 	}
 	return s, nil
 }
 
-// Close closes the index. Sessions must be closed first.
-func (s *Store) Close() error { return s.db.Close() }
+// cleanMarker exists only while the store is closed after a clean shutdown.
+const cleanMarker = "clean-shutdown"
+
+// Close closes the index and marks the shutdown clean. Sessions must be
+// closed first.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return err
+	}
+	// Temp files of aborted deliveries would be swept at the next start;
+	// without a sweep they must go now.
+	tmp := filepath.Join(s.dir, "tmp")
+	if entries, err := os.ReadDir(tmp); err == nil && len(entries) > 0 {
+		return nil
+	}
+	return safeio.WriteFile(filepath.Join(s.dir, cleanMarker), nil, 0o600)
+}
 
 // Dir is the store's data directory.
 func (s *Store) Dir() string { return s.dir }

@@ -200,8 +200,12 @@ func TestOpenSweepsOrphans(t *testing.T) {
 	acc := account(t, s, "abcdefghi@x.test")
 	put(t, s, acc, 10, 0)
 	s.Close()
+	if _, err := os.Stat(filepath.Join(dir, cleanMarker)); err != nil {
+		t.Fatalf("clean close left no marker: %v", err)
+	}
 	// What a crash can leave: a temp file, and a message file whose index
-	// entry was never committed.
+	// entry was never committed; and a crash writes no clean marker.
+	os.Remove(filepath.Join(dir, cleanMarker))
 	os.WriteFile(filepath.Join(dir, "tmp", "in-123"), []byte("x"), 0o600)
 	orphan := filepath.Join(dir, "msgs", "1", "orphan")
 	os.WriteFile(orphan, []byte("x"), 0o600)
@@ -210,6 +214,9 @@ func TestOpenSweepsOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if _, err := os.Stat(filepath.Join(dir, cleanMarker)); !os.IsNotExist(err) {
+		t.Fatal("clean marker kept while the store is open")
+	}
 	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
 		t.Fatal("orphan message file kept")
 	}
