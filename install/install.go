@@ -34,6 +34,8 @@ const (
 	ConfigDir  = "/etc/chatrelay"
 	ConfigPath = "/etc/chatrelay/chatrelay.toml"
 	DataDir    = "/var/lib/chatrelay"
+	// BackupDir is where the sandboxed service may write backups.
+	BackupDir  = "/var/backups/chatrelay"
 	BinaryPath = "/usr/local/bin/chatrelay"
 	UnitName   = "chatrelay.service"
 	UnitPath   = "/etc/systemd/system/chatrelay.service"
@@ -281,6 +283,7 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 		Dirs: []Dir{
 			{Path: ConfigDir, Mode: 0o750, Owner: "root:" + User},
 			{Path: DataDir, Mode: 0o700, Owner: User + ":" + User},
+			{Path: BackupDir, Mode: 0o700, Owner: User + ":" + User},
 		},
 		Hint: "check that the file system is writable and not full",
 	})
@@ -343,7 +346,7 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 		Title: "setting owners",
 		Commands: []Command{
 			{Args: []string{"chown", "root:" + User, ConfigDir, ConfigPath}},
-			{Args: []string{"chown", "-R", User + ":" + User, DataDir}},
+			{Args: []string{"chown", "-R", User + ":" + User, DataDir, BackupDir}},
 		},
 		Hint: "check that the user " + User + " exists (getent passwd " + User + ")",
 	})

@@ -66,6 +66,7 @@ func TestInstallIntoRootLaysOutEveryFile(t *testing.T) {
 	}{
 		{ConfigDir, 0o750 | fs.ModeDir},
 		{DataDir, 0o700 | fs.ModeDir},
+		{BackupDir, 0o700 | fs.ModeDir},
 		{filepath.Dir(DKIMKeyPath(DataDir)), 0o700 | fs.ModeDir},
 		{"/var/lib", 0o755 | fs.ModeDir},
 	} {
@@ -146,6 +147,7 @@ func TestInstallIntoRootLaysOutEveryFile(t *testing.T) {
 		ConfigDir:  "root:chatrelay",
 		ConfigPath: "root:chatrelay",
 		DataDir:    "chatrelay:chatrelay",
+		BackupDir:  "chatrelay:chatrelay",
 		BinaryPath: "root:root",
 		UnitPath:   "root:root",
 	} {
@@ -158,7 +160,7 @@ func TestInstallIntoRootLaysOutEveryFile(t *testing.T) {
 	want := []string{
 		"useradd --system --user-group --home-dir /var/lib/chatrelay --no-create-home --shell /usr/sbin/nologin --comment chatrelay mail relay chatrelay",
 		"chown root:chatrelay /etc/chatrelay /etc/chatrelay/chatrelay.toml",
-		"chown -R chatrelay:chatrelay /var/lib/chatrelay",
+		"chown -R chatrelay:chatrelay /var/lib/chatrelay /var/backups/chatrelay",
 		"systemctl daemon-reload",
 		"systemctl enable --now chatrelay.service",
 	}

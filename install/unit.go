@@ -23,6 +23,7 @@ func Unit(o UnitOptions) string {
 		"@BINARY@", o.Binary,
 		"@CONFIG@", o.Config,
 		"@DATADIR@", o.DataDir,
+		"@BACKUPDIR@", BackupDir,
 		"@USER@", o.User,
 	).Replace(unitTemplate)
 }

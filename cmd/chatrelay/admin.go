@@ -463,7 +463,9 @@ func backupCmd() *cobra.Command {
 		Long: `Copy the running relay's store into DIR while it runs: a consistent
 snapshot of the index, the message files it refers to, the outbound
 queue, and the other files of the data directory (DKIM key, certificates).
-DIR must not exist or be empty, and be writable by the relay's user.
+DIR must not exist or be empty, and be writable by the relay's user;
+under the installed (sandboxed) service that means a folder below
+/var/backups/chatrelay, e.g. /var/backups/chatrelay/2026-01-31.
 On the same file system message files are hard links: copy DIR
 elsewhere (rsync -aH) for a backup that survives the disk.`,
 		Args: cobra.ExactArgs(1),
