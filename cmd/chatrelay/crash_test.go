@@ -40,9 +40,9 @@ type child struct {
 
 // startChild runs `chatrelay serve --dev` on free loopback ports and waits
 // until it prints its listeners.
-func startChild(t *testing.T, dir string, ports map[string]string) *child {
+func startChild(t *testing.T, dir string, ports map[string]string, extra ...string) *child {
 	t.Helper()
-	args := []string{"serve", "--dev", "--data", dir, "--log-level", "warn"}
+	args := append([]string{"serve", "--dev", "--data", dir, "--log-level", "warn"}, extra...)
 	for name, addr := range ports {
 		args = append(args, "--listen-"+name, addr)
 	}
@@ -163,5 +163,87 @@ func TestVersion(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "chatrelay ") {
 		t.Fatalf("version: %q %v", out, err)
+	}
+}
+
+// Mail for a relay that is down waits in the queue through a SIGKILL of
+// the sender's relay and arrives once both run again. Two IP-mode dev
+// relays on 127.0.0.4 and 127.0.0.5 use the dev ports, as real peers do.
+func TestQueuedMailSurvivesSIGKILLAndArrives(t *testing.T) {
+	const ipA, ipB = "127.0.0.4", "127.0.0.5"
+	for _, ip := range []string{ipA, ipB} {
+		for _, port := range []string{"1993", "1465", "1025", "1443", "1143", "1587"} {
+			ln, err := net.Listen("tcp", net.JoinHostPort(ip, port))
+			if err != nil {
+				t.Skipf("dev port %s:%s is taken: %v", ip, port, err)
+			}
+			ln.Close()
+		}
+	}
+	dirA, dirB := t.TempDir(), t.TempDir()
+	relayB := func() *child { return startChild(t, dirB, nil, "--ip", ipB, "--listen-metrics", ipB+":0") }
+	relayA := func() *child { return startChild(t, dirA, nil, "--ip", ipA, "--listen-metrics", ipA+":0") }
+	tlsConf := &tls.Config{InsecureSkipVerify: true}
+	const pass = "long-enough-password"
+	alice, bob := "alicealic@["+ipA+"]", "bobbobbob@["+ipB+"]"
+
+	// Bob's account exists on B; then B goes away.
+	b := relayB()
+	ic, err := imapclient.DialTLS(b.addrs["imaps"], &imapclient.Options{TLSConfig: tlsConf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ic.Login(bob, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	ic.Close()
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	b.cmd.Wait()
+
+	a := relayA()
+	sc, err := smtp.DialTLS(a.addrs["submissions"], tlsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Auth(sasl.NewPlainClient("", alice, pass)); err != nil {
+		t.Fatal(err)
+	}
+	msg := testmsg.Encrypted(alice, bob, 100)
+	if err := sc.SendMail(alice, []string{bob}, bytes.NewReader(msg)); err != nil {
+		t.Fatalf("submit to a peer that is down: %v", err)
+	}
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	a.cmd.Wait()
+	sc.Close()
+
+	relayA()
+	b = relayB()
+	// Skip the back-off: the admin command a person would use.
+	retry := exec.Command(os.Args[0], "queue", "retry", "--all", "--data", dirA)
+	retry.Env = append(os.Environ(), "CHATRELAY_EXEC=1")
+	if out, err := retry.CombinedOutput(); err != nil {
+		t.Fatalf("queue retry: %v %s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ic, err := imapclient.DialTLS(b.addrs["imaps"], &imapclient.Options{TLSConfig: tlsConf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ic.Login(bob, pass).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		st, err := ic.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
+		ic.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if *st.NumMessages == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bob has %d messages; relay A log:\n%s", *st.NumMessages, a.log.String())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
