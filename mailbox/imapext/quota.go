@@ -19,13 +19,9 @@ func (l *layer) getQuotaRoot(tag string, a *args) error {
 	if !ok || !a.end() {
 		return errSyntax
 	}
-	user := l.currentUser()
-	if user == "" {
-		return errNotAuthenticated
-	}
-	used, limit, err := l.opts.Handler.Quota(user)
+	used, limit, err := l.quota("GETQUOTAROOT")
 	if err != nil {
-		return l.handlerError("GETQUOTAROOT", err)
+		return err
 	}
 	return l.reply(func(w *bufio.Writer) {
 		w.WriteString("* QUOTAROOT ")
@@ -50,13 +46,9 @@ func (l *layer) getQuota(tag string, a *args) error {
 	if !ok || !a.end() {
 		return errSyntax
 	}
-	user := l.currentUser()
-	if user == "" {
-		return errNotAuthenticated
-	}
-	used, limit, err := l.opts.Handler.Quota(user)
+	used, limit, err := l.quota("GETQUOTA")
 	if err != nil {
-		return l.handlerError("GETQUOTA", err)
+		return err
 	}
 	if root != "" || limit <= 0 {
 		return errNoSuchQuotaRoot
@@ -65,6 +57,19 @@ func (l *layer) getQuota(tag string, a *args) error {
 		writeQuota(w, used, limit)
 		writeStatus(w, tag, imap.StatusResponseTypeOK, "", "GETQUOTA completed")
 	})
+}
+
+// quota asks the Handler for the logged-in user's usage and limit.
+func (l *layer) quota(cmd string) (used, limit int64, err error) {
+	user := l.currentUser()
+	if user == "" {
+		return 0, 0, errNotAuthenticated
+	}
+	used, limit, err = l.opts.Handler.Quota(user)
+	if err != nil {
+		return 0, 0, l.handlerError(cmd, err)
+	}
+	return used, limit, nil
 }
 
 // writeQuota writes "* QUOTA "" (STORAGE used limit)" in units of 1024
