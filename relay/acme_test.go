@@ -275,7 +275,8 @@ func (r *acmeRelay) newAccount(t *testing.T, conf *tls.Config) newAccountJSON {
 	return acc
 }
 
-// useAccount logs in over IMAPS and authenticates on submissions, both
+// useAccount logs in over IMAPS and IMAP STARTTLS and authenticates on
+// submissions and submission STARTTLS, all
 // verifying the certificate against the CA, as a user's client would.
 func (r *acmeRelay) useAccount(t *testing.T, acc newAccountJSON) {
 	t.Helper()
@@ -294,6 +295,23 @@ func (r *acmeRelay) useAccount(t *testing.T, acc newAccountJSON) {
 	defer s.Close()
 	if err := s.Auth(sasl.NewPlainClient("", acc.Email, acc.Password)); err != nil {
 		t.Fatalf("SMTP AUTH: %v", err)
+	}
+	// The STARTTLS ports serve the same certificate.
+	c2, err := imapclient.DialStartTLS(r.AddrOf("imap"), &imapclient.Options{TLSConfig: r.strictTLS()})
+	if err != nil {
+		t.Fatalf("IMAP STARTTLS with a verifying client: %v", err)
+	}
+	defer c2.Close()
+	if err := c2.Login(acc.Email, acc.Password).Wait(); err != nil {
+		t.Fatalf("IMAP login after STARTTLS: %v", err)
+	}
+	s2, err := smtp.DialStartTLS(r.AddrOf("submission"), r.strictTLS())
+	if err != nil {
+		t.Fatalf("submission STARTTLS with a verifying client: %v", err)
+	}
+	defer s2.Close()
+	if err := s2.Auth(sasl.NewPlainClient("", acc.Email, acc.Password)); err != nil {
+		t.Fatalf("SMTP AUTH after STARTTLS: %v", err)
 	}
 }
 
