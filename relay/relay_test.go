@@ -510,3 +510,66 @@ func TestSlowButSteadyDATA(t *testing.T) {
 		t.Fatal("the transfer was not slower than the read timeout")
 	}
 }
+
+func appendMsg(c *imapclient.Client, mbox string, msg []byte) (*imap.AppendData, error) {
+	cmd := c.Append(mbox, int64(len(msg)), nil)
+	cmd.Write(msg)
+	cmd.Close()
+	return cmd.Wait()
+}
+
+// APPEND is held to the encrypted-only policy too, and stores exactly
+// what the client sent; COPY and MOVE keep the bytes and report UIDs.
+func TestAppendCopyMove(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const alice = "alicealic@localhost"
+	c := login(t, r, alice)
+	if _, err := appendMsg(c, "INBOX", testmsg.Cleartext(alice, alice)); err == nil {
+		t.Fatal("cleartext APPEND accepted")
+	}
+	enc := testmsg.Encrypted(alice, alice, 500)
+	ad, err := appendMsg(c, "INBOX", enc)
+	if err != nil {
+		t.Fatalf("encrypted APPEND: %v", err)
+	}
+	if ad.UID != 1 || ad.UIDValidity == 0 {
+		t.Fatalf("APPENDUID %+v", ad)
+	}
+	if err := c.Create("Archive", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	list, err := c.List("", "*", nil).Collect()
+	if err != nil || len(list) != 2 {
+		t.Fatalf("LIST: %v %v", list, err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	cd, err := c.Copy(imap.UIDSetNum(1), "Archive").Wait()
+	if err != nil || cd.DestUIDs.String() != "1" {
+		t.Fatalf("COPY: %+v %v", cd, err)
+	}
+	md, err := c.Move(imap.UIDSetNum(1), "Archive").Wait()
+	if err != nil || md.DestUIDs.String() != "2" {
+		t.Fatalf("MOVE: %+v %v", md, err)
+	}
+	st, err := c.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
+	if err != nil || *st.NumMessages != 0 {
+		t.Fatalf("INBOX after MOVE: %v %v", st, err)
+	}
+	if _, err := c.Select("Archive", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("Archive: %d messages, %v", len(msgs), err)
+	}
+	for _, m := range msgs {
+		if !bytes.Equal(m.FindBodySection(&imap.FetchItemBodySection{Peek: true}), enc) {
+			t.Fatalf("UID %d differs from what was appended", m.UID)
+		}
+	}
+	if used, _, _ := r.Store().Quota(alice); used != 2*int64(len(enc)) {
+		t.Fatalf("quota counts %d bytes, want two copies of %d", used, len(enc))
+	}
+}
