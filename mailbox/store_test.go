@@ -4,29 +4,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+
+	"github.com/chatrelay/chatrelay/internal/testclock"
 )
 
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
-func openTest(t *testing.T, quota int64) (*Store, *testClock, string) {
+func openTest(t *testing.T, quota int64) (*Store, *testclock.Clock, string) {
 	t.Helper()
 	dir := t.TempDir()
-	clock := &testClock{now: time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC)}
+	clock := testclock.New(time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC))
 	s, err := Open(dir, Options{QuotaBytes: quota, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,8 @@ import (
 	"github.com/chatrelay/chatrelay/internal/testmsg"
 	"github.com/chatrelay/chatrelay/relay/dkim"
 	"github.com/chatrelay/chatrelay/relay/queue"
+
+	"github.com/chatrelay/chatrelay/internal/testclock"
 )
 
 const sender = "alice@relay.test"
@@ -41,22 +43,7 @@ func testKey(t *testing.T) *dkim.Key {
 }
 
 // clock is a test clock that moves only when told.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+type clock = testclock.Clock
 
 type fixture struct {
 	t     *testing.T
@@ -71,7 +58,7 @@ func newFixture(t *testing.T) *fixture {
 		t:     t,
 		ca:    newPKI(t),
 		dns:   newResolver(),
-		clock: &clock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)},
+		clock: testclock.New(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)),
 		msg:   testmsg.Encrypted(sender, "bob@a.example", 0),
 	}
 }

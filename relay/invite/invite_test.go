@@ -9,34 +9,19 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/chatrelay/chatrelay/internal/testclock"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func open(t *testing.T) (*Store, *clock) {
+func open(t *testing.T) (*Store, *testclock.Clock) {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "index.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	c := &clock{t: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}
-	s, err := Open(db, c.now)
+	c := testclock.New(time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC))
+	s, err := Open(db, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,11 +75,11 @@ func TestInviteUseRules(t *testing.T) {
 	if err := s.Revoke(revoked.Token); !errors.Is(err, ErrUnknown) {
 		t.Fatalf("revoke twice: %v", err)
 	}
-	c.advance(7*24*time.Hour - time.Second)
+	c.Advance(7*24*time.Hour - time.Second)
 	if err := s.Use(expiring.Token); err != nil {
 		t.Fatalf("a second before expiry: %v", err)
 	}
-	c.advance(time.Second)
+	c.Advance(time.Second)
 	if err := s.Use(expiring.Token); !errors.Is(err, ErrExpired) {
 		t.Fatalf("at expiry: %v", err)
 	}
@@ -112,13 +97,13 @@ func TestInviteUseRules(t *testing.T) {
 	for _, inv := range list {
 		byToken[inv.Token] = inv
 	}
-	if got := byToken[triple.Token]; got.Used != 3 || got.Check(c.now()) != ErrUsedUp {
+	if got := byToken[triple.Token]; got.Used != 3 || got.Check(c.Now()) != ErrUsedUp {
 		t.Errorf("triple: %+v", got)
 	}
-	if got := byToken[unlimited.Token]; got.Used != 101 || got.Check(c.now()) != nil {
+	if got := byToken[unlimited.Token]; got.Used != 101 || got.Check(c.Now()) != nil {
 		t.Errorf("unlimited: %+v", got)
 	}
-	if got := byToken[expiring.Token]; got.Check(c.now()) != ErrExpired {
+	if got := byToken[expiring.Token]; got.Check(c.Now()) != ErrExpired {
 		t.Errorf("expiring: %+v", got)
 	}
 }
