@@ -415,16 +415,14 @@ func putAccount(b *bolt.Bucket, addr string, rec *accountRecord) error {
 	return b.Put([]byte(addr), v)
 }
 
-// addUsed adjusts an account's stored byte count inside a write transaction.
-func addUsed(tx *bolt.Tx, addr string, delta int64) error {
+// addUsed adjusts an account's stored byte count inside a write
+// transaction and returns the new count.
+func addUsed(tx *bolt.Tx, addr string, delta int64) (int64, error) {
 	b := tx.Bucket(bucketAccounts)
 	rec, err := getAccount(b, addr)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	rec.Used += delta
-	if rec.Used < 0 {
-		rec.Used = 0
-	}
-	return putAccount(b, addr, rec)
+	rec.Used = max(rec.Used+delta, 0)
+	return rec.Used, putAccount(b, addr, rec)
 }

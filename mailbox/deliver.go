@@ -63,6 +63,8 @@ type Delivery struct {
 	Account     *Account
 	UID         imap.UID
 	UIDValidity uint32
+	// Used is the account's stored bytes with this message.
+	Used int64
 }
 
 // Deliver stores the message in mailbox for every recipient, durably: when it
@@ -139,10 +141,11 @@ func (in *Incoming) Deliver(rcpts []*Account, mailbox string) ([]Delivery, error
 			if err := b.Bucket(keyMsgs).Put(uidKey(uid), rec.encode()); err != nil {
 				return err
 			}
-			if err := addUsed(tx, a.Addr, in.size); err != nil {
+			used, err := addUsed(tx, a.Addr, in.size)
+			if err != nil {
 				return err
 			}
-			out[i] = Delivery{Account: a, UID: uid, UIDValidity: info.UIDValidity}
+			out[i] = Delivery{Account: a, UID: uid, UIDValidity: info.UIDValidity, Used: used}
 		}
 		return nil
 	})

@@ -208,7 +208,7 @@ func (c *imapSession) Delete(name string) error {
 		if err != nil {
 			return err
 		}
-		if err := addUsed(tx, c.acc.Addr, -freed); err != nil {
+		if _, err := addUsed(tx, c.acc.Addr, -freed); err != nil {
 			return err
 		}
 		return mboxes.DeleteBucket([]byte(name))
@@ -824,7 +824,8 @@ func (s *Store) Remove(acc *Account, mailbox string, uids []imap.UID, onlyDelete
 			files = append(files, r.File)
 			gone = append(gone, uid)
 		}
-		return addUsed(tx, acc.Addr, -freed)
+		_, err := addUsed(tx, acc.Addr, -freed)
+		return err
 	})
 	if err != nil {
 		return err
@@ -931,7 +932,8 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 		if err := putInfo(b, info); err != nil {
 			return err
 		}
-		return addUsed(tx, c.acc.Addr, added)
+		_, err = addUsed(tx, c.acc.Addr, added)
+		return err
 	})
 	if err != nil {
 		cleanup()

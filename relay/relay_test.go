@@ -573,3 +573,46 @@ func TestAppendCopyMove(t *testing.T) {
 		t.Fatalf("quota counts %d bytes, want two copies of %d", used, len(enc))
 	}
 }
+
+// A delivery that takes an account past 75 % of its quota trims its oldest
+// messages (older than 24 h) down to 70 %.
+func TestDeliveryPastQuotaMarkTrims(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.QuotaBytes = 64 << 10 })
+	const alice = "alicealic@localhost"
+	login(t, r, alice).Close()
+	send := func(pad int) {
+		t.Helper()
+		if err := submit(t, r, alice, password, alice, []string{alice}, testmsg.Encrypted(alice, alice, pad)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 4 {
+		send(8 << 10)
+	}
+	used, _, _ := r.Store().Quota(alice)
+	if used > 48<<10 {
+		t.Fatalf("setup: %d bytes used, already past the mark", used)
+	}
+	r.Clock.Advance(25 * time.Hour)
+	for used <= 48<<10 {
+		send(8 << 10)
+		used, _, _ = r.Store().Quota(alice)
+		if used > 64<<10 {
+			t.Fatal("quota passed without a trim")
+		}
+		if used > 48<<10 {
+			break
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		used, _, _ = r.Store().Quota(alice)
+		if used <= 45875 { // 70 % of 64 KiB
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still %d bytes used after passing 75 %%", used)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -451,8 +451,17 @@ func stdLogger(l *slog.Logger, part string) *log.Logger {
 	return log.New(slogWriter{l, part}, "", 0)
 }
 
-// expireLoop applies the retention rules at start and then hourly.
+// expireLoop applies the retention rules hourly. The first pass waits a
+// few minutes, so that a restart (or a restart loop) does not begin by
+// walking the whole store.
 func (s *Server) expireLoop(ctx context.Context) {
+	first := time.NewTimer(5 * time.Minute)
+	defer first.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-first.C:
+	}
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
@@ -470,10 +479,15 @@ func (s *Server) expireLoop(ctx context.Context) {
 	}
 }
 
-// trimAfterDelivery trims recipients past the quota's high mark, in the
-// background and once at a time per account.
-func (s *Server) trimAfterDelivery(rcpts []*mailbox.Account) {
-	for _, a := range rcpts {
+// trimAfterDelivery trims recipients a delivery took past the quota's high
+// mark, in the background and once at a time per account.
+func (s *Server) trimAfterDelivery(ds []mailbox.Delivery) {
+	lc := s.cfg.Lifecycle()
+	for _, d := range ds {
+		a := d.Account
+		if s.cfg.QuotaBytes <= 0 || float64(d.Used) <= lc.QuotaHigh*float64(s.cfg.QuotaBytes) {
+			continue
+		}
 		if _, busy := s.trimming.LoadOrStore(a.Addr, true); busy {
 			continue
 		}
@@ -481,7 +495,7 @@ func (s *Server) trimAfterDelivery(rcpts []*mailbox.Account) {
 		go func(addr string) {
 			defer s.bgDone.Done()
 			defer s.trimming.Delete(addr)
-			if _, _, err := s.store.TrimQuota(addr, s.cfg.Lifecycle()); err != nil {
+			if _, _, err := s.store.TrimQuota(addr, lc); err != nil {
 				s.log.Warn("quota trim", "err", err)
 			}
 		}(a.Addr)

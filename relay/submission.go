@@ -277,12 +277,13 @@ func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quot
 			return quotaErr
 		}
 	}
-	if _, err := in.Deliver(rcpts, "INBOX"); err != nil {
+	ds, err := in.Deliver(rcpts, "INBOX")
+	if err != nil {
 		s.log.Error("deliver", "err", err)
 		return errTempFailure
 	}
 	s.notify(rcpts, from)
-	s.trimAfterDelivery(rcpts)
+	s.trimAfterDelivery(ds)
 	return nil
 }
 
