@@ -64,7 +64,7 @@ crashtest:
 # QUICK=1 for a short run, SERVERS=chatrelay,maddy to pick, PROFILE=1 for
 # pprof profiles of chatrelay, MICRO=1 for the Go micro benchmarks.
 bench:
-	QUICK="$(QUICK)" SERVERS="$(SERVERS)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
+	QUICK="$(QUICK)" SERVERS="$(SERVERS)" ONLY="$(ONLY)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
 
 clean:
 	rm -rf bin

@@ -6,6 +6,7 @@
 #
 #   QUICK=1          small sizes, about 10 minutes instead of about 50
 #   SERVERS=a,b      only these (chatrelay, postfix-dovecot, maddy)
+#   ONLY=P1,P4       only these measurements (P6 always), for working on one
 #   PROFILE=1        instead: CPU/heap profiles of chatrelay in-process
 #                    (go test ./bench -bench ... -profdir $OUT/profiles)
 #   MICRO=1          instead: the Go micro benchmarks of every package
@@ -35,5 +36,6 @@ bash "$ROOT/bench/setup.sh"
 args=(-cache "$CACHE" -out "$OUT")
 [ -n "${QUICK:-}" ] && args+=(-quick)
 [ -n "${SERVERS:-}" ] && args+=(-servers "$SERVERS")
+[ -n "${ONLY:-}" ] && args+=(-only "$ONLY")
 "$CACHE/loadgen" "${args[@]}"
 echo "results: $OUT/results.md, $OUT/results.json"

@@ -9,6 +9,7 @@ package mailbox
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
@@ -177,8 +179,10 @@ func (s *Store) newFileName() string {
 	return strconv.FormatUint(s.fileID.Add(1), 36)
 }
 
-// sweep removes what a crash can leave behind: temporary files, and message
-// files that no index entry refers to.
+// sweep removes what a crash can leave behind: temporary files, message
+// files that no index entry refers to, and index entries whose file is
+// missing or shorter than recorded (a delivery that was cut short before it
+// was acknowledged; see Deliver).
 func (s *Store) sweep() error {
 	tmp := filepath.Join(s.dir, "tmp")
 	entries, err := os.ReadDir(tmp)
@@ -188,19 +192,24 @@ func (s *Store) sweep() error {
 	for _, e := range entries {
 		os.Remove(filepath.Join(tmp, e.Name()))
 	}
-	referenced := map[uint64]map[string]bool{}
+	type entry struct {
+		mailbox string
+		uid     imap.UID
+		size    int64
+	}
+	referenced := map[uint64]map[string]entry{}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketData).ForEachBucket(func(k []byte) error {
 			id := binary.BigEndian.Uint64(k)
-			files := map[string]bool{}
+			files := map[string]entry{}
 			referenced[id] = files
 			return forEachMailbox(tx.Bucket(bucketData).Bucket(k), func(name string, mb *bolt.Bucket) error {
-				return mb.Bucket(keyMsgs).ForEach(func(_, v []byte) error {
+				return mb.Bucket(keyMsgs).ForEach(func(k, v []byte) error {
 					var r msgRecord
 					if err := r.decode(v); err != nil {
 						return err
 					}
-					files[r.File] = true
+					files[r.File] = entry{name, keyUID(k), r.Size}
 					return nil
 				})
 			})
@@ -214,6 +223,7 @@ func (s *Store) sweep() error {
 		return err
 	}
 	removed := 0
+	whole := map[uint64]map[string]bool{} // files present and long enough
 	for _, a := range accts {
 		id, err := strconv.ParseUint(a.Name(), 10, 64)
 		if err != nil || !a.IsDir() {
@@ -225,15 +235,78 @@ func (s *Store) sweep() error {
 		if err != nil {
 			return err
 		}
+		seen := map[string]bool{}
+		whole[id] = seen
 		for _, m := range msgs {
-			if !files[m.Name()] {
+			e, ok := files[m.Name()]
+			if !ok {
 				os.Remove(filepath.Join(dir, m.Name()))
 				removed++
+				continue
+			}
+			if fi, err := m.Info(); err == nil && fi.Size() >= e.size {
+				seen[m.Name()] = true
+			}
+		}
+		for name := range files {
+			if !seen[name] {
+				os.Remove(filepath.Join(dir, name))
 			}
 		}
 		if files == nil {
 			os.Remove(dir)
 		}
+	}
+	// Index entries without a whole file (their account's directory may be
+	// missing altogether).
+	broken := map[uint64][]entry{}
+	n := 0
+	for id, files := range referenced {
+		for name, e := range files {
+			if !whole[id][name] {
+				broken[id] = append(broken[id], e)
+				n++
+			}
+		}
+	}
+	if n > 0 {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			addrs := map[uint64]string{}
+			err := tx.Bucket(bucketAccounts).ForEach(func(k, v []byte) error {
+				var rec accountRecord
+				if err := json.Unmarshal(v, &rec); err != nil {
+					return err
+				}
+				if broken[rec.ID] != nil {
+					addrs[rec.ID] = string(k)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for id, es := range broken {
+				var size int64
+				for _, e := range es {
+					if mb := mailboxBucket(tx, id, e.mailbox); mb != nil {
+						if err := mb.Bucket(keyMsgs).Delete(uidKey(e.uid)); err != nil {
+							return err
+						}
+					}
+					size += e.size
+				}
+				if addr := addrs[id]; addr != "" {
+					if _, err := addUsed(tx, addr, -size); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		s.log.Warn("dropped index entries of unacknowledged deliveries cut short by a crash", "count", n)
 	}
 	if removed > 0 {
 		s.log.Info("removed orphan message files left by a crash", "count", removed)

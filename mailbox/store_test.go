@@ -3,11 +3,13 @@ package mailbox
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/testclock"
 )
@@ -218,6 +220,72 @@ func TestOpenSweepsOrphans(t *testing.T) {
 	files, _ := os.ReadDir(filepath.Join(dir, "msgs", "1"))
 	if len(files) != 1 {
 		t.Fatalf("%d files for 1 message", len(files))
+	}
+}
+
+// Deliver commits the index while the message file is being fsynced; a
+// crash in between (never acknowledged) can leave an entry whose file is
+// short or missing. The sweep after an unclean shutdown drops such entries
+// and their bytes from the quota, and keeps whole messages.
+func TestOpenDropsEntriesWithoutWholeFile(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc := account(t, s, "abcdefghi@x.test")
+	other := account(t, s, "bcdefghij@x.test")
+	keep := put(t, s, acc, 100, 0)
+	short := put(t, s, acc, 200, 0)
+	gone := put(t, s, acc, 300, 0)
+	put(t, s, other, 400, 0)
+	files := map[imap.UID]string{}
+	s.db.View(func(tx *bolt.Tx) error {
+		return mailboxBucket(tx, acc.ID, "INBOX").Bucket(keyMsgs).ForEach(func(k, v []byte) error {
+			var r msgRecord
+			if err := r.decode(v); err != nil {
+				t.Fatal(err)
+			}
+			files[keyUID(k)] = r.File
+			return nil
+		})
+	})
+	s.Close()
+	os.Remove(filepath.Join(dir, cleanMarker))
+	accDir := filepath.Join(dir, "msgs", strconv.FormatUint(acc.ID, 10))
+	if err := os.Truncate(filepath.Join(accDir, files[short]), 50); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(accDir, files[gone])); err != nil {
+		t.Fatal(err)
+	}
+	// The other account's directory is gone altogether.
+	if err := os.RemoveAll(filepath.Join(dir, "msgs", strconv.FormatUint(other.ID, 10))); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := uids(t, s, acc); len(got) != 1 || got[0] != keep {
+		t.Fatalf("messages after the sweep: %v, want only %d", got, keep)
+	}
+	if got := uids(t, s, other); len(got) != 0 {
+		t.Fatalf("other account's messages after the sweep: %v, want none", got)
+	}
+	for addr, want := range map[string]int64{acc.Addr: 100, other.Addr: 0} {
+		if used, _, err := s.Quota(addr); err != nil || used != want {
+			t.Errorf("%s: used %d (%v), want %d", addr, used, err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(accDir, files[short])); !os.IsNotExist(err) {
+		t.Error("short file kept")
+	}
+	// UIDs are not reused.
+	if next := put(t, s, acc, 10, 0); next <= gone {
+		t.Errorf("new UID %d reuses one up to %d", next, gone)
 	}
 }
 

@@ -40,8 +40,12 @@ type plan struct {
 	SearchStep  int
 	SearchMax   int
 	SearchLimit time.Duration
-	MinFreeKiB  int64 // stop the search when less memory is available
+	MinFreeKiB  int64           // stop the search when less memory is available
+	Only        map[string]bool // nil: every measurement
 }
+
+// does reports whether measurement m (P1..P5) is part of the run.
+func (p plan) does(m string) bool { return p.Only == nil || p.Only[m] }
 
 func fullPlan() plan {
 	return plan{Users: 10000, P1Messages: 500, P1MaxGap: 400 * time.Millisecond, P2Pings: 20,
@@ -134,6 +138,7 @@ func main() {
 	only := flag.String("servers", "chatrelay,postfix-dovecot,maddy", "servers to measure, comma separated")
 	keep := flag.Bool("keep", false, "keep the servers' temporary directory")
 	remake := flag.String("report", "", "only rewrite results.md (and the ratios) from this results.json")
+	onlyP := flag.String("only", "", "measure only these, comma separated (P1,P2,P3,P4,P5; P6 always), for working on one figure")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	if *remake != "" {
@@ -156,6 +161,12 @@ func main() {
 	p := fullPlan()
 	if *quick {
 		p = quickPlan()
+	}
+	if *onlyP != "" {
+		p.Only = map[string]bool{}
+		for _, m := range strings.Split(strings.ToUpper(*onlyP), ",") {
+			p.Only[strings.TrimSpace(m)] = true
+		}
 	}
 	if fds := raiseFDLimit(); p.SearchMax > fds-2000 {
 		// One descriptor per connection on the client side, and the
@@ -284,7 +295,7 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 
 	// P1
 	senders, rcpts := 100, 200
-	{
+	if p.does("P1") {
 		lctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
 		res, err := load.Latency(lctx, t, 1, 0, p.P1Messages, p.P1MaxGap, p.P3Size)
 		cancel()
@@ -297,7 +308,7 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 		}
 	}
 	// P3
-	{
+	if p.does("P3") {
 		if err := s.Drain(ctx); err != nil {
 			fail("P3 drain before", err)
 		}
@@ -320,7 +331,7 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 		}
 	}
 	// P2
-	{
+	if p.does("P2") {
 		pctx, cancel := context.WithTimeout(ctx, 8*time.Minute)
 		res, err := pings(pctx, t, 300, 301, p.P2Pings, filepath.Join(tmp, s.Name()+"-deltachat"))
 		cancel()
@@ -332,11 +343,16 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 		logf("P2: n=%d p50 %.0f ms (per leg: core send p50 %.0f ms, delivery to IncomingMsg p50 %.0f ms)", res.RTT.N, res.RTT.P50, res.Send.P50, res.Deliver.P50)
 	}
 	// P4, first size
-	if _, ok := restart(); !ok {
+	if p.does("P4") {
+		if _, ok := restart(); !ok {
+			return
+		}
+		time.Sleep(2 * time.Second)
+		r.P4 = append(r.P4, idleMemory(ctx, p, s, p.P4Small, p.P4Small, 100, logf))
+	}
+	if !p.does("P4") && !p.does("P5") {
 		return
 	}
-	time.Sleep(2 * time.Second)
-	r.P4 = append(r.P4, idleMemory(ctx, p, s, p.P4Small, p.P4Small, 100, logf))
 
 	// P5: a restart, then every account logs in at once; the connections
 	// then stay in IDLE for P4's second size and the search.
