@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/chatrelay/chatrelay/acme"
+	"github.com/chatrelay/chatrelay/internal/memtrim"
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/mailbox/imapext"
 	"github.com/chatrelay/chatrelay/policy"
@@ -332,6 +333,8 @@ func (s *Server) Start() error {
 	go func() { defer s.bgDone.Done(); s.push.Run(ctx) }()
 	s.bgDone.Add(1)
 	go func() { defer s.bgDone.Done(); s.expireLoop(ctx) }()
+	s.bgDone.Add(1)
+	go func() { defer s.bgDone.Done(); memtrim.Run(ctx, 10*time.Second) }()
 	return nil
 }
 
