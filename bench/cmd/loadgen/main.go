@@ -109,6 +109,11 @@ type P5Result struct {
 	CPUSeconds float64 `json:"server_cpu_seconds"`
 	// CPUCores is server CPU over the storm's wall time (2 = both cores).
 	CPUCores float64 `json:"server_cpu_cores"`
+	// Warm is the same storm again with the server kept running (a
+	// network outage rather than a restart): logins it verified before
+	// may be cached.
+	Warm           *load.StormResult `json:"warm_storm,omitempty"`
+	WarmCPUSeconds float64           `json:"warm_server_cpu_seconds,omitempty"`
 }
 
 type P6Result struct {
@@ -378,6 +383,18 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 	}
 	r.P4 = append(r.P4, p4)
 	logf("P4: %d idle: %.1f KiB each (PSS %d -> %d KiB, %d processes)", n, p4.KiBPerConn, base, loaded, procs)
+
+	// The storm again, the server kept running: every client drops its
+	// connection and comes back at once.
+	if n == p.P4Large && p.does("P5") {
+		idlers.Close()
+		time.Sleep(2 * time.Second)
+		cpu0 := s.Group().cpu()
+		warm := idlers.Open(ctx, t, load.OpenOptions{Count: p.P4Large, Accounts: p.P4Large, Parallel: p.StormPar, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
+		r.P5.Warm, r.P5.WarmCPUSeconds = &warm, (s.Group().cpu() - cpu0).Seconds()
+		logf("P5 warm: %d/%d logged in in %.2fs, failed %d %s; server CPU %.1fs", warm.LoggedIn, warm.Wanted, warm.LoginSeconds, warm.Failed, warm.FirstErr, r.P5.WarmCPUSeconds)
+		n = idlers.Len()
+	}
 
 	// The search goes on from a storm that finished; a server that could
 	// not take the storm in time would not get further in the search.

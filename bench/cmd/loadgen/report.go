@@ -52,6 +52,12 @@ var metrics = []metric{
 	{"p5_cpu_s", "P5 server CPU during the storm (s)", false, func(r *Result) (float64, bool) {
 		return val(r.P5 != nil, func() float64 { return r.P5.CPUSeconds })
 	}},
+	{"p5_warm_login_s", "P5 the storm again, server kept running: all logged in (s)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Warm != nil && r.P5.Warm.LoggedIn == r.P5.Warm.Wanted, func() float64 { return r.P5.Warm.LoginSeconds })
+	}},
+	{"p5_warm_cpu_ms_per_login", "P5 the storm again: server CPU per login (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Warm != nil && r.P5.Warm.LoggedIn > 0, func() float64 { return r.P5.WarmCPUSeconds * 1000 / float64(r.P5.Warm.LoggedIn) })
+	}},
 	{"p6_size_mib", "P6 size on disk (MiB)", false, func(r *Result) (float64, bool) {
 		return val(r.P6 != nil && r.P6.SizeBytes > 0, func() float64 { return float64(r.P6.SizeBytes) / (1 << 20) })
 	}},
