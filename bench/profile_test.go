@@ -28,13 +28,7 @@ import (
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
 
-var (
-	profDir = flag.String("profdir", "", "write CPU (and heap) profiles of each benchmark's measured part to this directory")
-	// An experiment, not a setting: bbolt groups Batch calls for up to
-	// MaxBatchDelay (10 ms by default) before it commits. This flag sets it
-	// on the in-process relay's index to see what the delay costs.
-	batchDelay = flag.Duration("batchdelay", -1, "experiment: set the relay index's bbolt MaxBatchDelay (default: leave bbolt's 10ms)")
-)
+var profDir = flag.String("profdir", "", "write CPU (and heap) profiles of each benchmark's measured part to this directory")
 
 // benchConfig is a relaytest config with the limits that would measure
 // themselves instead of the relay turned off, as in cmd/loadgen.
@@ -46,9 +40,6 @@ func benchConfig(dir string) relay.Config {
 }
 
 func target(r *relaytest.Relay) load.Target {
-	if *batchDelay >= 0 {
-		r.Store().DB().MaxBatchDelay = *batchDelay
-	}
 	return load.Target{IMAPS: r.AddrOf("imaps"), Submissions: r.AddrOf("submissions"), Domain: r.Cfg.MailDomain()}
 }
 

@@ -140,7 +140,7 @@ func (in *Incoming) Deliver(rcpts []*Account, mailbox string) ([]Delivery, error
 		flags = append(flags, canonicalFlag(f))
 	}
 	out := make([]Delivery, len(rcpts))
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.commits.do(func(tx *bolt.Tx) error {
 		for i, a := range rcpts {
 			b := mailboxBucket(tx, a.ID, mailbox)
 			if b == nil {

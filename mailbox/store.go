@@ -61,6 +61,9 @@ type Store struct {
 	auth   authCache
 	fileID atomic.Uint64
 
+	// commits groups the index changes of concurrent deliveries.
+	commits committer
+
 	// stripes serialise index changes and live-view updates per mailbox, so
 	// that IMAP sessions see UIDs appear in order.
 	stripes [64]sync.Mutex
@@ -86,11 +89,8 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	// A lone delivery should not wait for company: bbolt's default 10 ms
-	// batch delay was the whole of a quiet relay's delivery latency.
-	// Concurrent deliveries still share a commit.
-	db.MaxBatchDelay = 0
 	s := &Store{dir: dir, db: db, opts: opts, log: opts.Logger}
+	s.commits.db = db
 	s.hub.init()
 	s.auth.init()
 	s.fileID.Store(uint64(time.Now().UnixNano()))
