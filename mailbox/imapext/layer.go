@@ -2,7 +2,10 @@
 // IMAP connection. The layer owns the client connection, speaks the commands
 // imapserver cannot be extended with (METADATA, QUOTA, ID, COMPRESS=DEFLATE,
 // STARTTLS with our own policy) and passes every other command through to
-// imapserver, byte for byte and in order, over an in-memory connection.
+// imapserver, byte for byte and in order, over an in-memory connection
+// (Conn) that holds no goroutine of its own: imapserver's reads wait for the
+// bytes the layer hands over, and its writes run the response framing
+// (respFramer) and go to the client at once.
 //
 // Design choices:
 //   - Literals of passthrough commands are always offered to imapserver as
@@ -20,6 +23,9 @@
 //     AUTH= mechanisms are not.
 //   - Deadlines apply to the client connection only; the in-memory
 //     connection ignores imapserver's deadlines.
+//   - With Options.IdleNotify the layer answers IDLE itself (see idle.go),
+//     so that an idle connection costs one parked goroutine of the layer
+//     and imapserver's, blocked in a read of the in-memory connection.
 package imapext
 
 import (
@@ -121,6 +127,14 @@ type Options struct {
 	MaxMetadataSize int
 	// Logger receives connection-level events, never user data.
 	Logger *slog.Logger
+	// IdleNotify says that the sessions of Server call Notify on their
+	// connection (a *Conn) whenever their selected mailbox changes. The
+	// layer then answers IDLE itself (see idle.go) instead of leaving it to
+	// imapserver, which runs a goroutine per IDLE.
+	IdleNotify bool
+	// OnIdle, if set, is called when the layer starts an IDLE; it returns
+	// the function called when the IDLE ends (metrics).
+	OnIdle func() (done func())
 
 	start    sync.Once
 	listener *listener
@@ -147,9 +161,8 @@ func (o *Options) startServer() *listener {
 }
 
 // Conn is the connection imapserver sees (imapserver.Conn.NetConn returns
-// it): one end of an in-memory pipe whose peer is the layer.
+// it): an in-memory connection whose peer is the layer.
 type Conn struct {
-	net.Conn
 	l *layer
 }
 
@@ -172,6 +185,80 @@ func (c *Conn) User() string {
 	c.l.mu.Lock()
 	defer c.l.mu.Unlock()
 	return c.l.user
+}
+
+// Read returns command bytes the layer passes through (or an internal
+// command of the layer's own, see idle.go). It returns io.EOF once the
+// client connection has ended.
+func (c *Conn) Read(p []byte) (int, error) {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.in) == 0 && len(l.inject) == 0 && !l.closed && !l.ended {
+		l.cond.Wait()
+	}
+	switch {
+	case len(l.inject) > 0:
+		n := copy(p, l.inject)
+		l.inject = l.inject[n:]
+		return n, nil
+	case len(l.in) > 0:
+		n := copy(p, l.in)
+		l.in = l.in[n:]
+		if len(l.in) == 0 {
+			l.cond.Broadcast() // send returns
+		}
+		return n, nil
+	case l.closed:
+		return 0, net.ErrClosed
+	}
+	return 0, io.EOF
+}
+
+// Write takes imapserver's responses: it follows their framing, fixes
+// capability lists, keeps back what the layer hides and writes the rest to
+// the client. Each batch of responses is flushed once it is complete (see
+// respEnd).
+func (c *Conn) Write(p []byte) (int, error) {
+	l := c.l
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if l.werr != nil {
+		return 0, l.werr
+	}
+	l.fr.feed(p, l)
+	if l.werr == nil && l.flushDue && l.fr.atBoundary() {
+		l.flushDue = false
+		if err := l.flush(); err != nil {
+			l.werr = err
+		}
+	}
+	if l.werr != nil {
+		l.raw.Close() // the layer's reader stops too
+		return 0, l.werr
+	}
+	return len(p), nil
+}
+
+// Close is imapserver ending the connection (LOGOUT, BYE, shutdown): what
+// it wrote is flushed and the client connection is closed.
+func (c *Conn) Close() error {
+	l := c.l
+	l.wmu.Lock()
+	if l.werr == nil {
+		l.flush()
+		l.werr = net.ErrClosed
+	}
+	l.wmu.Unlock()
+	l.mu.Lock()
+	was := l.closed
+	l.closed = true
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	if !was {
+		l.closeClient()
+	}
+	return nil
 }
 
 // SetDeadline does nothing: the layer keeps the deadlines of the client
@@ -267,6 +354,75 @@ type pipeAddr struct{}
 func (pipeAddr) Network() string { return "pipe" }
 func (pipeAddr) String() string  { return "imapext" }
 
+// The layer is the sink of its respFramer; these run in Conn.Write, under wmu.
+
+func (l *layer) respStart(kind respKind) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch kind {
+	case respContinuation:
+		hide := l.swallow
+		l.swallow = false
+		return hide
+	case respTagged:
+		return len(l.pending) > 0 && l.pending[0].internal
+	}
+	return false
+}
+
+func (l *layer) firstLine(b []byte) {
+	if buf := l.rewriteCaps(b, l.capsBuf[:0]); buf != nil {
+		l.out(buf)
+		l.capsBuf = buf[:0]
+		if cap(buf) > 4096 {
+			l.capsBuf = nil
+		}
+		return
+	}
+	l.out(b)
+}
+
+func (l *layer) out(b []byte) {
+	if l.werr != nil {
+		return
+	}
+	if _, err := l.bw.Write(b); err != nil {
+		l.werr = err
+	}
+}
+
+// respEnd accounts for a complete response. Responses are flushed when a
+// command completes or asks for more, and when no command runs (IDLE
+// updates, the greeting); untagged responses within a command wait for its
+// end or for a full buffer.
+func (l *layer) respEnd(kind respKind, tagOK bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.greeted = true
+	switch kind {
+	case respContinuation:
+		l.conts++
+	case respTagged:
+		if len(l.pending) > 0 {
+			p := l.pending[0]
+			if tagOK && p.name == "UNAUTHENTICATE" {
+				l.user = "" // RFC 8437
+			}
+			l.pending = l.pending[1:]
+			if len(l.pending) == 0 {
+				l.pending = nil
+			}
+			if p.internal {
+				l.internalDone()
+			}
+		}
+	}
+	if kind != respUntagged || len(l.pending) == 0 || l.pending[0].name == "IDLE" {
+		l.flushDue = true
+	}
+	l.cond.Broadcast()
+}
+
 // timedReader gives every read of the client connection a fresh deadline.
 type timedReader struct {
 	c       net.Conn
@@ -291,7 +447,6 @@ type layer struct {
 	opts          *Options
 	log           *slog.Logger
 	remote, local net.Addr
-	inner         net.Conn // the layer's end of the pipe to imapserver
 	cr            commandReader
 	rtimeout      time.Duration // read timeout; reader goroutine only
 
@@ -301,6 +456,11 @@ type layer struct {
 	raw net.Conn   // the client connection, *tls.Conn after STARTTLS
 	bw  *bufio.Writer
 	dw  *deflateWriter // set once COMPRESS is active
+	// What follows is Conn.Write's state.
+	fr       respFramer
+	capsBuf  []byte
+	werr     error // writing to the client failed, or imapserver closed
+	flushDue bool  // a batch of responses is complete
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -311,12 +471,22 @@ type layer struct {
 	greeted bool
 	conts   int  // continuation requests seen from imapserver
 	swallow bool // hide the next continuation request from the client
-	closed  bool // the pump has stopped
+	closed  bool // imapserver closed the connection
+	ended   bool // the layer is done: imapserver reads EOF
 	user    string
 	tls     bool
+	in      []byte // command bytes imapserver is to read (send)
+	inject  []byte // an internal command imapserver is to read first
+	idle    idleState
 }
 
-type pendingCmd struct{ tag, name string }
+// pendingCmd is a passthrough command awaiting its tagged response;
+// internal ones are the layer's own (idle.go), their tagged response is not
+// sent to the client.
+type pendingCmd struct {
+	tag, name string
+	internal  bool
+}
 
 var errClosed = errors.New("imapext: connection closed")
 
@@ -353,16 +523,12 @@ func Serve(conn net.Conn, opts *Options) error {
 	l.cr.br = bufio.NewReaderSize(timedReader{conn, &l.rtimeout}, bufSize)
 	l.bw = bufio.NewWriterSize(timedWriter{conn}, bufSize)
 
-	serverEnd, layerEnd := net.Pipe()
-	l.inner = layerEnd
-	if err := opts.startServer().hand(&Conn{Conn: serverEnd, l: l}); err != nil {
+	if err := opts.startServer().hand(&Conn{l: l}); err != nil {
 		return err
 	}
-	pumpDone := make(chan error, 1)
-	go func() { pumpDone <- l.pump() }()
 
 	err := serveCommands(&l.cr, l)
-	ended := l.pumpEnded()
+	ended := l.serverEnded()
 	if !ended {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
@@ -373,9 +539,11 @@ func Serve(conn net.Conn, opts *Options) error {
 			l.bye(textLiteralTooBig)
 		}
 	}
-	l.inner.Close()
+	l.mu.Lock()
+	l.ended = true // imapserver reads EOF and ends the session
+	l.cond.Broadcast()
+	l.mu.Unlock()
 	l.closeClient()
-	<-pumpDone
 
 	switch {
 	case ended:
@@ -386,7 +554,7 @@ func Serve(conn net.Conn, opts *Options) error {
 	return fmt.Errorf("imapext: %w", err)
 }
 
-func (l *layer) pumpEnded() bool {
+func (l *layer) serverEnded() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.closed
@@ -493,6 +661,8 @@ func (l *layer) isOwn(name string) bool {
 		return l.hasID
 	case "COMPRESS":
 		return l.hasCompress
+	case "IDLE":
+		return l.opts.IdleNotify
 	}
 	return false
 }
@@ -534,13 +704,28 @@ func (l *layer) begin(tag, name string) error {
 	if l.closed {
 		return errClosed
 	}
-	l.pending = append(l.pending, pendingCmd{tag, name})
+	l.pending = append(l.pending, pendingCmd{tag: tag, name: name})
 	return nil
 }
 
+// send hands p to imapserver and returns once it has read all of it.
 func (l *layer) send(p []byte) error {
-	_, err := l.inner.Write(p)
-	return err
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errClosed
+	}
+	l.in = p
+	l.cond.Broadcast()
+	for len(l.in) > 0 && !l.closed {
+		l.cond.Wait()
+	}
+	rest := len(l.in)
+	l.in = nil
+	if rest > 0 {
+		return errClosed
+	}
+	return nil
 }
 
 func (l *layer) sendAwait(p []byte, lit literal) (bool, error) {
@@ -592,6 +777,9 @@ func (l *layer) sendContinuation() error {
 // handle runs one of the layer's own commands, after the passthrough
 // commands before it have been answered.
 func (l *layer) handle(tag, name string, line []byte, lit literal) error {
+	if name == "IDLE" {
+		return l.idleCommand(tag, name, line, lit)
+	}
 	if err := l.waitIdle(); err != nil {
 		return err
 	}
