@@ -90,6 +90,7 @@ func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
 	l.mu.Unlock()
 
 	l.rtimeout = idleTimeout
+	l.park()
 	line, _, err := l.cr.readFragment()
 	l.mu.Lock()
 	l.idle.on, l.idle.again = false, false

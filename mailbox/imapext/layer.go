@@ -386,7 +386,7 @@ func (l *layer) out(b []byte) {
 	if l.werr != nil {
 		return
 	}
-	if _, err := l.bw.Write(b); err != nil {
+	if _, err := l.writer().Write(b); err != nil {
 		l.werr = err
 	}
 }
@@ -423,6 +423,63 @@ func (l *layer) respEnd(kind respKind, tagOK bool) {
 	l.cond.Broadcast()
 }
 
+// Buffers are borrowed: a connection waiting for its client holds neither a
+// read nor a write buffer of the layer's (see park and flush).
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+)
+
+// writer returns the write buffer, borrowing one if needed; the caller
+// holds wmu.
+func (l *layer) writer() *bufio.Writer {
+	if l.bw == nil {
+		l.bw = writers.Get().(*bufio.Writer)
+		l.bw.Reset(l.dst)
+	}
+	return l.bw
+}
+
+// primedReader is the source of the layer's read buffer: while the layer
+// waits for a client with its buffer given back, the first byte that comes
+// is read into b, and handed out first once a buffer is borrowed again.
+type primedReader struct {
+	r   io.Reader
+	b   [1]byte
+	n   int
+	err error
+}
+
+func (p *primedReader) Read(b []byte) (int, error) {
+	switch {
+	case len(b) == 0:
+		return 0, nil
+	case p.n > 0:
+		b[0], p.n = p.b[0], 0
+		return 1, nil
+	case p.err != nil:
+		err := p.err
+		p.err = nil
+		return 0, err
+	}
+	return p.r.Read(b)
+}
+
+// park waits for the client's next byte without holding a read buffer, when
+// nothing is buffered (and COMPRESS, whose decompressor reads from the
+// first buffer, is off). An error is returned by the next read.
+func (l *layer) park() {
+	if l.compressed || l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
+		return
+	}
+	readers.Put(l.cr.br)
+	l.cr.br = nil
+	l.src.n, l.src.err = io.ReadAtLeast(l.src.r, l.src.b[:], 1)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(&l.src)
+	l.cr.br = br
+}
+
 // timedReader gives every read of the client connection a fresh deadline.
 type timedReader struct {
 	c       net.Conn
@@ -452,8 +509,12 @@ type layer struct {
 
 	hasMetadata, hasQuota, hasID, hasCompress bool
 
+	src        primedReader // the source of cr.br, reader goroutine only
+	compressed bool         // COMPRESS is active; reader goroutine only
+
 	wmu sync.Mutex // guards what follows, the write side of the client
 	raw net.Conn   // the client connection, *tls.Conn after STARTTLS
+	dst io.Writer  // where bw writes: raw with a deadline, or dw
 	bw  *bufio.Writer
 	dw  *deflateWriter // set once COMPRESS is active
 	// What follows is Conn.Write's state.
@@ -520,8 +581,9 @@ func Serve(conn net.Conn, opts *Options) error {
 			l.hasCompress = true
 		}
 	}
-	l.cr.br = bufio.NewReaderSize(timedReader{conn, &l.rtimeout}, bufSize)
-	l.bw = bufio.NewWriterSize(timedWriter{conn}, bufSize)
+	l.src.r = timedReader{conn, &l.rtimeout}
+	l.cr.br = bufio.NewReaderSize(&l.src, bufSize)
+	l.dst = timedWriter{conn}
 
 	if err := opts.startServer().hand(&Conn{l: l}); err != nil {
 		return err
@@ -578,7 +640,7 @@ func (l *layer) bye(text string) {
 func (l *layer) reply(f func(w *bufio.Writer)) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	f(l.bw)
+	f(l.writer())
 	return l.flush()
 }
 
@@ -598,8 +660,15 @@ func (l *layer) replyOK(tag, text string) error {
 // section 4: the compressor is flushed too, so that each batch of responses
 // (an IDLE update, say) reaches the client at once.
 func (l *layer) flush() error {
-	if err := l.bw.Flush(); err != nil {
-		return err
+	if bw := l.bw; bw != nil {
+		// Idle connections hold no write buffer.
+		err := bw.Flush()
+		bw.Reset(nil)
+		writers.Put(bw)
+		l.bw = nil
+		if err != nil {
+			return err
+		}
 	}
 	if l.dw != nil {
 		return l.dw.Flush()
@@ -643,6 +712,7 @@ func (l *layer) waiting() {
 	} else {
 		l.rtimeout = preAuthTimeout
 	}
+	l.park()
 }
 
 func (l *layer) reading() { l.rtimeout = commandTimeout }
@@ -876,9 +946,10 @@ func (l *layer) startTLS(tag string, a *args) error {
 	}
 	l.wmu.Lock()
 	l.raw = tc
-	l.bw.Reset(timedWriter{tc})
+	l.dst = timedWriter{tc}
 	l.wmu.Unlock()
-	l.cr.br.Reset(timedReader{tc, &l.rtimeout})
+	l.src.r = timedReader{tc, &l.rtimeout}
+	l.cr.br.Reset(&l.src)
 	l.mu.Lock()
 	l.tls = true
 	l.mu.Unlock()
