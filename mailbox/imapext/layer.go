@@ -371,12 +371,10 @@ func (l *layer) respStart(kind respKind) bool {
 }
 
 func (l *layer) firstLine(b []byte) {
-	if buf := l.rewriteCaps(b, l.capsBuf[:0]); buf != nil {
+	// Capability lists are rare (greeting, LOGIN, CAPABILITY): their
+	// buffer is not kept.
+	if buf := l.rewriteCaps(b, nil); buf != nil {
 		l.out(buf)
-		l.capsBuf = buf[:0]
-		if cap(buf) > 4096 {
-			l.capsBuf = nil
-		}
 		return
 	}
 	l.out(b)
@@ -519,7 +517,6 @@ type layer struct {
 	dw  *deflateWriter // set once COMPRESS is active
 	// What follows is Conn.Write's state.
 	fr       respFramer
-	capsBuf  []byte
 	werr     error // writing to the client failed, or imapserver closed
 	flushDue bool  // a batch of responses is complete
 
