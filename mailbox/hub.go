@@ -34,6 +34,7 @@ type live struct {
 
 	mu          sync.Mutex
 	waiters     map[chan struct{}]struct{} // IDLE sessions to wake
+	notifiers   map[notifier]struct{}      // connections told of changes
 	uids        []imap.UID
 	uidValidity uint32
 	uidNext     imap.UID
@@ -163,6 +164,12 @@ func (s *Store) flagsChanged(k liveKey, uid imap.UID, flags []imap.Flag, source 
 	}
 }
 
+// A notifier is a connection that answers IDLE without calling
+// Session.Idle (imapext.Conn with imapext.Options.IdleNotify): the session
+// registers it while a mailbox is selected, and wake tells it of every
+// change. Notify must not block.
+type notifier interface{ Notify() }
+
 // wake signals every IDLE session of the mailbox; the caller holds l.mu.
 func (l *live) wake() {
 	for ch := range l.waiters {
@@ -170,6 +177,26 @@ func (l *live) wake() {
 		case ch <- struct{}{}:
 		default: // already signalled
 		}
+	}
+	for n := range l.notifiers {
+		n.Notify()
+	}
+}
+
+// addNotifier registers n; the caller holds l.mu.
+func (l *live) addNotifier(n notifier) {
+	if l.notifiers == nil {
+		l.notifiers = map[notifier]struct{}{}
+	}
+	l.notifiers[n] = struct{}{}
+}
+
+func (l *live) removeNotifier(n notifier) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.notifiers, n)
+	if len(l.notifiers) == 0 {
+		l.notifiers = nil
 	}
 }
 

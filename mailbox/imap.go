@@ -62,6 +62,7 @@ type imapSession struct {
 type selected struct {
 	live      *live
 	tracker   *imapserver.SessionTracker
+	notifier  notifier // registered with live, if the connection is one
 	readOnly  bool
 	searchRes imap.UIDSet
 }
@@ -115,6 +116,9 @@ func (c *imapSession) unselect() {
 	c.sel = nil
 	c.selMu.Unlock()
 	if sel != nil {
+		if sel.notifier != nil {
+			sel.live.removeNotifier(sel.notifier)
+		}
 		sel.tracker.Close()
 		c.s.closeLive(sel.live)
 	}
@@ -128,9 +132,17 @@ func (c *imapSession) Select(name string, options *imap.SelectOptions) (*imap.Se
 	} else if err != nil {
 		return nil, c.internal("select", err)
 	}
-	c.sel = &selected{live: l, tracker: l.tracker.NewSession(), readOnly: options != nil && options.ReadOnly}
+	sel := &selected{live: l, tracker: l.tracker.NewSession(), readOnly: options != nil && options.ReadOnly}
+	sel.notifier, _ = c.conn.NetConn().(notifier)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if sel.notifier != nil {
+		// Registered with the snapshot below: no change falls in between.
+		l.addNotifier(sel.notifier)
+	}
+	c.selMu.Lock()
+	c.sel = sel
+	c.selMu.Unlock()
 	flags := []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft}
 	return &imap.SelectData{
 		Flags:          flags,

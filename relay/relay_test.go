@@ -427,6 +427,79 @@ func TestIdleAnnouncesMailQueuedBeforeIdle(t *testing.T) {
 	}
 }
 
+// IDLE is answered by the imapext layer: a session in IDLE hears of an
+// EXPUNGE and a flag change by another session of the same account, and
+// after DONE the connection goes on with ordinary commands.
+func TestIdleSeesOtherSessionAndGoesOn(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const alice = "alicealic@localhost"
+	login(t, r, alice).Close()
+	for i := 0; i < 2; i++ {
+		if err := submit(t, r, alice, password, alice, []string{alice}, testmsg.Encrypted(alice, alice, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expunged := make(chan uint32, 4)
+	flagged := make(chan uint32, 4)
+	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+		Expunge: func(seq uint32) { expunged <- seq },
+		Fetch: func(msg *imapclient.FetchMessageData) {
+			flagged <- msg.SeqNum
+			for msg.Next() != nil {
+			}
+		},
+	}})
+	if err := c.Login(alice, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := login(t, r, alice)
+	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Store(imap.SeqSetNum(2), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagSeen}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case seq := <-flagged:
+		if seq != 2 {
+			t.Fatalf("FETCH %d", seq)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("IDLE session not told of the flag change")
+	}
+	if err := other.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Expunge().Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case seq := <-expunged:
+		if seq != 1 {
+			t.Fatalf("EXPUNGE %d", seq)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("IDLE session not told of the expunge")
+	}
+	if err := idle.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{UID: true, Flags: true}).Collect()
+	if err != nil || len(msgs) != 1 || len(msgs[0].Flags) != 1 || msgs[0].Flags[0] != imap.FlagSeen {
+		t.Fatalf("FETCH after IDLE: %+v %v", msgs, err)
+	}
+}
+
 // Expiry removes old messages like an EXPUNGE: an IDLE session hears of it.
 func TestExpiryIsSeenByIMAPSessions(t *testing.T) {
 	r := relaytest.Start(t, nil)

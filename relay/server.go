@@ -214,6 +214,10 @@ func (s *Server) buildIMAP() {
 			ExtraCaps:   []string{"METADATA", "QUOTA", "QUOTA=RES-STORAGE", "ID", "COMPRESS=DEFLATE", "XCHATMAIL", "XDELTAPUSH"},
 			ID:          map[string]string{"name": "chatrelay"},
 			Logger:      s.log,
+			// Sessions tell the layer of mailbox changes (mailbox/hub.go),
+			// so IDLE costs no goroutine of imapserver's.
+			IdleNotify: true,
+			OnIdle:     func() func() { return s.metrics.Idle() },
 		}
 		if !implicit {
 			o.TLSConfig = s.certs.TLSConfig()

@@ -78,8 +78,9 @@ func (l *layer) compress(tag string, a *args) error {
 	// old buffer, which it uses as its byte source.
 	l.wmu.Lock()
 	l.dw = &deflateWriter{w: timedWriter{l.raw}}
-	l.bw.Reset(l.dw)
+	l.dst = l.dw
 	l.wmu.Unlock()
+	l.compressed = true
 	l.cr.br = bufio.NewReaderSize(flate.NewReader(l.cr.br), bufSize)
 	return nil
 }

@@ -2,7 +2,10 @@
 // IMAP connection. The layer owns the client connection, speaks the commands
 // imapserver cannot be extended with (METADATA, QUOTA, ID, COMPRESS=DEFLATE,
 // STARTTLS with our own policy) and passes every other command through to
-// imapserver, byte for byte and in order, over an in-memory connection.
+// imapserver, byte for byte and in order, over an in-memory connection
+// (Conn) that holds no goroutine of its own: imapserver's reads wait for the
+// bytes the layer hands over, and its writes run the response framing
+// (respFramer) and go to the client at once.
 //
 // Design choices:
 //   - Literals of passthrough commands are always offered to imapserver as
@@ -20,6 +23,9 @@
 //     AUTH= mechanisms are not.
 //   - Deadlines apply to the client connection only; the in-memory
 //     connection ignores imapserver's deadlines.
+//   - With Options.IdleNotify the layer answers IDLE itself (see idle.go),
+//     so that an idle connection costs one parked goroutine of the layer
+//     and imapserver's, blocked in a read of the in-memory connection.
 package imapext
 
 import (
@@ -121,6 +127,14 @@ type Options struct {
 	MaxMetadataSize int
 	// Logger receives connection-level events, never user data.
 	Logger *slog.Logger
+	// IdleNotify says that the sessions of Server call Notify on their
+	// connection (a *Conn) whenever their selected mailbox changes. The
+	// layer then answers IDLE itself (see idle.go) instead of leaving it to
+	// imapserver, which runs a goroutine per IDLE.
+	IdleNotify bool
+	// OnIdle, if set, is called when the layer starts an IDLE; it returns
+	// the function called when the IDLE ends (metrics).
+	OnIdle func() (done func())
 
 	start    sync.Once
 	listener *listener
@@ -147,9 +161,8 @@ func (o *Options) startServer() *listener {
 }
 
 // Conn is the connection imapserver sees (imapserver.Conn.NetConn returns
-// it): one end of an in-memory pipe whose peer is the layer.
+// it): an in-memory connection whose peer is the layer.
 type Conn struct {
-	net.Conn
 	l *layer
 }
 
@@ -172,6 +185,80 @@ func (c *Conn) User() string {
 	c.l.mu.Lock()
 	defer c.l.mu.Unlock()
 	return c.l.user
+}
+
+// Read returns command bytes the layer passes through (or an internal
+// command of the layer's own, see idle.go). It returns io.EOF once the
+// client connection has ended.
+func (c *Conn) Read(p []byte) (int, error) {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for len(l.in) == 0 && len(l.inject) == 0 && !l.closed && !l.ended {
+		l.cond.Wait()
+	}
+	switch {
+	case len(l.inject) > 0:
+		n := copy(p, l.inject)
+		l.inject = l.inject[n:]
+		return n, nil
+	case len(l.in) > 0:
+		n := copy(p, l.in)
+		l.in = l.in[n:]
+		if len(l.in) == 0 {
+			l.cond.Broadcast() // send returns
+		}
+		return n, nil
+	case l.closed:
+		return 0, net.ErrClosed
+	}
+	return 0, io.EOF
+}
+
+// Write takes imapserver's responses: it follows their framing, fixes
+// capability lists, keeps back what the layer hides and writes the rest to
+// the client. Each batch of responses is flushed once it is complete (see
+// respEnd).
+func (c *Conn) Write(p []byte) (int, error) {
+	l := c.l
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if l.werr != nil {
+		return 0, l.werr
+	}
+	l.fr.feed(p, l)
+	if l.werr == nil && l.flushDue && l.fr.atBoundary() {
+		l.flushDue = false
+		if err := l.flush(); err != nil {
+			l.werr = err
+		}
+	}
+	if l.werr != nil {
+		l.raw.Close() // the layer's reader stops too
+		return 0, l.werr
+	}
+	return len(p), nil
+}
+
+// Close is imapserver ending the connection (LOGOUT, BYE, shutdown): what
+// it wrote is flushed and the client connection is closed.
+func (c *Conn) Close() error {
+	l := c.l
+	l.wmu.Lock()
+	if l.werr == nil {
+		l.flush()
+		l.werr = net.ErrClosed
+	}
+	l.wmu.Unlock()
+	l.mu.Lock()
+	was := l.closed
+	l.closed = true
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	if !was {
+		l.closeClient()
+	}
+	return nil
 }
 
 // SetDeadline does nothing: the layer keeps the deadlines of the client
@@ -267,6 +354,130 @@ type pipeAddr struct{}
 func (pipeAddr) Network() string { return "pipe" }
 func (pipeAddr) String() string  { return "imapext" }
 
+// The layer is the sink of its respFramer; these run in Conn.Write, under wmu.
+
+func (l *layer) respStart(kind respKind) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch kind {
+	case respContinuation:
+		hide := l.swallow
+		l.swallow = false
+		return hide
+	case respTagged:
+		return len(l.pending) > 0 && l.pending[0].internal
+	}
+	return false
+}
+
+func (l *layer) firstLine(b []byte) {
+	// Capability lists are rare (greeting, LOGIN, CAPABILITY): their
+	// buffer is not kept.
+	if buf := l.rewriteCaps(b, nil); buf != nil {
+		l.out(buf)
+		return
+	}
+	l.out(b)
+}
+
+func (l *layer) out(b []byte) {
+	if l.werr != nil {
+		return
+	}
+	if _, err := l.writer().Write(b); err != nil {
+		l.werr = err
+	}
+}
+
+// respEnd accounts for a complete response. Responses are flushed when a
+// command completes or asks for more, and when no command runs (IDLE
+// updates, the greeting); untagged responses within a command wait for its
+// end or for a full buffer.
+func (l *layer) respEnd(kind respKind, tagOK bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.greeted = true
+	switch kind {
+	case respContinuation:
+		l.conts++
+	case respTagged:
+		if len(l.pending) > 0 {
+			p := l.pending[0]
+			if tagOK && p.name == "UNAUTHENTICATE" {
+				l.user = "" // RFC 8437
+			}
+			l.pending = l.pending[1:]
+			if len(l.pending) == 0 {
+				l.pending = nil
+			}
+			if p.internal {
+				l.internalDone()
+			}
+		}
+	}
+	if kind != respUntagged || len(l.pending) == 0 || l.pending[0].name == "IDLE" {
+		l.flushDue = true
+	}
+	l.cond.Broadcast()
+}
+
+// Buffers are borrowed: a connection waiting for its client holds neither a
+// read nor a write buffer of the layer's (see park and flush).
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+)
+
+// writer returns the write buffer, borrowing one if needed; the caller
+// holds wmu.
+func (l *layer) writer() *bufio.Writer {
+	if l.bw == nil {
+		l.bw = writers.Get().(*bufio.Writer)
+		l.bw.Reset(l.dst)
+	}
+	return l.bw
+}
+
+// primedReader is the source of the layer's read buffer: while the layer
+// waits for a client with its buffer given back, the first byte that comes
+// is read into b, and handed out first once a buffer is borrowed again.
+type primedReader struct {
+	r   io.Reader
+	b   [1]byte
+	n   int
+	err error
+}
+
+func (p *primedReader) Read(b []byte) (int, error) {
+	switch {
+	case len(b) == 0:
+		return 0, nil
+	case p.n > 0:
+		b[0], p.n = p.b[0], 0
+		return 1, nil
+	case p.err != nil:
+		err := p.err
+		p.err = nil
+		return 0, err
+	}
+	return p.r.Read(b)
+}
+
+// park waits for the client's next byte without holding a read buffer, when
+// nothing is buffered (and COMPRESS, whose decompressor reads from the
+// first buffer, is off). An error is returned by the next read.
+func (l *layer) park() {
+	if l.compressed || l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
+		return
+	}
+	readers.Put(l.cr.br)
+	l.cr.br = nil
+	l.src.n, l.src.err = io.ReadAtLeast(l.src.r, l.src.b[:], 1)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(&l.src)
+	l.cr.br = br
+}
+
 // timedReader gives every read of the client connection a fresh deadline.
 type timedReader struct {
 	c       net.Conn
@@ -291,16 +502,23 @@ type layer struct {
 	opts          *Options
 	log           *slog.Logger
 	remote, local net.Addr
-	inner         net.Conn // the layer's end of the pipe to imapserver
 	cr            commandReader
 	rtimeout      time.Duration // read timeout; reader goroutine only
 
 	hasMetadata, hasQuota, hasID, hasCompress bool
 
+	src        primedReader // the source of cr.br, reader goroutine only
+	compressed bool         // COMPRESS is active; reader goroutine only
+
 	wmu sync.Mutex // guards what follows, the write side of the client
 	raw net.Conn   // the client connection, *tls.Conn after STARTTLS
+	dst io.Writer  // where bw writes: raw with a deadline, or dw
 	bw  *bufio.Writer
 	dw  *deflateWriter // set once COMPRESS is active
+	// What follows is Conn.Write's state.
+	fr       respFramer
+	werr     error // writing to the client failed, or imapserver closed
+	flushDue bool  // a batch of responses is complete
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -311,12 +529,22 @@ type layer struct {
 	greeted bool
 	conts   int  // continuation requests seen from imapserver
 	swallow bool // hide the next continuation request from the client
-	closed  bool // the pump has stopped
+	closed  bool // imapserver closed the connection
+	ended   bool // the layer is done: imapserver reads EOF
 	user    string
 	tls     bool
+	in      []byte // command bytes imapserver is to read (send)
+	inject  []byte // an internal command imapserver is to read first
+	idle    idleState
 }
 
-type pendingCmd struct{ tag, name string }
+// pendingCmd is a passthrough command awaiting its tagged response;
+// internal ones are the layer's own (idle.go), their tagged response is not
+// sent to the client.
+type pendingCmd struct {
+	tag, name string
+	internal  bool
+}
 
 var errClosed = errors.New("imapext: connection closed")
 
@@ -350,19 +578,16 @@ func Serve(conn net.Conn, opts *Options) error {
 			l.hasCompress = true
 		}
 	}
-	l.cr.br = bufio.NewReaderSize(timedReader{conn, &l.rtimeout}, bufSize)
-	l.bw = bufio.NewWriterSize(timedWriter{conn}, bufSize)
+	l.src.r = timedReader{conn, &l.rtimeout}
+	l.cr.br = bufio.NewReaderSize(&l.src, bufSize)
+	l.dst = timedWriter{conn}
 
-	serverEnd, layerEnd := net.Pipe()
-	l.inner = layerEnd
-	if err := opts.startServer().hand(&Conn{Conn: serverEnd, l: l}); err != nil {
+	if err := opts.startServer().hand(&Conn{l: l}); err != nil {
 		return err
 	}
-	pumpDone := make(chan error, 1)
-	go func() { pumpDone <- l.pump() }()
 
 	err := serveCommands(&l.cr, l)
-	ended := l.pumpEnded()
+	ended := l.serverEnded()
 	if !ended {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
@@ -373,9 +598,11 @@ func Serve(conn net.Conn, opts *Options) error {
 			l.bye(textLiteralTooBig)
 		}
 	}
-	l.inner.Close()
+	l.mu.Lock()
+	l.ended = true // imapserver reads EOF and ends the session
+	l.cond.Broadcast()
+	l.mu.Unlock()
 	l.closeClient()
-	<-pumpDone
 
 	switch {
 	case ended:
@@ -386,7 +613,7 @@ func Serve(conn net.Conn, opts *Options) error {
 	return fmt.Errorf("imapext: %w", err)
 }
 
-func (l *layer) pumpEnded() bool {
+func (l *layer) serverEnded() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.closed
@@ -410,7 +637,7 @@ func (l *layer) bye(text string) {
 func (l *layer) reply(f func(w *bufio.Writer)) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	f(l.bw)
+	f(l.writer())
 	return l.flush()
 }
 
@@ -430,8 +657,15 @@ func (l *layer) replyOK(tag, text string) error {
 // section 4: the compressor is flushed too, so that each batch of responses
 // (an IDLE update, say) reaches the client at once.
 func (l *layer) flush() error {
-	if err := l.bw.Flush(); err != nil {
-		return err
+	if bw := l.bw; bw != nil {
+		// Idle connections hold no write buffer.
+		err := bw.Flush()
+		bw.Reset(nil)
+		writers.Put(bw)
+		l.bw = nil
+		if err != nil {
+			return err
+		}
 	}
 	if l.dw != nil {
 		return l.dw.Flush()
@@ -475,6 +709,7 @@ func (l *layer) waiting() {
 	} else {
 		l.rtimeout = preAuthTimeout
 	}
+	l.park()
 }
 
 func (l *layer) reading() { l.rtimeout = commandTimeout }
@@ -493,6 +728,8 @@ func (l *layer) isOwn(name string) bool {
 		return l.hasID
 	case "COMPRESS":
 		return l.hasCompress
+	case "IDLE":
+		return l.opts.IdleNotify
 	}
 	return false
 }
@@ -534,13 +771,28 @@ func (l *layer) begin(tag, name string) error {
 	if l.closed {
 		return errClosed
 	}
-	l.pending = append(l.pending, pendingCmd{tag, name})
+	l.pending = append(l.pending, pendingCmd{tag: tag, name: name})
 	return nil
 }
 
+// send hands p to imapserver and returns once it has read all of it.
 func (l *layer) send(p []byte) error {
-	_, err := l.inner.Write(p)
-	return err
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errClosed
+	}
+	l.in = p
+	l.cond.Broadcast()
+	for len(l.in) > 0 && !l.closed {
+		l.cond.Wait()
+	}
+	rest := len(l.in)
+	l.in = nil
+	if rest > 0 {
+		return errClosed
+	}
+	return nil
 }
 
 func (l *layer) sendAwait(p []byte, lit literal) (bool, error) {
@@ -592,6 +844,9 @@ func (l *layer) sendContinuation() error {
 // handle runs one of the layer's own commands, after the passthrough
 // commands before it have been answered.
 func (l *layer) handle(tag, name string, line []byte, lit literal) error {
+	if name == "IDLE" {
+		return l.idleCommand(tag, name, line, lit)
+	}
 	if err := l.waitIdle(); err != nil {
 		return err
 	}
@@ -688,9 +943,10 @@ func (l *layer) startTLS(tag string, a *args) error {
 	}
 	l.wmu.Lock()
 	l.raw = tc
-	l.bw.Reset(timedWriter{tc})
+	l.dst = timedWriter{tc}
 	l.wmu.Unlock()
-	l.cr.br.Reset(timedReader{tc, &l.rtimeout})
+	l.src.r = timedReader{tc, &l.rtimeout}
+	l.cr.br.Reset(&l.src)
 	l.mu.Lock()
 	l.tls = true
 	l.mu.Unlock()

@@ -15,8 +15,10 @@ import (
 	"log"
 	"math/big"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,6 +110,19 @@ type testEnv struct {
 	addr string
 	h    *fakeHandler
 	opts *Options
+
+	mu    sync.Mutex
+	conns []*Conn // the layer's connections, for notifyAll
+}
+
+// notifyAll plays the mailbox package's hub: it tells every connection that
+// its mailbox changed (imapmemserver has no such hook).
+func (env *testEnv) notifyAll() {
+	env.mu.Lock()
+	defer env.mu.Unlock()
+	for _, c := range env.conns {
+		c.Notify()
+	}
 }
 
 func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
@@ -118,17 +133,19 @@ func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
 		t.Fatal(err)
 	}
 	mem.AddUser(u)
+	env := &testEnv{}
 	srv := imapserver.New(&imapserver.Options{
 		NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			env.mu.Lock()
+			env.conns = append(env.conns, c.NetConn().(*Conn))
+			env.mu.Unlock()
 			return &loginSession{Session: mem.NewSession(), conn: c}, nil, nil
 		},
 		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}},
 		InsecureAuth: true,
 		Logger:       log.New(io.Discard, "", 0),
 	})
-	env := &testEnv{
-		h: &fakeHandler{meta: map[string]string{"\x00/shared/comment": "hello relay"}, used: 5000, limit: 100 << 20},
-	}
+	env.h = &fakeHandler{meta: map[string]string{"\x00/shared/comment": "hello relay"}, used: 5000, limit: 100 << 20}
 	env.opts = &Options{
 		Server:       srv,
 		Handler:      env.h,
@@ -627,7 +644,15 @@ func TestStartTLSInjectionClosesConnection(t *testing.T) {
 }
 
 func TestIdleThroughCompress(t *testing.T) {
-	env := newTestEnv(t, nil)
+	for _, notify := range []bool{false, true} {
+		t.Run(fmt.Sprint("IdleNotify=", notify), func(t *testing.T) {
+			testIdleThroughCompress(t, notify)
+		})
+	}
+}
+
+func testIdleThroughCompress(t *testing.T, notify bool) {
+	env := newTestEnv(t, func(o *Options) { o.IdleNotify = notify })
 	r := env.raw(t)
 	r.login()
 	r.send("z1 COMPRESS DEFLATE\r\n")
@@ -657,10 +682,155 @@ func TestIdleThroughCompress(t *testing.T) {
 	if l := r.line(); l != "* 1 EXISTS\r\n" {
 		t.Fatalf("during IDLE got %q", l)
 	}
+	if notify {
+		// A change while idling comes through the compressor too.
+		appendMsg(t, other)
+		env.notifyAll()
+		if l := r.line(); l != "* 2 EXISTS\r\n" {
+			t.Fatalf("during IDLE got %q", l)
+		}
+	}
 	r.send("DONE\r\n")
 	r.expect("z4 OK")
 	r.send("z5 GETQUOTAROOT INBOX\r\n")
 	r.expect("z5 OK")
+}
+
+func appendMsg(t *testing.T, c *imapclient.Client) {
+	t.Helper()
+	msg := "Subject: hi\r\n\r\nhello\r\n"
+	ac := c.Append("INBOX", int64(len(msg)), nil)
+	io.WriteString(ac, msg)
+	ac.Close()
+	if _, err := ac.Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With IdleNotify the layer answers IDLE: updates queued before IDLE and
+// notified during it come at once, DONE completes it, and the connection
+// goes on with ordinary commands.
+func TestLayerIdle(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) { o.IdleNotify = true })
+	var idling atomic.Int32
+	env.opts.OnIdle = func() func() {
+		idling.Add(1)
+		return func() { idling.Add(-1) }
+	}
+	other := env.loggedIn(t)
+	r := env.raw(t)
+	r.login()
+	r.send("a1 SELECT INBOX\r\n")
+	r.expect("a1 OK")
+	appendMsg(t, other) // before IDLE: announced when IDLE starts
+	r.send("a2 IDLE\r\n")
+	r.expect("+ idling")
+	if l := r.line(); l != "* 1 EXISTS\r\n" {
+		t.Fatalf("queued before IDLE: got %q", l)
+	}
+	if n := idling.Load(); n != 1 {
+		t.Fatalf("OnIdle count %d", n)
+	}
+	for i := 2; i <= 4; i++ {
+		appendMsg(t, other)
+		env.notifyAll()
+		env.notifyAll() // a second notification costs at most one more NOOP
+		if l := r.line(); l != fmt.Sprintf("* %d EXISTS\r\n", i) {
+			t.Fatalf("during IDLE got %q", l)
+		}
+	}
+	// An expunge by the other session.
+	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Expunge().Close(); err != nil {
+		t.Fatal(err)
+	}
+	env.notifyAll()
+	for {
+		l := r.line()
+		if l == "* 1 EXPUNGE\r\n" {
+			break
+		}
+		if !strings.HasPrefix(l, "* 1 FETCH") { // the \Deleted flag
+			t.Fatalf("during IDLE got %q", l)
+		}
+	}
+	r.send("DONE\r\n")
+	if l, _ := r.expect("a2 "); l != "a2 OK IDLE completed\r\n" {
+		t.Fatalf("got %q", l)
+	}
+	r.send("a3 NOOP\r\n")
+	r.expect("a3 OK")
+	if n := idling.Load(); n != 0 {
+		t.Fatalf("OnIdle count %d after DONE", n)
+	}
+	// Anything but DONE ends IDLE as imapserver does it, and is no command.
+	r.send("a4 IDLE\r\n")
+	r.expect("+ idling")
+	r.send("a5 NOOP\r\n")
+	if l, _ := r.expect("a4 "); !strings.HasPrefix(l, "a4 BAD [CLIENTBUG]") {
+		t.Fatalf("got %q", l)
+	}
+	r.send("a6 IDLE\r\n")
+	r.expect("+ idling")
+	r.send("DONE\r\na7 GETQUOTAROOT INBOX\r\na8 LOGOUT\r\n")
+	r.expect("a6 OK")
+	r.expect("a7 OK")
+	r.expect("a8 OK")
+}
+
+// Before login, and with arguments, IDLE goes to imapserver, which refuses
+// it.
+func TestLayerIdleRefused(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) { o.IdleNotify = true })
+	r := env.raw(t)
+	r.send("a1 IDLE\r\n")
+	r.expect("a1 BAD")
+	r.login()
+	r.send("a2 IDLE now\r\n")
+	r.expect("a2 BAD")
+	r.send("a3 NOOP\r\n")
+	r.expect("a3 OK")
+}
+
+// An idle connection costs two goroutines: the layer's, waiting for the
+// client, and imapserver's, waiting for a command.
+func TestLayerIdleGoroutines(t *testing.T) {
+	env := newTestEnv(t, func(o *Options) { o.IdleNotify = true })
+	idleAll := func(n int) {
+		for range n {
+			r := env.raw(t)
+			r.login()
+			r.send("a1 SELECT INBOX\r\n")
+			r.expect("a1 OK")
+			r.send("a2 IDLE\r\n")
+			r.expect("+ idling")
+		}
+	}
+	idleAll(1) // imapserver's listener and the like
+	settle := func() int {
+		n := runtime.NumGoroutine()
+		for range 50 {
+			time.Sleep(20 * time.Millisecond)
+			m := runtime.NumGoroutine()
+			if m == n {
+				break
+			}
+			n = m
+		}
+		return n
+	}
+	before := settle()
+	const n = 20
+	idleAll(n)
+	after := settle()
+	if per := float64(after-before) / n; per > 2 {
+		t.Fatalf("%.2f goroutines per idle connection, want 2", per)
+	}
 }
 
 func TestCompressRequiresLogin(t *testing.T) {

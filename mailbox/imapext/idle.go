@@ -1,0 +1,116 @@
+package imapext
+
+import (
+	"bufio"
+	"bytes"
+
+	"github.com/emersion/go-imap/v2"
+)
+
+// IDLE (RFC 2177) in the layer. imapserver runs IDLE in a goroutine of its
+// own, next to the one reading DONE; with Options.IdleNotify the layer
+// answers IDLE itself instead:
+//
+//   - It sends "+ idling" and then an internal NOOP to imapserver, whose
+//     NOOP polls the session: updates queued before IDLE go out at once.
+//   - While the layer waits for DONE, the session calls Conn.Notify when its
+//     selected mailbox changes, and the layer sends another internal NOOP.
+//     At most one is in flight; a notification that comes meanwhile is
+//     answered by one more NOOP after it, so no update waits for the next
+//     command.
+//   - The untagged responses of internal NOOPs go to the client (and are
+//     flushed, compressed or not); their tagged responses do not.
+//   - On DONE the layer waits for the NOOP in flight, sends a last one (as
+//     imapserver polls after every command) and answers the tag.
+//
+// So an idle connection parks the layer's goroutine in a read of the client
+// and imapserver's in a read of the in-memory connection.
+
+// noopCmd is the internal command; its tag is never seen by the client.
+var noopCmd = []byte("imapext NOOP\r\n")
+
+type idleState struct {
+	on       bool // waiting for DONE: Notify sends NOOPs
+	inFlight bool // an internal NOOP awaits its tagged response
+	again    bool // a notification came while one was in flight
+}
+
+// Notify tells the layer that the mailbox the session has selected changed.
+// It is safe to call from any goroutine, never blocks and does nothing
+// unless the connection is in IDLE handled by the layer.
+func (c *Conn) Notify() {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case !l.idle.on || l.closed || l.ended:
+	case l.idle.inFlight:
+		l.idle.again = true
+	default:
+		l.injectNoop()
+	}
+}
+
+// injectNoop queues an internal NOOP for imapserver; the caller holds mu.
+func (l *layer) injectNoop() {
+	l.pending = append(l.pending, pendingCmd{tag: "imapext", name: "NOOP", internal: true})
+	l.inject = noopCmd
+	l.idle.inFlight = true
+	l.cond.Broadcast()
+}
+
+// internalDone is called when an internal NOOP completed; the caller holds
+// mu.
+func (l *layer) internalDone() {
+	l.idle.inFlight = false
+	if l.idle.again && l.idle.on && !l.closed && !l.ended {
+		l.idle.again = false
+		l.injectNoop()
+	}
+}
+
+// idleCommand runs IDLE. Whatever imapserver would refuse (before login, or
+// with arguments) goes to imapserver.
+func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
+	if err := l.waitIdle(); err != nil {
+		return err
+	}
+	if !l.authenticated() || lit.size >= 0 || !newArgs(line).end() {
+		return l.cr.passCommand(l, tag, name, line, lit)
+	}
+	if err := l.reply(func(w *bufio.Writer) { w.WriteString("+ idling\r\n") }); err != nil {
+		return err
+	}
+	if l.opts.OnIdle != nil {
+		defer l.opts.OnIdle()()
+	}
+	l.mu.Lock()
+	l.idle.on = true
+	l.injectNoop()
+	l.mu.Unlock()
+
+	l.rtimeout = idleTimeout
+	l.park()
+	line, _, err := l.cr.readFragment()
+	l.mu.Lock()
+	l.idle.on, l.idle.again = false, false
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	l.rtimeout = commandTimeout
+	if err := l.waitIdle(); err != nil {
+		return err
+	}
+	if !bytes.Equal(bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r")), []byte("DONE")) {
+		// As imapserver answers it; the line is not a command.
+		return l.replyStatus(tag, &imap.Error{Type: imap.StatusResponseTypeBad, Code: imap.ResponseCodeClientBug, Text: "Syntax error: expected DONE to end IDLE command"})
+	}
+	l.mu.Lock()
+	l.injectNoop()
+	l.mu.Unlock()
+	if err := l.waitIdle(); err != nil {
+		return err
+	}
+	return l.replyOK(tag, "IDLE completed")
+}
