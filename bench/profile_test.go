@@ -184,3 +184,34 @@ func BenchmarkP5Storm(b *testing.B) {
 	b.ReportMetric(res.LoginSeconds, "s-all-in")
 	b.ReportMetric(float64(n)/res.LoginSeconds, "logins/s")
 }
+
+// BenchmarkP5WarmStorm: every account logs in once and idles, then all
+// drop and come back at once, the relay kept running (its login cache
+// warm); the profile covers the second storm.
+func BenchmarkP5WarmStorm(b *testing.B) {
+	n := 2000
+	if testing.Short() {
+		n = 500
+	}
+	r := relaytest.StartConfig(b, benchConfig(b.TempDir()))
+	t := target(r)
+	prepare(b, t, n)
+	var first load.Idlers
+	res := first.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 500, Idle: true, Timeout: 5 * time.Minute})
+	first.Close()
+	if res.Failed > 0 {
+		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
+	}
+	stop := profile(b, "P5warm")
+	b.ResetTimer()
+	var idlers load.Idlers
+	defer idlers.Close()
+	res = idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 500, Idle: true, Timeout: 5 * time.Minute})
+	b.StopTimer()
+	stop()
+	if res.Failed > 0 {
+		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
+	}
+	b.ReportMetric(res.LoginSeconds, "s-all-in")
+	b.ReportMetric(float64(n)/res.LoginSeconds, "logins/s")
+}
