@@ -30,12 +30,17 @@ import (
 
 var profDir = flag.String("profdir", "", "write CPU (and heap) profiles of each benchmark's measured part to this directory")
 
+// hibernateAfter is the relay's IMAPHibernateAfter in benchmarks.
+const hibernateAfter = 200 * time.Millisecond
+
 // benchConfig is a relaytest config with the limits that would measure
 // themselves instead of the relay turned off, as in cmd/loadgen.
 func benchConfig(dir string) relay.Config {
 	cfg := relaytest.Config(dir)
 	cfg.SendRatePerMinute, cfg.SendRateBurst = 1e9, 1e9
 	cfg.Limits = relay.ConnLimits{}
+	// Idle connections hibernate soon, so that P4 sees them hibernated.
+	cfg.IMAPHibernateAfter = hibernateAfter
 	return cfg
 }
 
@@ -145,10 +150,12 @@ func BenchmarkP4Idle(b *testing.B) {
 	defer idlers.Close()
 	res := idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 100, Idle: true, Timeout: 5 * time.Minute})
 	b.StopTimer()
-	stop()
 	if res.Failed > 0 {
 		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
 	}
+	stop()
+	// Long enough for the last connections to hibernate.
+	time.Sleep(2*hibernateAfter + time.Second)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	heapProfile(b, "P4")

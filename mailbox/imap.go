@@ -16,6 +16,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
+	"github.com/chatrelay/chatrelay/mailbox/imapext"
 )
 
 // IMAPOptions connect the IMAP backend to the rest of the relay.
@@ -57,9 +58,13 @@ type imapSession struct {
 	acc   *Account
 	selMu sync.Mutex // guards sel against Close during IDLE
 	sel   *selected
+	// resuming is set when the session serves a new imapserver connection
+	// after hibernation: the next Select restores the kept selection.
+	resuming bool
 }
 
 type selected struct {
+	name      string
 	live      *live
 	tracker   *imapserver.SessionTracker
 	notifier  notifier // registered with live, if the connection is one
@@ -90,9 +95,56 @@ func (sel *selected) encode(seq uint32) uint32 {
 	return sel.tracker.EncodeSeqNum(seq)
 }
 
+// keeper is a connection that may keep the session while it hibernates
+// (imapext.Conn with imapext.Options.HibernateAfter).
+type keeper interface {
+	Keep(imapext.KeptSession) bool
+}
+
+// Close ends the session, unless its connection hibernates: then the
+// session keeps its account, selection, tracker and notifier, and the
+// connection closes it later (or hands it to ResumeIMAPSession).
 func (c *imapSession) Close() error {
+	if c.conn == nil {
+		// Kept, and now closed by the connection.
+		c.unselect()
+		return nil
+	}
+	if k, ok := c.conn.NetConn().(keeper); ok && c.acc != nil {
+		// Kept, the session must not hold on to imapserver's connection
+		// (its buffers); ResumeIMAPSession gives it the next one.
+		conn := c.conn
+		c.conn = nil
+		if k.Keep(c) {
+			return nil
+		}
+		c.conn = conn
+	}
 	c.unselect()
 	return nil
+}
+
+// Selection returns the selected mailbox (imapext.KeptSession).
+func (c *imapSession) Selection() (mailbox string, readOnly, ok bool) {
+	c.selMu.Lock()
+	defer c.selMu.Unlock()
+	if c.sel == nil {
+		return "", false, false
+	}
+	return c.sel.name, c.sel.readOnly, true
+}
+
+// ResumeIMAPSession returns the session kept while conn hibernated
+// (imapext.Kept), now serving conn, or nil if conn does not resume one.
+// NewSession returns it with imapserver.GreetingData{PreAuth: true}.
+func ResumeIMAPSession(conn *imapserver.Conn) imapserver.Session {
+	c, ok := imapext.Kept(conn.NetConn()).(*imapSession)
+	if !ok {
+		return nil
+	}
+	c.conn = conn
+	c.resuming = true
+	return c
 }
 
 func (c *imapSession) Login(username, password string) error {
@@ -125,6 +177,19 @@ func (c *imapSession) unselect() {
 }
 
 func (c *imapSession) Select(name string, options *imap.SelectOptions) (*imap.SelectData, error) {
+	if c.resuming {
+		// The replay of a resumed connection: the selection, its tracker
+		// and its notifier stay, with what they have queued.
+		c.resuming = false
+		c.selMu.Lock()
+		sel := c.sel
+		c.selMu.Unlock()
+		if sel != nil && sel.name == name {
+			sel.live.mu.Lock()
+			defer sel.live.mu.Unlock()
+			return selectData(sel.live), nil
+		}
+	}
 	c.unselect()
 	l, err := c.s.openLive(c.acc.ID, name)
 	if errors.Is(err, errNoMailbox) {
@@ -132,7 +197,7 @@ func (c *imapSession) Select(name string, options *imap.SelectOptions) (*imap.Se
 	} else if err != nil {
 		return nil, c.internal("select", err)
 	}
-	sel := &selected{live: l, tracker: l.tracker.NewSession(), readOnly: options != nil && options.ReadOnly}
+	sel := &selected{name: name, live: l, tracker: l.tracker.NewSession(), readOnly: options != nil && options.ReadOnly}
 	sel.notifier, _ = c.conn.NetConn().(notifier)
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -143,6 +208,11 @@ func (c *imapSession) Select(name string, options *imap.SelectOptions) (*imap.Se
 	c.selMu.Lock()
 	c.sel = sel
 	c.selMu.Unlock()
+	return selectData(l), nil
+}
+
+// selectData answers SELECT for l; the caller holds l.mu.
+func selectData(l *live) *imap.SelectData {
 	flags := []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft}
 	return &imap.SelectData{
 		Flags:          flags,
@@ -150,7 +220,7 @@ func (c *imapSession) Select(name string, options *imap.SelectOptions) (*imap.Se
 		NumMessages:    uint32(len(l.uids)),
 		UIDNext:        l.uidNext,
 		UIDValidity:    l.uidValidity,
-	}, nil
+	}
 }
 
 func (c *imapSession) Unselect() error {

@@ -37,6 +37,11 @@ type Config struct {
 
 	// MaxMessageSize in bytes, for submission, inbound and APPEND.
 	MaxMessageSize int64 `toml:"max_message_size"`
+	// IMAPHibernateAfter is how long an IMAP client idles (in IDLE) before
+	// its connection hibernates (mailbox/imapext/hibernate.go): 0 means 10
+	// seconds, negative never. Not in the config file; tests and benchmarks
+	// set it.
+	IMAPHibernateAfter time.Duration `toml:"-"`
 	// MaxRecipients per message; announced to clients via METADATA.
 	MaxRecipients int `toml:"max_recipients"`
 	// Per-sender rate: messages per minute and burst.

@@ -201,7 +201,18 @@ func (s *Server) buildIMAP() {
 		imapext.UserSetter(conn).SetUser(acc.Addr)
 	}
 	newSession := func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+		if kept := mailbox.ResumeIMAPSession(c); kept != nil {
+			// Back from hibernation: authenticated, the greeting hidden.
+			return kept, &imapserver.GreetingData{PreAuth: true}, nil
+		}
 		return s.store.NewIMAPSession(c, opts), nil, nil
+	}
+	hibernate := s.cfg.IMAPHibernateAfter
+	switch {
+	case hibernate == 0:
+		hibernate = 10 * time.Second
+	case hibernate < 0:
+		hibernate = 0
 	}
 	// The imapext layer in front enforces TLS before authentication, so
 	// imapserver itself may allow it on the in-memory connection.
@@ -218,6 +229,8 @@ func (s *Server) buildIMAP() {
 			// so IDLE costs no goroutine of imapserver's.
 			IdleNotify: true,
 			OnIdle:     func() func() { return s.metrics.Idle() },
+			// An idle connection lets imapserver's go, keeping its session.
+			HibernateAfter: hibernate,
 		}
 		if !implicit {
 			o.TLSConfig = s.certs.TLSConfig()

@@ -43,7 +43,10 @@ func (c *Conn) Notify() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
-	case !l.idle.on || l.closed || l.ended:
+	case l.closed || l.ended:
+	case l.hib != hibNone:
+		l.wakeUp() // hibernate.go
+	case !l.idle.on:
 	case l.idle.inFlight:
 		l.idle.again = true
 	default:
@@ -87,6 +90,7 @@ func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
 	l.mu.Lock()
 	l.idle.on = true
 	l.injectNoop()
+	l.armHibernate(l.compressed)
 	l.mu.Unlock()
 
 	l.rtimeout = idleTimeout
@@ -94,6 +98,8 @@ func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
 	line, _, err := l.cr.readFragment()
 	l.mu.Lock()
 	l.idle.on, l.idle.again = false, false
+	l.disarmHibernate()
+	l.wakeUp() // waitIdle waits for the resume
 	l.mu.Unlock()
 	if err != nil {
 		return err

@@ -135,6 +135,11 @@ type Options struct {
 	// OnIdle, if set, is called when the layer starts an IDLE; it returns
 	// the function called when the IDLE ends (metrics).
 	OnIdle func() (done func())
+	// HibernateAfter, if positive, lets a connection in IDLE (answered by
+	// the layer, see IdleNotify) hand imapserver's connection back once it
+	// has been idle that long, keeping its session; see hibernate.go. The
+	// sessions of Server must support it (KeptSession, Conn.Keep, Kept).
+	HibernateAfter time.Duration
 
 	start    sync.Once
 	listener *listener
@@ -163,7 +168,8 @@ func (o *Options) startServer() *listener {
 // Conn is the connection imapserver sees (imapserver.Conn.NetConn returns
 // it): an in-memory connection whose peer is the layer.
 type Conn struct {
-	l *layer
+	l   *layer
+	gen uint64 // the layer's gen when it was handed out; see hibernate.go
 }
 
 // RemoteAddr returns the client's address.
@@ -194,10 +200,12 @@ func (c *Conn) Read(p []byte) (int, error) {
 	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for len(l.in) == 0 && len(l.inject) == 0 && !l.closed && !l.ended {
+	for c.current() && len(l.in) == 0 && len(l.inject) == 0 && !l.closed && !l.ended {
 		l.cond.Wait()
 	}
 	switch {
+	case !c.current():
+		return 0, io.EOF // imapserver lets go of it: hibernation
 	case len(l.inject) > 0:
 		n := copy(p, l.inject)
 		l.inject = l.inject[n:]
@@ -221,6 +229,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 // respEnd).
 func (c *Conn) Write(p []byte) (int, error) {
 	l := c.l
+	if c.stale() {
+		return 0, net.ErrClosed
+	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	if l.werr != nil {
@@ -244,6 +255,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 // it wrote is flushed and the client connection is closed.
 func (c *Conn) Close() error {
 	l := c.l
+	if c.detached() {
+		return nil
+	}
 	l.wmu.Lock()
 	if l.werr == nil {
 		l.flush()
@@ -365,9 +379,9 @@ func (l *layer) respStart(kind respKind) bool {
 		l.swallow = false
 		return hide
 	case respTagged:
-		return len(l.pending) > 0 && l.pending[0].internal
+		return l.replay || len(l.pending) > 0 && l.pending[0].internal
 	}
-	return false
+	return l.replay
 }
 
 func (l *layer) firstLine(b []byte) {
@@ -406,11 +420,17 @@ func (l *layer) respEnd(kind respKind, tagOK bool) {
 			if tagOK && p.name == "UNAUTHENTICATE" {
 				l.user = "" // RFC 8437
 			}
+			if tagOK && p.name == "ENABLE" {
+				l.enabled = true // not replayed on resume: no hibernation
+			}
 			l.pending = l.pending[1:]
 			if len(l.pending) == 0 {
 				l.pending = nil
 			}
-			if p.internal {
+			switch {
+			case p.resume:
+				l.resumed(tagOK)
+			case p.internal:
 				l.internalDone()
 			}
 		}
@@ -536,6 +556,8 @@ type layer struct {
 	in      []byte // command bytes imapserver is to read (send)
 	inject  []byte // an internal command imapserver is to read first
 	idle    idleState
+	enabled bool // the client ENABLEd something
+	hibState
 }
 
 // pendingCmd is a passthrough command awaiting its tagged response;
@@ -544,6 +566,7 @@ type layer struct {
 type pendingCmd struct {
 	tag, name string
 	internal  bool
+	resume    bool // the last command of a resume's replay (hibernate.go)
 }
 
 var errClosed = errors.New("imapext: connection closed")
@@ -582,7 +605,7 @@ func Serve(conn net.Conn, opts *Options) error {
 	l.cr.br = bufio.NewReaderSize(&l.src, bufSize)
 	l.dst = timedWriter{conn}
 
-	if err := opts.startServer().hand(&Conn{l: l}); err != nil {
+	if err := opts.startServer().hand(&Conn{l: l, gen: l.gen}); err != nil {
 		return err
 	}
 
@@ -601,8 +624,13 @@ func Serve(conn net.Conn, opts *Options) error {
 	l.mu.Lock()
 	l.ended = true // imapserver reads EOF and ends the session
 	l.cond.Broadcast()
+	kept := l.dropKept()
 	l.mu.Unlock()
 	l.closeClient()
+	if kept != nil {
+		// Hibernated: imapserver is not there to close the session.
+		kept.Close()
+	}
 
 	switch {
 	case ended:
@@ -692,7 +720,7 @@ func (l *layer) authAllowed() bool {
 func (l *layer) waitIdle() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for (!l.greeted || len(l.pending) > 0) && !l.closed {
+	for (!l.greeted || len(l.pending) > 0 || l.hib != hibNone) && !l.closed {
 		l.cond.Wait()
 	}
 	if l.closed {
