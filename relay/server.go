@@ -351,7 +351,7 @@ func (s *Server) Start() error {
 	s.bgDone.Add(1)
 	go func() { defer s.bgDone.Done(); s.expireLoop(ctx) }()
 	s.bgDone.Add(1)
-	go func() { defer s.bgDone.Done(); memtrim.Run(ctx, 10*time.Second) }()
+	go func() { defer s.bgDone.Done(); memtrim.Run(ctx, 5*time.Second) }()
 	return nil
 }
 
