@@ -85,6 +85,23 @@ func TestDeltaChat(t *testing.T) {
 			}
 			roundTrips(ctx, t, dc, alice, aliceToBob, bob, bobToAlice, 5)
 		}},
+		{"round trip after hibernation", func(t *testing.T) {
+			needs(t, alice, bob)
+			if aliceToBob == 0 {
+				t.Skip("needs the chat from the vcard step")
+			}
+			// Both clients idle long enough for the relay to park their
+			// IDLE connections (10 s by default); a message must still
+			// reach each at once.
+			deadline := time.Now().Add(60 * time.Second)
+			for r.metric(t, "chatrelay_imap_hibernated_connections") < 2 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%v IMAP connections hibernated after 60 s, want at least 2", r.metric(t, "chatrelay_imap_hibernated_connections"))
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			roundTrips(ctx, t, dc, alice, aliceToBob, bob, bobToAlice, 1)
+		}},
 		{"account from /new", func(t *testing.T) {
 			needs(t, alice)
 			email, password := newAccount(ctx, t, r)

@@ -154,7 +154,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("invites: %w", err)
 	}
 	s.SetInviteChecker(s.invites)
-	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version})
+	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: imapext.Hibernated})
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{

@@ -38,8 +38,9 @@ import (
 //   - If the client goes away while hibernated, the layer closes the kept
 //     session itself.
 //
-// Not hibernated: COMPRESS connections (the decompressor holds the read
-// buffer) and clients that ENABLEd something (not replayed).
+// Not hibernated: clients that ENABLEd something (not replayed). COMPRESS
+// connections hibernate too, but keep their decompressor and its 32 KiB
+// window (the client's stream may refer back that far).
 
 // KeptSession is a session that outlives its imapserver connection while
 // the layer hibernates (see Conn.Keep).
@@ -181,10 +182,12 @@ var hibernated atomic.Int64
 func Hibernated() int64 { return hibernated.Load() }
 
 // armHibernate starts the timer of hibernation, if the connection may
-// hibernate; the caller holds mu.
-func (l *layer) armHibernate(compressed bool) {
+// hibernate; the caller holds mu. COMPRESS does not matter: hibernation
+// concerns imapserver's side, and what a resume replays is never written
+// to the client, so the compressors never see it.
+func (l *layer) armHibernate() {
 	d := l.opts.HibernateAfter
-	if d <= 0 || compressed || l.enabled || l.timer != nil {
+	if d <= 0 || l.enabled || l.timer != nil {
 		return
 	}
 	l.timer = time.AfterFunc(d, l.hibernate)
@@ -271,7 +274,7 @@ func (l *layer) resumed(ok bool) {
 		} else {
 			l.injectNoop()
 		}
-		l.armHibernate(false)
+		l.armHibernate()
 	}
 }
 

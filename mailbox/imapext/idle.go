@@ -90,7 +90,7 @@ func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
 	l.mu.Lock()
 	l.idle.on = true
 	l.injectNoop()
-	l.armHibernate(l.compressed)
+	l.armHibernate()
 	l.mu.Unlock()
 
 	l.rtimeout = idleTimeout

@@ -30,6 +30,9 @@ type Options struct {
 	Now func() time.Time
 	// Version is exported as chatrelay_build_info{version}.
 	Version string
+	// Hibernated returns how many IMAP connections idle with their
+	// imapserver connection let go (mailbox/imapext/hibernate.go).
+	Hibernated func() int64
 }
 
 // Metrics is the relay's metric set, in its own registry (not the global
@@ -97,6 +100,11 @@ func New(opts Options) *Metrics {
 			}
 			return float64(n)
 		}))
+	}
+	if opts.Hibernated != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "chatrelay_imap_hibernated_connections", Help: "IMAP connections in IDLE whose protocol state is parked until the client or a mailbox change wakes them.",
+		}, func() float64 { return float64(opts.Hibernated()) }))
 	}
 	if opts.Queue != nil {
 		// One read of the queue serves both gauges of a scrape.
