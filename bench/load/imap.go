@@ -8,6 +8,7 @@ package load
 
 import (
 	"bufio"
+	"compress/flate"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -31,6 +32,41 @@ type IMAPConn struct {
 	tag    int
 	exists int
 	idling string // tag of the running IDLE
+	// deflate: COMPRESS=DEFLATE is on; what is written goes as stored
+	// DEFLATE blocks (no compressor state to hold per connection).
+	deflate bool
+}
+
+// write sends p, as one stored DEFLATE block once COMPRESS is on.
+func (c *IMAPConn) write(p []byte) (int, error) {
+	if !c.deflate {
+		return c.conn.Write(p)
+	}
+	if len(p) > 0xffff {
+		return 0, errors.New("command too long for one stored block")
+	}
+	// BFINAL 0, BTYPE 00, padded to the byte; then LEN and NLEN. An
+	// empty stored block after it is the sync flush (RFC 4978 section 4):
+	// inflaters hand out a block's data once the next block starts.
+	blk := make([]byte, 0, 10+len(p))
+	blk = append(blk, 0, byte(len(p)), byte(len(p)>>8), ^byte(len(p)), ^byte(len(p)>>8))
+	blk = append(blk, p...)
+	blk = append(blk, 0, 0, 0, 0xff, 0xff)
+	if _, err := c.conn.Write(blk); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Compress turns on COMPRESS=DEFLATE (RFC 4978), as Delta Chat does after
+// login.
+func (c *IMAPConn) Compress(ctx context.Context) error {
+	if err := c.Cmd(ctx, "COMPRESS DEFLATE"); err != nil {
+		return err
+	}
+	c.deflate = true
+	c.r = bufio.NewReaderSize(flate.NewReader(c.r), 1024)
+	return nil
 }
 
 // DialIMAP connects with implicit TLS from local (nil: any loopback source)
@@ -125,7 +161,7 @@ func (c *IMAPConn) Cmd(ctx context.Context, cmd string) error {
 	c.tag++
 	tag := "a" + strconv.Itoa(c.tag)
 	c.deadline(ctx, 60*time.Second)
-	if _, err := c.conn.Write([]byte(tag + " " + cmd + "\r\n")); err != nil {
+	if _, err := c.write([]byte(tag + " " + cmd + "\r\n")); err != nil {
 		return err
 	}
 	for range 100000 {
@@ -164,7 +200,7 @@ func (c *IMAPConn) Idle(ctx context.Context) error {
 	c.tag++
 	tag := "a" + strconv.Itoa(c.tag)
 	c.deadline(ctx, 60*time.Second)
-	if _, err := c.conn.Write([]byte(tag + " IDLE\r\n")); err != nil {
+	if _, err := c.write([]byte(tag + " IDLE\r\n")); err != nil {
 		return err
 	}
 	for range 1000 {
@@ -210,7 +246,7 @@ func (c *IMAPConn) Done(ctx context.Context) error {
 	tag := c.idling
 	c.idling = ""
 	c.deadline(ctx, 30*time.Second)
-	if _, err := c.conn.Write([]byte("DONE\r\n")); err != nil {
+	if _, err := c.write([]byte("DONE\r\n")); err != nil {
 		return err
 	}
 	for range 100000 {

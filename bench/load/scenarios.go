@@ -282,6 +282,8 @@ type OpenOptions struct {
 	Parallel int
 	// Idle: also SELECT INBOX and IDLE, and keep the connection.
 	Idle bool
+	// Compress: turn on COMPRESS=DEFLATE after login, as Delta Chat does.
+	Compress bool
 	// SourceIPs spreads connections over these loopback source addresses
 	// (PerSource each) so that ephemeral ports do not run out.
 	PerSource int
@@ -371,6 +373,12 @@ func (s *Idlers) Open(ctx context.Context, t Target, o OpenOptions) StormResult 
 				if !o.Idle {
 					c.Close()
 					return nil
+				}
+				if o.Compress {
+					if err := c.Compress(ctx); err != nil {
+						c.Close()
+						return err
+					}
 				}
 				if err := c.Select(ctx); err != nil {
 					c.Close()

@@ -72,6 +72,9 @@ type Result struct {
 	P2 *PingResult         `json:"p2_deltachat_ping,omitempty"`
 	P3 *P3Result           `json:"p3_throughput,omitempty"`
 	P4 []P4Result          `json:"p4_idle_memory,omitempty"`
+	// P4Compress is P4's first size with COMPRESS=DEFLATE on, as Delta
+	// Chat has it (chatrelay only: the peers, as configured, offer none).
+	P4Compress *P4Result `json:"p4_idle_memory_compress,omitempty"`
 	// P4Max is the most idle connections held (bounded search).
 	P4Max *SearchResult `json:"p4_max_idle,omitempty"`
 	P5    *P5Result     `json:"p5_login_storm,omitempty"`
@@ -353,7 +356,15 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 			return
 		}
 		time.Sleep(2 * time.Second)
-		r.P4 = append(r.P4, idleMemory(ctx, p, s, p.P4Small, p.P4Small, 100, logf))
+		r.P4 = append(r.P4, idleMemory(ctx, p, s, p.P4Small, p.P4Small, 100, false, logf))
+		if s.Name() == "chatrelay" {
+			if _, ok := restart(); !ok {
+				return
+			}
+			time.Sleep(2 * time.Second)
+			c := idleMemory(ctx, p, s, p.P4Small, p.P4Small, 100, true, logf)
+			r.P4Compress = &c
+		}
 	}
 	if !p.does("P4") && !p.does("P5") {
 		return
@@ -406,17 +417,21 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 
 // idleMemory opens n IDLE connections (accounts 0..accounts-1) on a fresh
 // server and reports the server's memory per connection.
-func idleMemory(ctx context.Context, p plan, s server, n, accounts, par int, logf func(string, ...any)) P4Result {
+func idleMemory(ctx context.Context, p plan, s server, n, accounts, par int, compress bool, logf func(string, ...any)) P4Result {
 	base, _ := s.Group().pss()
 	var idlers load.Idlers
 	defer idlers.Close()
-	res := idlers.Open(ctx, s.Target(), load.OpenOptions{Count: n, Accounts: accounts, Parallel: par, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
+	res := idlers.Open(ctx, s.Target(), load.OpenOptions{Count: n, Accounts: accounts, Parallel: par, Idle: true, Compress: compress, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
 	loaded, procs := settledPSS(ctx, s)
 	r := P4Result{Connections: idlers.Len(), Wanted: n, BaselineKiB: base, LoadedKiB: loaded, Processes: procs, OpenSeconds: res.IdleSeconds, FirstErr: res.FirstErr}
 	if r.Connections > 0 {
 		r.KiBPerConn = float64(loaded-base) / float64(r.Connections)
 	}
-	logf("P4: %d idle: %.1f KiB each (PSS %d -> %d KiB, %d processes) %s", r.Connections, r.KiBPerConn, base, loaded, procs, res.FirstErr)
+	what := ""
+	if compress {
+		what = " with COMPRESS"
+	}
+	logf("P4: %d idle%s: %.1f KiB each (PSS %d -> %d KiB, %d processes) %s", r.Connections, what, r.KiBPerConn, base, loaded, procs, res.FirstErr)
 	return r
 }
 

@@ -37,6 +37,9 @@ var metrics = []metric{
 	}},
 	{"p4_kib_per_conn_small", "P4 memory per idle IMAP connection, first size (KiB)", false, func(r *Result) (float64, bool) { return p4At(r, 0) }},
 	{"p4_kib_per_conn_large", "P4 memory per idle IMAP connection, second size (KiB)", false, func(r *Result) (float64, bool) { return p4At(r, 1) }},
+	{"p4_compress_kib", "P4 the same, first size, with COMPRESS=DEFLATE as Delta Chat (KiB)", false, func(r *Result) (float64, bool) {
+		return val(r.P4Compress != nil && r.P4Compress.Connections > 0, func() float64 { return r.P4Compress.KiBPerConn })
+	}},
 	{"p4_max_idle", "P4 most idle connections held (bounded search)", true, func(r *Result) (float64, bool) {
 		return val(r.P4Max != nil, func() float64 { return float64(r.P4Max.Held) })
 	}},
