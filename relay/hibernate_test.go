@@ -113,12 +113,7 @@ func TestIMAPHibernation(t *testing.T) {
 	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	if err := other.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Expunge().Close(); err != nil {
-		t.Fatal(err)
-	}
+	expungeSeq(t, other, 1)
 	other.Close()
 	expect(expunged, 1, "EXPUNGE")
 	waitHibernated(t, 1)

@@ -449,16 +449,7 @@ func TestIdleSeesOtherSessionAndGoesOn(t *testing.T) {
 			}
 		},
 	}})
-	if err := c.Login(alice, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	idle, err := c.Idle()
-	if err != nil {
-		t.Fatal(err)
-	}
+	idle := selectIdle(t, c, alice)
 	other := login(t, r, alice)
 	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
@@ -474,12 +465,7 @@ func TestIdleSeesOtherSessionAndGoesOn(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("IDLE session not told of the flag change")
 	}
-	if err := other.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Expunge().Close(); err != nil {
-		t.Fatal(err)
-	}
+	expungeSeq(t, other, 1)
 	select {
 	case seq := <-expunged:
 		if seq != 1 {
@@ -512,16 +498,7 @@ func TestExpiryIsSeenByIMAPSessions(t *testing.T) {
 	c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
 		Expunge: func(seq uint32) { expunged <- seq },
 	}})
-	if err := c.Login(alice, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	idle, err := c.Idle()
-	if err != nil {
-		t.Fatal(err)
-	}
+	idle := selectIdle(t, c, alice)
 	defer idle.Close()
 	r.Clock.Advance(21 * 24 * time.Hour)
 	// Advancing 21 days makes the login stale by less than the 90-day
@@ -687,5 +664,32 @@ func TestDeliveryPastQuotaMarkTrims(t *testing.T) {
 			t.Fatalf("still %d bytes used after passing 75 %%", used)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// selectIdle logs c in as user, selects INBOX and starts IDLE.
+func selectIdle(t *testing.T, c *imapclient.Client, user string) *imapclient.IdleCommand {
+	t.Helper()
+	if err := c.Login(user, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := c.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idle
+}
+
+// expungeSeq removes message seq of the selected mailbox through c.
+func expungeSeq(t *testing.T, c *imapclient.Client, seq uint32) {
+	t.Helper()
+	if err := c.Store(imap.SeqSetNum(seq), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Expunge().Close(); err != nil {
+		t.Fatal(err)
 	}
 }
