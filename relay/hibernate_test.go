@@ -164,3 +164,72 @@ func TestIMAPHibernation(t *testing.T) {
 		t.Fatal("closed connection woke up")
 	}
 }
+
+// Deliveries that land while connections detach or resume: with a
+// hibernation delay of a millisecond, several IDLE clients get messages
+// at random moments, and every client sees every one (its last EXISTS is
+// the total), then DONE and FETCH agree.
+func TestIMAPHibernationRaces(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) {
+		c.IMAPHibernateAfter = time.Millisecond
+		c.SendRatePerMinute, c.SendRateBurst = 1e6, 1e6
+	})
+	const sender = "senderabc@localhost"
+	rcpts := []string{"rcptaaaaa@localhost", "rcptbbbbb@localhost", "rcptccccc@localhost"}
+	login(t, r, sender).Close()
+	type watcher struct {
+		c      *imapclient.Client
+		idle   *imapclient.IdleCommand
+		exists chan uint32
+	}
+	var ws []watcher
+	for _, u := range rcpts {
+		login(t, r, u).Close()
+		exists := make(chan uint32, 64)
+		c := dialIMAP(t, r, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+			Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+				if d.NumMessages != nil {
+					exists <- *d.NumMessages
+				}
+			},
+		}})
+		ws = append(ws, watcher{c, selectIdle(t, c, u), exists})
+	}
+	waitHibernated(t, int64(len(ws)))
+	const n = 30
+	for i := range n {
+		// 0 to 3 ms apart: some land mid-detach or mid-resume.
+		time.Sleep(time.Duration(i%4) * time.Millisecond)
+		if err := submit(t, r, sender, password, sender, rcpts, testmsg.Encrypted(sender, rcpts[0], i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, w := range ws {
+		deadline := time.After(10 * time.Second)
+		for last := uint32(0); last != n; {
+			select {
+			case last = <-w.exists:
+				if last > n {
+					t.Fatalf("client %d: EXISTS %d, only %d sent", i, last, n)
+				}
+			case <-deadline:
+				t.Fatalf("client %d: last EXISTS %d, want %d", i, last, n)
+			}
+		}
+		if err := w.idle.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.idle.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		msgs, err := w.c.Fetch(imap.SeqSet{imap.SeqRange{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true}).Collect()
+		if err != nil || len(msgs) != n {
+			t.Fatalf("client %d: FETCH 1:* gave %d messages (%v), want %d", i, len(msgs), err, n)
+		}
+		for j, m := range msgs {
+			if m.SeqNum != uint32(j+1) || m.UID != imap.UID(j+1) {
+				t.Fatalf("client %d: message %d has seq %d uid %d", i, j+1, m.SeqNum, m.UID)
+			}
+		}
+	}
+}
