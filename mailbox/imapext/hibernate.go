@@ -68,8 +68,6 @@ type hibState struct {
 	wake   bool        // resume as soon as the detach completes
 	replay bool        // hide every response of imapserver's (resume)
 	timer  *time.Timer // runs hibernate while in IDLE
-	// Hibernations counts hibernations, for tests.
-	hibernations int
 }
 
 // current reports whether c is the Conn imapserver is to use; the caller
@@ -104,7 +102,6 @@ func (c *Conn) detached() bool {
 	}
 	l.gen++
 	l.hib = hibSleeping
-	l.hibernations++
 	hibernated.Add(1)
 	if l.wake {
 		l.startResume()
@@ -145,18 +142,6 @@ func Kept(nc net.Conn) KeptSession {
 	s := l.kept
 	l.kept = nil
 	return s
-}
-
-// Hibernations returns how many times the connection behind c hibernated
-// (tests).
-func Hibernations(nc net.Conn) int {
-	c, ok := nc.(*Conn)
-	if !ok {
-		return 0
-	}
-	c.l.mu.Lock()
-	defer c.l.mu.Unlock()
-	return c.l.hibernations
 }
 
 // dropKept takes the kept session when the layer ends; the caller holds
