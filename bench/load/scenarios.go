@@ -88,26 +88,35 @@ type LatencyResult struct {
 	Failures int     `json:"failures"`
 }
 
+// dialIdle connects as user, selects INBOX and starts IDLE.
+func dialIdle(ctx context.Context, t Target, user string) (*IMAPConn, error) {
+	ic, err := DialIMAP(ctx, t.IMAPS, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err = ic.Login(ctx, user, Password); err == nil {
+		if err = ic.Select(ctx); err == nil {
+			err = ic.Idle(ctx)
+		}
+	}
+	if err != nil {
+		ic.Close()
+		return nil, err
+	}
+	return ic, nil
+}
+
 // Latency (P1) sends n messages one at a time from sender to rcpt with a
 // random pause of up to maxGap before each, and times each from the end of
 // DATA to the EXISTS the recipient's IDLE connection reads. Bounded by n
 // and by ctx.
 func Latency(ctx context.Context, t Target, sender, rcpt int, n int, maxGap time.Duration, size int) (LatencyResult, error) {
 	var res LatencyResult
-	ic, err := DialIMAP(ctx, t.IMAPS, nil)
+	ic, err := dialIdle(ctx, t, t.User(rcpt))
 	if err != nil {
 		return res, err
 	}
-	defer ic.Close()
-	if err := ic.Login(ctx, t.User(rcpt), Password); err != nil {
-		return res, err
-	}
-	if err := ic.Select(ctx); err != nil {
-		return res, err
-	}
-	if err := ic.Idle(ctx); err != nil {
-		return res, err
-	}
+	defer func() { ic.Close() }()
 	sub, err := DialSubmit(ctx, t.Submissions, t.User(sender), Password)
 	if err != nil {
 		return res, err
@@ -132,17 +141,7 @@ func Latency(ctx context.Context, t Target, sender, rcpt int, n int, maxGap time
 			}
 			// Start a fresh IDLE and go on.
 			ic.Close()
-			if ic, err = DialIMAP(ctx, t.IMAPS, nil); err != nil {
-				return res, err
-			}
-			defer ic.Close()
-			if err := ic.Login(ctx, t.User(rcpt), Password); err != nil {
-				return res, err
-			}
-			if err := ic.Select(ctx); err != nil {
-				return res, err
-			}
-			if err := ic.Idle(ctx); err != nil {
+			if ic, err = dialIdle(ctx, t, t.User(rcpt)); err != nil {
 				return res, err
 			}
 			continue
