@@ -117,11 +117,7 @@ func (o *Options) defaults() error {
 		o.Out = io.Discard
 	}
 	if o.Runner == nil {
-		if o.Root != "" {
-			o.Runner = &Recorder{}
-		} else {
-			o.Runner = ExecRunner{}
-		}
+		o.Runner = defaultRunner(o.Root)
 	}
 	if o.Binary == "" {
 		exe, err := os.Executable()
@@ -489,4 +485,13 @@ func DCLoginURL(ip string) string {
 	q.Set("ss", "ssl")
 	q.Set("ic", "3")
 	return "dclogin:" + addr + "?" + q.Encode()
+}
+
+// defaultRunner records the host commands when installing into a root
+// (an image), and runs them on the real host.
+func defaultRunner(root string) Runner {
+	if root != "" {
+		return &Recorder{}
+	}
+	return ExecRunner{}
 }

@@ -26,11 +26,7 @@ func Uninstall(ctx context.Context, o UninstallOptions) (*Plan, []Command, error
 		o.Out = io.Discard
 	}
 	if o.Runner == nil {
-		if o.Root != "" {
-			o.Runner = &Recorder{}
-		} else {
-			o.Runner = ExecRunner{}
-		}
+		o.Runner = defaultRunner(o.Root)
 	}
 	if o.Root == "" && os.Geteuid() != 0 {
 		return nil, nil, errors.New("not running as root; run: sudo chatrelay uninstall")
