@@ -30,7 +30,6 @@ package imapext
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -492,7 +491,11 @@ func (l *layer) park() {
 	}
 	readers.Put(l.cr.br)
 	l.cr.br = nil
-	l.src.n, l.src.err = io.ReadAtLeast(l.src.r, l.src.b[:], 1)
+	if tr, ok := l.src.r.(timedReader); ok {
+		l.src.n, l.src.err = tr.readParked(l.src.b[:])
+	} else {
+		l.src.n, l.src.err = io.ReadAtLeast(l.src.r, l.src.b[:], 1)
+	}
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(&l.src)
 	l.cr.br = br
@@ -575,7 +578,12 @@ var errClosed = errors.New("imapext: connection closed")
 // when Serve returns. A client that disconnects or logs out is not an error.
 func Serve(conn net.Conn, opts *Options) error {
 	defer conn.Close()
-	_, isTLS := conn.(*tls.Conn)
+	tc, isTLS := conn.(*tls.Conn)
+	if isTLS && !tc.ConnectionState().HandshakeComplete {
+		if err := handshake(tc); err != nil {
+			return fmt.Errorf("imapext: TLS handshake: %w", err)
+		}
+	}
 	l := &layer{
 		opts:     opts,
 		log:      opts.Logger,
@@ -964,9 +972,7 @@ func (l *layer) startTLS(tag string, a *args) error {
 	raw := l.raw
 	l.wmu.Unlock()
 	tc := tls.Server(raw, l.opts.TLSConfig)
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
+	if err := handshake(tc); err != nil {
 		return fmt.Errorf("imapext: STARTTLS handshake: %w", err)
 	}
 	l.wmu.Lock()

@@ -922,3 +922,56 @@ func TestLogoutEndsServe(t *testing.T) {
 		t.Fatal("connection not closed after LOGOUT")
 	}
 }
+
+// corkedConn holds what is written while corked, until flush, so that
+// several TLS records reach the server in one segment.
+type corkedConn struct {
+	net.Conn
+	corked bool
+	buf    []byte
+}
+
+func (c *corkedConn) Write(p []byte) (int, error) {
+	if !c.corked {
+		return c.Conn.Write(p)
+	}
+	c.buf = append(c.buf, p...)
+	return len(p), nil
+}
+
+func (c *corkedConn) flush() error {
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	return err
+}
+
+// TestParkedReadSeesRecordsTLSHolds: two commands in two TLS records that
+// arrive together. crypto/tls reads both from the socket while the layer
+// asks for the first; a connection that then parks on the socket alone
+// would wait for the second forever.
+func TestParkedReadSeesRecordsTLSHolds(t *testing.T) {
+	cert := testCert(t)
+	env := newTestEnv(t, func(o *Options) {
+		o.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	})
+	r := env.raw(t)
+	r.send("t1 STARTTLS\r\n")
+	r.expect("t1 OK")
+	cork := &corkedConn{Conn: r.c}
+	tc := tls.Client(cork, &tls.Config{InsecureSkipVerify: true})
+	r.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	r.br, r.w = bufio.NewReader(tc), tc
+	cork.corked = true
+	for i := range 3 {
+		io.WriteString(tc, fmt.Sprintf("a%d NOOP\r\n", i))
+		io.WriteString(tc, fmt.Sprintf("b%d NOOP\r\n", i))
+		if err := cork.flush(); err != nil {
+			t.Fatal(err)
+		}
+		r.expect(fmt.Sprintf("a%d OK", i))
+		r.expect(fmt.Sprintf("b%d OK", i))
+	}
+}
