@@ -279,12 +279,30 @@ type limitedConn struct {
 	once    sync.Once
 	release func()
 	maxWait *atomic.Int64
+	closed  atomic.Bool
+	onClose atomic.Pointer[func()]
 }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
+	c.closed.Store(true)
+	if f := c.onClose.Swap(nil); f != nil {
+		(*f)()
+	}
 	return err
+}
+
+// OnClose has f called once c is closed (imapext.ClosingConn: a hibernated
+// IMAP connection waits without a goroutine, and must learn of a close
+// from here).
+func (c *limitedConn) OnClose(f func()) {
+	c.onClose.Store(&f)
+	if c.closed.Load() {
+		if f := c.onClose.Swap(nil); f != nil {
+			(*f)()
+		}
+	}
 }
 
 // SyscallConn reaches the socket beneath (the IMAP layer waits on it while
@@ -296,6 +314,10 @@ func (c *limitedConn) SyscallConn() (syscall.RawConn, error) {
 	}
 	return sc.SyscallConn()
 }
+
+// ClampDeadline returns the deadline c sets for t (imapext: a connection
+// waiting without a goroutine keeps the time itself).
+func (c *limitedConn) ClampDeadline(t time.Time) time.Time { return c.clamp(t) }
 
 func (c *limitedConn) clamp(t time.Time) time.Time {
 	if d := time.Duration(c.maxWait.Load()); d > 0 {

@@ -265,14 +265,17 @@ func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
 				continue
 			}
 			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer s.conns.remove(conn)
-				defer s.metrics.IMAPConn()()
-				if err := imapext.Serve(conn, opts); err != nil && !isClosed(err) {
+			ended := s.metrics.IMAPConn()
+			// A hibernated connection holds no goroutine (imapext away.go):
+			// what ends it runs in done.
+			go imapext.ServeAsync(conn, opts, func(err error) {
+				if err != nil && !isClosed(err) {
 					s.log.Debug("imap connection ended", "err", err)
 				}
-			}()
+				ended()
+				s.conns.remove(conn)
+				s.wg.Done()
+			})
 		}
 	}
 }

@@ -363,8 +363,8 @@ func (r *commandReader) readOwn(line []byte, lit literal, max int, check func(si
 type dispatcher interface {
 	passer
 	// waiting is called before waiting for a command, reading after its
-	// first line arrived.
-	waiting()
+	// first line arrived. An error from waiting ends serveCommands with it.
+	waiting() error
 	reading()
 	// isOwn reports whether the layer answers the command itself.
 	isOwn(name string) bool
@@ -378,7 +378,9 @@ type dispatcher interface {
 // connection, and hands each to the layer or to imapserver.
 func serveCommands(r *commandReader, d dispatcher) error {
 	for {
-		d.waiting()
+		if err := d.waiting(); err != nil {
+			return err
+		}
 		line, lit, err := r.readFragment()
 		if err != nil {
 			return err

@@ -113,9 +113,10 @@ func (d *fuzzDispatcher) keepBack(tag, name string) {
 	d.out = append(d.out, d.in[d.cmdStart:d.consumed()]...)
 }
 
-func (d *fuzzDispatcher) waiting() {
+func (d *fuzzDispatcher) waiting() error {
 	d.accountSkipped()
 	d.cmdStart = d.consumed()
+	return nil
 }
 func (d *fuzzDispatcher) reading()                {}
 func (d *fuzzDispatcher) continuationLine(string) {}

@@ -105,6 +105,8 @@ func (c *Conn) detached() bool {
 	hibernated.Add(1)
 	if l.wake {
 		l.startResume()
+	} else {
+		l.sendAway() // away.go
 	}
 	l.cond.Broadcast()
 	return true

@@ -85,7 +85,7 @@ func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
 		return err
 	}
 	if l.opts.OnIdle != nil {
-		defer l.opts.OnIdle()()
+		l.idleEnd = l.opts.OnIdle()
 	}
 	l.mu.Lock()
 	l.idle.on = true
@@ -93,9 +93,22 @@ func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
 	l.armHibernate()
 	l.mu.Unlock()
 
+	// The wait for DONE is the layer's wait for the next command (waiting),
+	// which may go away (away.go); then idleDone.
+	l.idleTag = tag
 	l.rtimeout = idleTimeout
-	l.park()
-	line, _, err := l.cr.readFragment()
+	return nil
+}
+
+// idleDone ends the IDLE of l.idleTag: line is what came instead of the
+// next command, err the error reading it.
+func (l *layer) idleDone(line []byte, err error) error {
+	tag := l.idleTag
+	l.idleTag = ""
+	if l.idleEnd != nil {
+		defer l.idleEnd()
+		l.idleEnd = nil
+	}
 	l.mu.Lock()
 	l.idle.on, l.idle.again = false, false
 	l.disarmHibernate()

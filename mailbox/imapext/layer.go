@@ -484,18 +484,28 @@ func (p *primedReader) Read(b []byte) (int, error) {
 
 // park waits for the client's next byte without holding a read buffer, when
 // nothing is buffered (and COMPRESS, whose decompressor reads from the
-// first buffer, is off). An error is returned by the next read.
-func (l *layer) park() {
-	if l.compressed || l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
-		return
+// first buffer, is off). An error is returned by the next read. It returns
+// errAway when the connection goes away (away.go) instead; it comes back
+// with no read buffer, and parks again.
+func (l *layer) park() error {
+	if l.cr.br != nil {
+		if l.compressed || l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
+			return nil
+		}
+		readers.Put(l.cr.br)
+		l.cr.br = nil
 	}
-	readers.Put(l.cr.br)
-	l.cr.br = nil
-	if tr, ok := l.src.r.(timedReader); ok {
-		l.src.n, l.src.err = tr.readParked(l.src.b[:])
-	} else {
-		l.src.n, l.src.err = io.ReadAtLeast(l.src.r, l.src.b[:], 1)
+	n, err := l.readParked(l.src.b[:])
+	if err == errAway {
+		return err
 	}
+	l.unparked(n, err)
+	return nil
+}
+
+// unparked takes what the wait of park read, and a read buffer.
+func (l *layer) unparked(n int, err error) {
+	l.src.n, l.src.err = n, err
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(&l.src)
 	l.cr.br = br
@@ -532,6 +542,13 @@ type layer struct {
 
 	src        primedReader // the source of cr.br, reader goroutine only
 	compressed bool         // COMPRESS is active; reader goroutine only
+	// IDLE in progress (idle.go): its tag, and what to call when it ends;
+	// reader goroutine only.
+	idleTag string
+	idleEnd func()
+	conn    net.Conn    // as given to Serve, closed when the connection ends
+	done    func(error) // ServeAsync's
+	awayState
 
 	wmu sync.Mutex // guards what follows, the write side of the client
 	raw net.Conn   // the client connection, *tls.Conn after STARTTLS
@@ -577,16 +594,30 @@ var errClosed = errors.New("imapext: connection closed")
 // Serve handles one client connection until it ends. The connection is closed
 // when Serve returns. A client that disconnects or logs out is not an error.
 func Serve(conn net.Conn, opts *Options) error {
-	defer conn.Close()
+	res := make(chan error, 1)
+	ServeAsync(conn, opts, func(err error) { res <- err })
+	return <-res
+}
+
+// ServeAsync handles one client connection as Serve does, in the calling
+// goroutine until the connection ends or goes away (see away.go): a
+// hibernated connection waiting for its client holds no goroutine of the
+// layer's. done is called once, with what Serve would return, when the
+// connection has ended and is closed.
+func ServeAsync(conn net.Conn, opts *Options, done func(error)) {
 	tc, isTLS := conn.(*tls.Conn)
 	if isTLS && !tc.ConnectionState().HandshakeComplete {
 		if err := handshake(tc); err != nil {
-			return fmt.Errorf("imapext: TLS handshake: %w", err)
+			conn.Close()
+			done(fmt.Errorf("imapext: TLS handshake: %w", err))
+			return
 		}
 	}
 	l := &layer{
 		opts:     opts,
 		log:      opts.Logger,
+		conn:     conn,
+		done:     done,
 		remote:   conn.RemoteAddr(),
 		local:    conn.LocalAddr(),
 		raw:      conn,
@@ -609,15 +640,40 @@ func Serve(conn net.Conn, opts *Options) error {
 			l.hasCompress = true
 		}
 	}
+	if cc := closingConnOf(conn); cc != nil && awaySupported {
+		l.canAway = true
+		cc.OnClose(l.closedBeneath)
+	}
 	l.src.r = timedReader{conn, &l.rtimeout}
 	l.cr.br = bufio.NewReaderSize(&l.src, bufSize)
 	l.dst = timedWriter{conn}
 
 	if err := opts.startServer().hand(&Conn{l: l, gen: l.gen}); err != nil {
-		return err
+		conn.Close()
+		done(err)
+		return
 	}
+	l.serve()
+}
 
+// serve reads commands until the connection ends, or until it goes away.
+func (l *layer) serve() {
 	err := serveCommands(&l.cr, l)
+	if err == errAway {
+		l.goAway()
+		return
+	}
+	l.done(l.end(err))
+}
+
+// end takes the connection down after serveCommands returned err and
+// returns what Serve returns.
+func (l *layer) end(err error) error {
+	defer l.conn.Close()
+	if l.idleEnd != nil {
+		l.idleEnd()
+		l.idleEnd = nil
+	}
 	ended := l.serverEnded()
 	if !ended {
 		switch {
@@ -739,13 +795,23 @@ func (l *layer) waitIdle() error {
 
 // The following methods make the layer a dispatcher for serveCommands.
 
-func (l *layer) waiting() {
+func (l *layer) waiting() error {
+	if l.idleTag != "" {
+		// IDLE runs (idle.go): the next line is its DONE.
+		if err := l.park(); err != nil {
+			return err
+		}
+		line, _, err := l.cr.readFragment()
+		if err := l.idleDone(line, err); err != nil {
+			return err
+		}
+	}
 	if l.authenticated() {
 		l.rtimeout = idleTimeout
 	} else {
 		l.rtimeout = preAuthTimeout
 	}
-	l.park()
+	return l.park()
 }
 
 func (l *layer) reading() { l.rtimeout = commandTimeout }

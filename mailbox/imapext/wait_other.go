@@ -4,6 +4,8 @@ package imapext
 
 import "syscall"
 
-// waitReadable returns at once where the socket cannot be peeked at: the
-// read that follows waits instead.
+// canWaitReadable is false where the socket cannot be peeked at: parked
+// connections wait in their read, and do not go away.
+const canWaitReadable = false
+
 func waitReadable(syscall.RawConn) error { return nil }

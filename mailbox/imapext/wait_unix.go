@@ -4,6 +4,8 @@ package imapext
 
 import "syscall"
 
+const canWaitReadable = true
+
 // waitReadable returns once the socket has something to read (or has
 // ended), or the read deadline passed. The socket is only peeked at.
 func waitReadable(rc syscall.RawConn) error {

@@ -1,0 +1,144 @@
+package relay_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/testmsg"
+	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/relaytest"
+)
+
+// rawIMAP is a client that speaks IMAP by hand over TLS.
+type rawIMAP struct {
+	t  *testing.T
+	c  *tls.Conn
+	br *bufio.Reader
+}
+
+func dialRawIMAP(t *testing.T, r *relaytest.Relay) *rawIMAP {
+	t.Helper()
+	c, err := tls.Dial("tcp", r.AddrOf("imaps"), relaytest.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	x := &rawIMAP{t: t, c: c, br: bufio.NewReader(c)}
+	x.expect("* OK")
+	return x
+}
+
+func (x *rawIMAP) send(s string) {
+	x.t.Helper()
+	x.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(x.c, s); err != nil {
+		x.t.Fatal(err)
+	}
+}
+
+// expect reads lines until one starts with prefix.
+func (x *rawIMAP) expect(prefix string) string {
+	x.t.Helper()
+	x.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for range 1000 {
+		l, err := x.br.ReadString('\n')
+		if err != nil {
+			x.t.Fatalf("want %q: %v (got %q)", prefix, err, l)
+		}
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	x.t.Fatalf("want %q: too many lines", prefix)
+	return ""
+}
+
+func (x *rawIMAP) idle(user string) {
+	x.t.Helper()
+	x.send("a LOGIN " + user + " " + password + "\r\n")
+	x.expect("a OK")
+	x.send("b SELECT INBOX\r\n")
+	x.expect("b OK")
+	x.send("c IDLE\r\n")
+	x.expect("+ ")
+}
+
+// layerGoroutines counts goroutines serving IMAP connections: the layer's
+// and imapserver's (the poller's and imapserver's accept loop are not).
+func layerGoroutines() int {
+	buf := make([]byte, 8<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "imapext.(*layer)") || strings.Contains(g, "imapext.(*Conn)") {
+			n++
+		}
+	}
+	return n
+}
+
+// A hibernated connection holds no goroutine: its socket waits in the
+// poller. It comes back for DONE, for deliveries, for its idle timeout,
+// and for a shutdown, which does not wait for it.
+func TestIMAPAwayHoldsNoGoroutine(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.IMAPHibernateAfter = 20 * time.Millisecond })
+	const n = 12
+	var users []string
+	for i := range n {
+		u := fmt.Sprintf("away%05d@localhost", i)
+		login(t, r, u).Close()
+		users = append(users, u)
+	}
+	waitFor(t, "logins to end", func() bool { return layerGoroutines() == 0 })
+	var cs []*rawIMAP
+	for _, u := range users {
+		x := dialRawIMAP(t, r)
+		x.idle(u)
+		cs = append(cs, x)
+	}
+	waitHibernated(t, n)
+	waitFor(t, "connections to go away", func() bool { return layerGoroutines() == 0 })
+
+	// DONE brings one back, and it answers.
+	cs[0].send("DONE\r\n")
+	cs[0].expect("c OK")
+	cs[0].send("d NOOP\r\n")
+	cs[0].expect("d OK")
+
+	// A delivery wakes another (the session, then the socket on DONE).
+	if err := submit(t, r, users[1], password, users[1], []string{users[1]}, testmsg.Encrypted(users[1], users[1], 0)); err != nil {
+		t.Fatal(err)
+	}
+	cs[1].expect("* 1 EXISTS")
+	cs[1].send("DONE\r\n")
+	cs[1].expect("c OK")
+
+	// The idle timeout, kept while away: with every deadline shortened,
+	// one more connection hibernates, goes away and is told BYE.
+	relay.SetMaxWaitForTest(r.Server, 1500*time.Millisecond)
+	late := dialRawIMAP(t, r)
+	late.idle(users[0])
+	late.expect("* BYE")
+	relay.SetMaxWaitForTest(r.Server, 0)
+
+	// Shutdown: every connection still away is closed, promptly.
+	done := make(chan struct{})
+	go func() { r.Stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown waits for connections away")
+	}
+	for _, x := range cs[2:] {
+		x.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(x.br); err != nil {
+			t.Fatalf("after shutdown: %v", err)
+		}
+	}
+}
