@@ -484,17 +484,26 @@ func (p *primedReader) Read(b []byte) (int, error) {
 }
 
 // park waits for the client's next byte without holding a read buffer, when
-// nothing is buffered (and COMPRESS, whose decompressor reads from the
-// first buffer, is off). An error is returned by the next read.
+// nothing is buffered. With COMPRESS the decompressor has to stand at a
+// sync flush, and then goes too, with the buffer of compressed bytes it
+// reads from (see inflate.go). An error is returned by the next read.
 func (l *layer) park() {
-	if l.compressed || l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
+	if l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
+		return
+	}
+	if l.inf != nil && !l.inf.park() {
 		return
 	}
 	readers.Put(l.cr.br)
 	l.cr.br = nil
 	l.src.n, l.src.err = io.ReadAtLeast(l.src.r, l.src.b[:], 1)
+	var r io.Reader = &l.src
+	if l.inf != nil {
+		l.inf.resume(&l.src)
+		r = l.inf
+	}
 	br := readers.Get().(*bufio.Reader)
-	br.Reset(&l.src)
+	br.Reset(r)
 	l.cr.br = br
 }
 
@@ -527,8 +536,8 @@ type layer struct {
 
 	hasMetadata, hasQuota, hasID, hasCompress bool
 
-	src        primedReader // the source of cr.br, reader goroutine only
-	compressed bool         // COMPRESS is active; reader goroutine only
+	src primedReader // the source of cr.br (or of inf), reader goroutine only
+	inf *inflater    // the source of cr.br once COMPRESS is active; ditto
 
 	wmu sync.Mutex // guards what follows, the write side of the client
 	raw net.Conn   // the client connection, *tls.Conn after STARTTLS
