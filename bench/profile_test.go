@@ -136,7 +136,14 @@ func BenchmarkP3Submit(b *testing.B) {
 // BenchmarkP4Idle: 2000 IMAP connections logged in, INBOX selected, in
 // IDLE; reports the process's heap and stacks per connection (client side
 // included: the heap profile tells them apart).
-func BenchmarkP4Idle(b *testing.B) {
+func BenchmarkP4Idle(b *testing.B) { p4Idle(b, "P4", false) }
+
+// BenchmarkP4IdleCompress is P4 with COMPRESS=DEFLATE on every connection,
+// as Delta Chat has it. The load generator's own inflater per connection
+// counts too; the heap profile tells it apart.
+func BenchmarkP4IdleCompress(b *testing.B) { p4Idle(b, "P4compress", true) }
+
+func p4Idle(b *testing.B, name string, compress bool) {
 	const n = 2000
 	r := relaytest.StartConfig(b, benchConfig(b.TempDir()))
 	t := target(r)
@@ -144,11 +151,11 @@ func BenchmarkP4Idle(b *testing.B) {
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
-	stop := profile(b, "P4")
+	stop := profile(b, name)
 	b.ResetTimer()
 	var idlers load.Idlers
 	defer idlers.Close()
-	res := idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 100, Idle: true, Timeout: 5 * time.Minute})
+	res := idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 100, Idle: true, Compress: compress, Timeout: 5 * time.Minute})
 	b.StopTimer()
 	if res.Failed > 0 {
 		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
@@ -158,7 +165,7 @@ func BenchmarkP4Idle(b *testing.B) {
 	time.Sleep(2*hibernateAfter + time.Second)
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	heapProfile(b, "P4")
+	heapProfile(b, name)
 	per := func(a, b uint64) float64 { return float64(int64(a)-int64(b)) / 1024 / n }
 	b.ReportMetric(per(after.HeapInuse, before.HeapInuse), "heap-KiB/conn")
 	b.ReportMetric(per(after.StackInuse, before.StackInuse), "stack-KiB/conn")

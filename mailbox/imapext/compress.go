@@ -75,12 +75,14 @@ func (l *layer) compress(tag string, a *args) error {
 	// Both directions are compressed from the byte after the CRLF of the
 	// tagged OK (RFC 4978 section 3). Bytes the client sent after its
 	// command are already compressed: the decompressor reads them from the
-	// old buffer, which it uses as its byte source.
+	// old buffer, which it uses as its byte source (see inflate.go).
 	l.wmu.Lock()
 	l.dw = &deflateWriter{w: timedWriter{l.raw}}
 	l.dst = l.dw
 	l.wmu.Unlock()
-	l.compressed = true
-	l.cr.br = bufio.NewReaderSize(flate.NewReader(l.cr.br), bufSize)
+	l.inf = newInflater(l.cr.br)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(l.inf)
+	l.cr.br = br
 	return nil
 }

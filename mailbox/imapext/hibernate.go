@@ -39,8 +39,10 @@ import (
 //     session itself.
 //
 // Not hibernated: clients that ENABLEd something (not replayed). COMPRESS
-// connections hibernate too, but keep their decompressor and its 32 KiB
-// window (the client's stream may refer back that far).
+// connections hibernate too. Waiting for the client, they hold no
+// decompressor either once the client's stream stands at a sync flush,
+// only the output history the stream may refer back to, up to 32 KiB
+// (inflate.go).
 
 // KeptSession is a session that outlives its imapserver connection while
 // the layer hibernates (see Conn.Keep).

@@ -483,13 +483,17 @@ func (p *primedReader) Read(b []byte) (int, error) {
 }
 
 // park waits for the client's next byte without holding a read buffer, when
-// nothing is buffered (and COMPRESS, whose decompressor reads from the
-// first buffer, is off). An error is returned by the next read. It returns
-// errAway when the connection goes away (away.go) instead; it comes back
-// with no read buffer, and parks again.
+// nothing is buffered. With COMPRESS the decompressor has to stand at a
+// sync flush, and then goes too, with the buffer of compressed bytes it
+// reads from (see inflate.go). An error is returned by the next read. It
+// returns errAway when the connection goes away (away.go) instead; it comes
+// back with no read buffer, and parks again.
 func (l *layer) park() error {
 	if l.cr.br != nil {
-		if l.compressed || l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
+		if l.cr.br.Buffered() > 0 || l.src.n > 0 || l.src.err != nil {
+			return nil
+		}
+		if l.inf != nil && !l.inf.park() {
 			return nil
 		}
 		readers.Put(l.cr.br)
@@ -503,11 +507,17 @@ func (l *layer) park() error {
 	return nil
 }
 
-// unparked takes what the wait of park read, and a read buffer.
+// unparked takes what the wait of park read, and a read buffer (and the
+// decompressor's source).
 func (l *layer) unparked(n int, err error) {
 	l.src.n, l.src.err = n, err
+	var r io.Reader = &l.src
+	if l.inf != nil {
+		l.inf.resume(&l.src)
+		r = l.inf
+	}
 	br := readers.Get().(*bufio.Reader)
-	br.Reset(&l.src)
+	br.Reset(r)
 	l.cr.br = br
 }
 
@@ -540,8 +550,8 @@ type layer struct {
 
 	hasMetadata, hasQuota, hasID, hasCompress bool
 
-	src        primedReader // the source of cr.br, reader goroutine only
-	compressed bool         // COMPRESS is active; reader goroutine only
+	src primedReader // the source of cr.br (or of inf), reader goroutine only
+	inf *inflater    // the source of cr.br once COMPRESS is active; ditto
 	// IDLE in progress (idle.go): its tag, and what to call when it ends;
 	// reader goroutine only.
 	idleTag string

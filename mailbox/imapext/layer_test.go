@@ -139,7 +139,15 @@ func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
 			env.mu.Lock()
 			env.conns = append(env.conns, c.NetConn().(*Conn))
 			env.mu.Unlock()
-			return &loginSession{Session: mem.NewSession(), conn: c}, nil, nil
+			if k, ok := Kept(c.NetConn()).(*keptSession); ok {
+				k.conn = c
+				return k, &imapserver.GreetingData{PreAuth: true}, nil
+			}
+			s := &loginSession{Session: mem.NewSession(), conn: c}
+			if env.opts.HibernateAfter > 0 {
+				return &keptSession{loginSession: s}, nil, nil
+			}
+			return s, nil, nil
 		},
 		Caps:         imap.CapSet{imap.CapIMAP4rev1: {}},
 		InsecureAuth: true,
