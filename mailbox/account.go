@@ -287,7 +287,11 @@ func (s *Store) newAccount(tx *bolt.Tx, addr, hash string) (uint64, error) {
 	if err := meta.Put(keyNextAccountID, u64key(id+1)); err != nil {
 		return 0, err
 	}
-	acct, err := tx.Bucket(bucketData).CreateBucket(u64key(id))
+	data := tx.Bucket(bucketData)
+	// Ids only grow, so a new account goes last: a full leaf split in
+	// halves would leave every leaf behind half empty.
+	data.FillPercent = 0.9
+	acct, err := data.CreateBucket(u64key(id))
 	if err != nil {
 		return 0, err
 	}
