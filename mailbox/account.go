@@ -257,29 +257,9 @@ func (s *Store) createAccount(addr, password string, loginRace bool) (uint64, er
 			existing = rec
 			return nil
 		}
-		meta := tx.Bucket(bucketMeta)
-		id = 1
-		if v := meta.Get(keyNextAccountID); v != nil {
-			id = decodeU64(v)
-		}
-		if err := meta.Put(keyNextAccountID, u64key(id+1)); err != nil {
-			return err
-		}
-		data, err := tx.Bucket(bucketData).CreateBucket(u64key(id))
-		if err != nil {
-			return err
-		}
-		if _, err := data.CreateBucket(keyMetadata); err != nil {
-			return err
-		}
-		mboxes, err := data.CreateBucket(keyMailboxes)
-		if err != nil {
-			return err
-		}
-		if err := createMailbox(mboxes, "INBOX", s.now()); err != nil {
-			return err
-		}
-		return putAccount(b, addr, &accountRecord{ID: id, Hash: hash, Created: s.now().Unix(), LastLogin: s.today()})
+		var err error
+		id, err = s.newAccount(tx, addr, hash)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("create account: %w", err)
@@ -295,6 +275,31 @@ func (s *Store) createAccount(addr, password string, loginRace bool) (uint64, er
 	}
 	s.log.Info("account created", "id", id)
 	return id, nil
+}
+
+// newAccount adds an account that does not exist yet, with its INBOX.
+func (s *Store) newAccount(tx *bolt.Tx, addr, hash string) (uint64, error) {
+	meta := tx.Bucket(bucketMeta)
+	id := uint64(1)
+	if v := meta.Get(keyNextAccountID); v != nil {
+		id = decodeU64(v)
+	}
+	if err := meta.Put(keyNextAccountID, u64key(id+1)); err != nil {
+		return 0, err
+	}
+	data := tx.Bucket(bucketData)
+	// Ids only grow, so a new account goes last: a full leaf split in
+	// halves would leave every leaf behind half empty.
+	data.FillPercent = 0.9
+	acct, err := data.CreateBucket(u64key(id))
+	if err != nil {
+		return 0, err
+	}
+	if err := createMailbox(acct, "INBOX", s.now()); err != nil {
+		return 0, err
+	}
+	rec := &accountRecord{ID: id, Hash: hash, Created: s.now().Unix(), LastLogin: s.today()}
+	return id, putAccount(tx.Bucket(bucketAccounts), addr, rec)
 }
 
 // AccountExists tells whether addr has an account (blocked ones included).

@@ -142,21 +142,21 @@ func (in *Incoming) Deliver(rcpts []*Account, mailbox string) ([]Delivery, error
 	out := make([]Delivery, len(rcpts))
 	err := s.commits.do(func(tx *bolt.Tx) error {
 		for i, a := range rcpts {
-			b := mailboxBucket(tx, a.ID, mailbox)
-			if b == nil {
+			m := findMailbox(tx, a.ID, mailbox)
+			if m == nil {
 				return fmt.Errorf("deliver to %s: %w", a.Addr, errNoMailbox)
 			}
-			info, err := getInfo(b)
+			info, err := m.info()
 			if err != nil {
 				return err
 			}
 			uid := imap.UID(info.UIDNext)
 			info.UIDNext++
-			if err := putInfo(b, info); err != nil {
+			if err := m.putInfo(info); err != nil {
 				return err
 			}
 			rec := msgRecord{Size: in.size, Date: date, File: files[i], Flags: flags}
-			if err := b.Bucket(keyMsgs).Put(uidKey(uid), rec.encode()); err != nil {
+			if err := m.put(uid, &rec); err != nil {
 				return err
 			}
 			used, err := addUsed(tx, a.Addr, in.size)
@@ -188,8 +188,8 @@ func (in *Incoming) Deliver(rcpts []*Account, mailbox string) ([]Delivery, error
 func (s *Store) undeliver(ds []Delivery, mailbox string, size int64) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, d := range ds {
-			if b := mailboxBucket(tx, d.Account.ID, mailbox); b != nil {
-				if err := b.Bucket(keyMsgs).Delete(uidKey(d.UID)); err != nil {
+			if m := findMailbox(tx, d.Account.ID, mailbox); m != nil {
+				if err := m.delete(d.UID); err != nil {
 					return err
 				}
 			}

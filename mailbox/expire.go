@@ -116,17 +116,17 @@ type msgInfo struct {
 func (s *Store) messages(accountID uint64) ([]msgInfo, error) {
 	var out []msgInfo
 	err := s.db.View(func(tx *bolt.Tx) error {
-		data := tx.Bucket(bucketData).Bucket(u64key(accountID))
-		if data == nil {
+		acct := accountBucket(tx, accountID)
+		if acct == nil {
 			return ErrNoAccount
 		}
-		return forEachMailbox(data, func(name string, b *bolt.Bucket) error {
-			return b.Bucket(keyMsgs).ForEach(func(k, v []byte) error {
+		return forEachMailbox(acct, func(m *mbox) error {
+			return m.forEach(func(uid imap.UID, v []byte) error {
 				var r msgRecord
 				if err := r.decode(v); err != nil {
 					return err
 				}
-				out = append(out, msgInfo{msgRef{name, keyUID(k), r.Size, r.Date}, r.hasFlag(imap.FlagSeen)})
+				out = append(out, msgInfo{msgRef{m.name, uid, r.Size, r.Date}, r.hasFlag(imap.FlagSeen)})
 				return nil
 			})
 		})

@@ -65,19 +65,18 @@ func (s *Store) openLive(accountID uint64, name string) (*live, error) {
 
 	l := &live{key: k, refs: 1}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b := mailboxBucket(tx, k.account, k.mailbox)
-		if b == nil {
+		m := findMailbox(tx, k.account, k.mailbox)
+		if m == nil {
 			return errNoMailbox
 		}
-		info, err := getInfo(b)
+		info, err := m.info()
 		if err != nil {
 			return err
 		}
 		l.uidValidity, l.uidNext = info.UIDValidity, imap.UID(info.UIDNext)
-		msgs := b.Bucket(keyMsgs)
-		l.uids = make([]imap.UID, 0, msgs.Stats().KeyN)
-		return msgs.ForEach(func(k, _ []byte) error {
-			l.uids = append(l.uids, keyUID(k))
+		l.uids = make([]imap.UID, 0, m.count())
+		return m.forEach(func(uid imap.UID, _ []byte) error {
+			l.uids = append(l.uids, uid)
 			return nil
 		})
 	})

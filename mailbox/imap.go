@@ -247,14 +247,17 @@ func (c *imapSession) Create(name string, options *imap.CreateOptions) error {
 		return err
 	}
 	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		mboxes := tx.Bucket(bucketData).Bucket(u64key(c.acc.ID)).Bucket(keyMailboxes)
-		if mboxes.Bucket([]byte(name)) != nil {
+		acct := accountBucket(tx, c.acc.ID)
+		if acct == nil {
+			return ErrNoAccount
+		}
+		if openMailbox(acct, name) != nil {
 			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "Mailbox already exists"}
 		}
-		if mboxes.Stats().BucketN > 100 {
+		if countMailboxes(acct) >= maxMailboxes {
 			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many mailboxes"}
 		}
-		return createMailbox(mboxes, name, c.s.now())
+		return createMailbox(acct, name, c.s.now())
 	})
 	if err != nil {
 		return c.internal("create", err)
@@ -272,13 +275,12 @@ func (c *imapSession) Delete(name string) error {
 	}
 	var files []string
 	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		mboxes := tx.Bucket(bucketData).Bucket(u64key(c.acc.ID)).Bucket(keyMailboxes)
-		b := mboxes.Bucket([]byte(name))
-		if b == nil {
+		m := findMailbox(tx, c.acc.ID, name)
+		if m == nil {
 			return errNoSuchMailbox
 		}
 		var freed int64
-		err := b.Bucket(keyMsgs).ForEach(func(_, v []byte) error {
+		err := m.forEach(func(_ imap.UID, v []byte) error {
 			var r msgRecord
 			if err := r.decode(v); err != nil {
 				return err
@@ -293,7 +295,7 @@ func (c *imapSession) Delete(name string) error {
 		if _, err := addUsed(tx, c.acc.Addr, -freed); err != nil {
 			return err
 		}
-		return mboxes.DeleteBucket([]byte(name))
+		return m.remove()
 	})
 	if err != nil {
 		return c.internal("delete", err)
@@ -314,29 +316,14 @@ func (c *imapSession) Rename(oldName, newName string, options *imap.RenameOption
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeInUse, Text: "Mailbox is selected"}
 	}
 	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		mboxes := tx.Bucket(bucketData).Bucket(u64key(c.acc.ID)).Bucket(keyMailboxes)
-		src := mboxes.Bucket([]byte(oldName))
+		src := findMailbox(tx, c.acc.ID, oldName)
 		if src == nil {
 			return errNoSuchMailbox
 		}
-		if mboxes.Bucket([]byte(newName)) != nil {
+		if openMailbox(src.acct, newName) != nil {
 			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "Mailbox already exists"}
 		}
-		dst, err := mboxes.CreateBucket([]byte(newName))
-		if err != nil {
-			return err
-		}
-		if err := dst.Put(keyInfo, src.Get(keyInfo)); err != nil {
-			return err
-		}
-		dstMsgs, err := dst.CreateBucket(keyMsgs)
-		if err != nil {
-			return err
-		}
-		if err := src.Bucket(keyMsgs).ForEach(func(k, v []byte) error { return dstMsgs.Put(k, v) }); err != nil {
-			return err
-		}
-		return mboxes.DeleteBucket([]byte(oldName))
+		return src.rename(newName)
 	})
 	if err != nil {
 		return c.internal("rename", err)
@@ -346,16 +333,16 @@ func (c *imapSession) Rename(oldName, newName string, options *imap.RenameOption
 
 func (c *imapSession) setSubscribed(name string, sub bool) error {
 	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		b := mailboxBucket(tx, c.acc.ID, name)
-		if b == nil {
+		m := findMailbox(tx, c.acc.ID, name)
+		if m == nil {
 			return errNoSuchMailbox
 		}
-		info, err := getInfo(b)
+		info, err := m.info()
 		if err != nil {
 			return err
 		}
 		info.Subscribed = sub
-		return putInfo(b, info)
+		return m.putInfo(info)
 	})
 	if err != nil {
 		return c.internal("subscribe", err)
@@ -373,10 +360,14 @@ func (c *imapSession) List(w *imapserver.ListWriter, ref string, patterns []stri
 	}
 	var out []imap.ListData
 	err := c.s.db.View(func(tx *bolt.Tx) error {
-		return forEachMailbox(tx.Bucket(bucketData).Bucket(u64key(c.acc.ID)), func(name string, b *bolt.Bucket) error {
+		acct := accountBucket(tx, c.acc.ID)
+		if acct == nil {
+			return ErrNoAccount
+		}
+		return forEachMailbox(acct, func(m *mbox) error {
 			match := false
 			for _, p := range patterns {
-				if imapserver.MatchList(name, mailboxDelim, ref, p) {
+				if imapserver.MatchList(m.name, mailboxDelim, ref, p) {
 					match = true
 					break
 				}
@@ -384,19 +375,19 @@ func (c *imapSession) List(w *imapserver.ListWriter, ref string, patterns []stri
 			if !match {
 				return nil
 			}
-			info, err := getInfo(b)
+			info, err := m.info()
 			if err != nil {
 				return err
 			}
 			if options != nil && options.SelectSubscribed && !info.Subscribed {
 				return nil
 			}
-			d := imap.ListData{Mailbox: name, Delim: mailboxDelim}
+			d := imap.ListData{Mailbox: m.name, Delim: mailboxDelim}
 			if info.Subscribed && options != nil && (options.ReturnSubscribed || options.SelectSubscribed) {
 				d.Attrs = append(d.Attrs, imap.MailboxAttrSubscribed)
 			}
 			if options != nil && options.ReturnStatus != nil {
-				d.Status = statusOf(name, b, options.ReturnStatus)
+				d.Status = statusOf(m, options.ReturnStatus)
 			}
 			out = append(out, d)
 			return nil
@@ -413,14 +404,13 @@ func (c *imapSession) List(w *imapserver.ListWriter, ref string, patterns []stri
 	return nil
 }
 
-func statusOf(name string, b *bolt.Bucket, options *imap.StatusOptions) *imap.StatusData {
-	info, err := getInfo(b)
+func statusOf(m *mbox, options *imap.StatusOptions) *imap.StatusData {
+	d := &imap.StatusData{Mailbox: m.name}
+	info, err := m.info()
 	if err != nil {
-		return &imap.StatusData{Mailbox: name}
+		return d
 	}
-	d := &imap.StatusData{Mailbox: name}
-	msgs := b.Bucket(keyMsgs)
-	n := uint32(msgs.Stats().KeyN)
+	n := uint32(m.count())
 	if options.NumMessages {
 		d.NumMessages = &n
 	}
@@ -433,7 +423,7 @@ func statusOf(name string, b *bolt.Bucket, options *imap.StatusOptions) *imap.St
 	if options.NumUnseen || options.NumDeleted || options.Size {
 		var unseen, deleted uint32
 		var size int64
-		msgs.ForEach(func(_, v []byte) error {
+		m.forEach(func(_ imap.UID, v []byte) error {
 			var r msgRecord
 			if r.decode(v) == nil {
 				if !r.hasFlag(imap.FlagSeen) {
@@ -462,11 +452,11 @@ func statusOf(name string, b *bolt.Bucket, options *imap.StatusOptions) *imap.St
 func (c *imapSession) Status(name string, options *imap.StatusOptions) (*imap.StatusData, error) {
 	var d *imap.StatusData
 	err := c.s.db.View(func(tx *bolt.Tx) error {
-		b := mailboxBucket(tx, c.acc.ID, name)
-		if b == nil {
+		m := findMailbox(tx, c.acc.ID, name)
+		if m == nil {
 			return errNoSuchMailbox
 		}
-		d = statusOf(mailboxName(name), b, options)
+		d = statusOf(m, options)
 		return nil
 	})
 	if err != nil {
@@ -486,7 +476,7 @@ func (c *imapSession) Append(name string, r imap.LiteralReader, options *imap.Ap
 	}
 	var exists bool
 	c.s.db.View(func(tx *bolt.Tx) error {
-		exists = mailboxBucket(tx, c.acc.ID, name) != nil
+		exists = findMailbox(tx, c.acc.ID, name) != nil
 		return nil
 	})
 	if !exists {
@@ -625,13 +615,12 @@ func staticRange(start, stop *uint32, max uint32) {
 func (c *imapSession) loadRecords(ts []target) ([]*msgRecord, error) {
 	recs := make([]*msgRecord, len(ts))
 	err := c.s.db.View(func(tx *bolt.Tx) error {
-		b := mailboxBucket(tx, c.acc.ID, c.sel.live.key.mailbox)
-		if b == nil {
+		m := findMailbox(tx, c.acc.ID, c.sel.live.key.mailbox)
+		if m == nil {
 			return nil
 		}
-		msgs := b.Bucket(keyMsgs)
 		for i, t := range ts {
-			r, err := getRecord(msgs, t.uid)
+			r, err := m.record(t.uid)
 			if err != nil {
 				return err
 			}
@@ -768,14 +757,13 @@ func (c *imapSession) updateFlags(ts []target, op imap.StoreFlagsOp, flags []ima
 	stripe.Lock()
 	defer stripe.Unlock()
 	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		b := mailboxBucket(tx, k.account, k.mailbox)
-		if b == nil {
+		m := findMailbox(tx, k.account, k.mailbox)
+		if m == nil {
 			return errNoSuchMailbox
 		}
-		msgs := b.Bucket(keyMsgs)
 		for i, t := range ts {
 			changed[i] = false
-			r, err := getRecord(msgs, t.uid)
+			r, err := m.record(t.uid)
 			if err != nil {
 				return err
 			}
@@ -784,7 +772,7 @@ func (c *imapSession) updateFlags(ts []target, op imap.StoreFlagsOp, flags []ima
 			}
 			if r.applyFlags(op, flags) {
 				changed[i] = true
-				if err := msgs.Put(uidKey(t.uid), r.encode()); err != nil {
+				if err := m.put(t.uid, r); err != nil {
 					return err
 				}
 			}
@@ -836,12 +824,11 @@ func (c *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) er
 	}
 	var pick []imap.UID
 	err := c.s.db.View(func(tx *bolt.Tx) error {
-		b := mailboxBucket(tx, c.acc.ID, c.sel.live.key.mailbox)
-		if b == nil {
+		m := findMailbox(tx, c.acc.ID, c.sel.live.key.mailbox)
+		if m == nil {
 			return nil
 		}
-		return b.Bucket(keyMsgs).ForEach(func(k, v []byte) error {
-			uid := keyUID(k)
+		return m.forEach(func(uid imap.UID, v []byte) error {
 			if uids != nil && !uids.Contains(uid) {
 				return nil
 			}
@@ -881,25 +868,20 @@ func (s *Store) Remove(acc *Account, mailbox string, uids []imap.UID, onlyDelete
 	var gone []imap.UID
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		files, gone = nil, nil
-		b := mailboxBucket(tx, acc.ID, mailbox)
-		if b == nil {
+		m := findMailbox(tx, acc.ID, mailbox)
+		if m == nil {
 			return nil
 		}
-		msgs := b.Bucket(keyMsgs)
 		var freed int64
 		for _, uid := range uids {
-			v := msgs.Get(uidKey(uid))
-			if v == nil {
-				continue
-			}
-			var r msgRecord
-			if err := r.decode(v); err != nil {
+			r, err := m.record(uid)
+			if err != nil {
 				return err
 			}
-			if onlyDeleted && !r.hasFlag(imap.FlagDeleted) {
+			if r == nil || onlyDeleted && !r.hasFlag(imap.FlagDeleted) {
 				continue
 			}
-			if err := msgs.Delete(uidKey(uid)); err != nil {
+			if err := m.delete(uid); err != nil {
 				return err
 			}
 			freed += r.Size
@@ -941,7 +923,7 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 	}
 	var exists bool
 	c.s.db.View(func(tx *bolt.Tx) error {
-		exists = mailboxBucket(tx, c.acc.ID, dest) != nil
+		exists = findMailbox(tx, c.acc.ID, dest) != nil
 		return nil
 	})
 	if !exists {
@@ -984,11 +966,11 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 	var destUIDs []imap.UID
 	err = c.s.db.Update(func(tx *bolt.Tx) error {
 		data, srcUIDs, destUIDs = imap.CopyData{}, nil, nil
-		b := mailboxBucket(tx, c.acc.ID, dest)
-		if b == nil {
+		m := findMailbox(tx, c.acc.ID, dest)
+		if m == nil {
 			return errTryCreate
 		}
-		info, err := getInfo(b)
+		info, err := m.info()
 		if err != nil {
 			return err
 		}
@@ -1002,7 +984,7 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 			info.UIDNext++
 			nr := *r
 			nr.File = newFiles[i]
-			if err := b.Bucket(keyMsgs).Put(uidKey(uid), nr.encode()); err != nil {
+			if err := m.put(uid, &nr); err != nil {
 				return err
 			}
 			added += r.Size
@@ -1011,7 +993,7 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 			srcUIDs = append(srcUIDs, ts[i].uid)
 			destUIDs = append(destUIDs, uid)
 		}
-		if err := putInfo(b, info); err != nil {
+		if err := m.putInfo(info); err != nil {
 			return err
 		}
 		_, err = addUsed(tx, c.acc.Addr, added)

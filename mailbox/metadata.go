@@ -21,7 +21,8 @@ const (
 // ErrTooMany is returned when an account has too many METADATA entries.
 var ErrTooMany = errors.New("too many metadata entries")
 
-var keyPushTokens = []byte("\x00push-tokens") // cannot collide with an entry name, which starts with "/"
+// keyPushTokens is a METADATA key no entry has: entry names start with "/".
+var keyPushTokens = append([]byte{kindMeta}, "\x00push-tokens"...)
 
 type pushToken struct {
 	Token string `json:"t"`
@@ -29,19 +30,21 @@ type pushToken struct {
 }
 
 func metaKey(mailbox, entry string) []byte {
-	return []byte(mailboxName(mailbox) + "\x00" + entry)
+	return append([]byte{kindMeta}, mailboxName(mailbox)+"\x00"+entry...)
 }
 
-func (s *Store) metaBucket(tx *bolt.Tx, addr string) (*bolt.Bucket, error) {
+// metaAccount returns the bucket of addr's account, where its METADATA
+// entries and push tokens are.
+func (s *Store) metaAccount(tx *bolt.Tx, addr string) (*bolt.Bucket, error) {
 	rec, err := getAccount(tx.Bucket(bucketAccounts), normAddr(addr))
 	if err != nil {
 		return nil, err
 	}
-	data := tx.Bucket(bucketData).Bucket(u64key(rec.ID))
-	if data == nil {
+	acct := accountBucket(tx, rec.ID)
+	if acct == nil {
 		return nil, ErrNoAccount
 	}
-	return data.Bucket(keyMetadata), nil
+	return acct, nil
 }
 
 // GetPrivate returns a private METADATA entry of an account's mailbox ("" for
@@ -49,7 +52,7 @@ func (s *Store) metaBucket(tx *bolt.Tx, addr string) (*bolt.Bucket, error) {
 func (s *Store) GetPrivate(addr, mailbox, entry string) (*string, error) {
 	var out *string
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b, err := s.metaBucket(tx, addr)
+		b, err := s.metaAccount(tx, addr)
 		if err != nil {
 			return err
 		}
@@ -65,7 +68,7 @@ func (s *Store) GetPrivate(addr, mailbox, entry string) (*string, error) {
 // SetPrivate sets (or with nil, deletes) a private METADATA entry.
 func (s *Store) SetPrivate(addr, mailbox, entry string, value *string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := s.metaBucket(tx, addr)
+		b, err := s.metaAccount(tx, addr)
 		if err != nil {
 			return err
 		}
@@ -73,7 +76,7 @@ func (s *Store) SetPrivate(addr, mailbox, entry string, value *string) error {
 		if value == nil {
 			return b.Delete(k)
 		}
-		if b.Get(k) == nil && b.Stats().KeyN >= MaxPrivateEntries {
+		if b.Get(k) == nil && countPrefix(b, []byte{kindMeta}) >= MaxPrivateEntries {
 			return ErrTooMany
 		}
 		return b.Put(k, []byte(*value))
@@ -85,7 +88,7 @@ func (s *Store) SetPrivate(addr, mailbox, entry string, value *string) error {
 func (s *Store) AddPushToken(addr, token string) error {
 	now := s.now().Unix()
 	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := s.metaBucket(tx, addr)
+		b, err := s.metaAccount(tx, addr)
 		if err != nil {
 			return err
 		}
@@ -108,7 +111,7 @@ func (s *Store) PushTokens(addr string) ([]string, error) {
 	cutoff := s.now().Add(-PushTokenTTL).Unix()
 	var out []string
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b, err := s.metaBucket(tx, addr)
+		b, err := s.metaAccount(tx, addr)
 		if err != nil {
 			return err
 		}
@@ -125,7 +128,7 @@ func (s *Store) PushTokens(addr string) ([]string, error) {
 // DropPushToken forgets a token (the notification service said it is gone).
 func (s *Store) DropPushToken(addr, token string) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b, err := s.metaBucket(tx, addr)
+		b, err := s.metaAccount(tx, addr)
 		if err != nil {
 			return err
 		}

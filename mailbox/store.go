@@ -27,16 +27,32 @@ import (
 	"github.com/chatrelay/chatrelay/internal/safeio"
 )
 
+// The index, index.db:
+//
+//	accounts  address -> accountRecord (JSON)
+//	meta      store-level counters and settings, the schema version
+//	data      account id (8 bytes) -> the account's bucket
+//
+// An account's bucket has no sub-buckets, so that bbolt keeps a small one
+// inline in the data bucket's leaf pages, many accounts to a page. A bucket
+// with sub-buckets always takes pages of its own: nested, an empty account
+// took three, and a login with SELECT paged them all in. The keys start
+// with the kind of entry:
+//
+//	'b' name                        -> mailboxInfo (JSON)
+//	'm' uvarint(len(name)) name uid -> msgRecord (uid: 4 bytes big endian)
+//	'd' key                         -> METADATA entry, push tokens (metadata.go)
+//
+// The name's length before it keeps one mailbox's message keys together
+// and in UID order under their prefix, apart from every other mailbox's.
+// Version 1 of the layout nested buckets instead (migrate.go).
 var (
-	bucketAccounts = []byte("accounts") // addr -> accountRecord (JSON)
-	bucketData     = []byte("data")     // account id (8 bytes) -> account data bucket
-	bucketMeta     = []byte("meta")     // store-level counters and settings
+	bucketAccounts = []byte("accounts")
+	bucketData     = []byte("data")
+	bucketMeta     = []byte("meta")
 
 	keyNextAccountID = []byte("next-account-id")
-	keyMailboxes     = []byte("mailboxes") // inside an account data bucket
-	keyMetadata      = []byte("metadata")  // inside an account data bucket
-	keyInfo          = []byte("info")      // inside a mailbox bucket
-	keyMsgs          = []byte("msgs")      // inside a mailbox bucket
+	keySchema        = []byte("schema") // the layout version, in meta
 )
 
 // Options configure a Store.
@@ -105,6 +121,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("init store %s: %w", dir, err)
+	}
+	if err := s.migrate(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	// Only a crash leaves orphans: after a clean shutdown the walk over
 	// the whole index is skipped.
@@ -203,13 +223,13 @@ func (s *Store) sweep() error {
 			id := binary.BigEndian.Uint64(k)
 			files := map[string]entry{}
 			referenced[id] = files
-			return forEachMailbox(tx.Bucket(bucketData).Bucket(k), func(name string, mb *bolt.Bucket) error {
-				return mb.Bucket(keyMsgs).ForEach(func(k, v []byte) error {
+			return forEachMailbox(tx.Bucket(bucketData).Bucket(k), func(m *mbox) error {
+				return m.forEach(func(uid imap.UID, v []byte) error {
 					var r msgRecord
 					if err := r.decode(v); err != nil {
 						return err
 					}
-					files[r.File] = entry{name, keyUID(k), r.Size}
+					files[r.File] = entry{m.name, uid, r.Size}
 					return nil
 				})
 			})
@@ -288,8 +308,8 @@ func (s *Store) sweep() error {
 			for id, es := range broken {
 				var size int64
 				for _, e := range es {
-					if mb := mailboxBucket(tx, id, e.mailbox); mb != nil {
-						if err := mb.Bucket(keyMsgs).Delete(uidKey(e.uid)); err != nil {
+					if m := findMailbox(tx, id, e.mailbox); m != nil {
+						if err := m.delete(e.uid); err != nil {
 							return err
 						}
 					}

@@ -241,12 +241,12 @@ func TestOpenDropsEntriesWithoutWholeFile(t *testing.T) {
 	put(t, s, other, 400, 0)
 	files := map[imap.UID]string{}
 	s.db.View(func(tx *bolt.Tx) error {
-		return mailboxBucket(tx, acc.ID, "INBOX").Bucket(keyMsgs).ForEach(func(k, v []byte) error {
+		return findMailbox(tx, acc.ID, "INBOX").forEach(func(uid imap.UID, v []byte) error {
 			var r msgRecord
 			if err := r.decode(v); err != nil {
 				t.Fatal(err)
 			}
-			files[keyUID(k)] = r.File
+			files[uid] = r.File
 			return nil
 		})
 	})

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -713,7 +712,11 @@ func readReferences(tx *bolt.Tx, snap *snapshot) error {
 	if acc := tx.Bucket([]byte("accounts")); acc != nil {
 		snap.accounts = acc.Stats().KeyN
 	}
-	err := forEachMessageFile(tx, func(accountID uint64, file string) error {
+	err := mailbox.ForEachFile(tx, func(accountID uint64, file string) error {
+		// The name is joined to paths of the backup and the data directory.
+		if file == "" || strings.ContainsAny(file, "/\\") || file == "." || file == ".." {
+			return fmt.Errorf("index: account %d: bad message file name %q", accountID, file)
+		}
 		snap.msgs[filepath.Join(msgsDir, strconv.FormatUint(accountID, 10), file)] = true
 		return nil
 	})
@@ -727,69 +730,6 @@ func readReferences(tx *bolt.Tx, snap *snapshot) error {
 		})
 	}
 	return nil
-}
-
-// forEachMessageFile walks the message index: data/<account id>/mailboxes/
-// <name>/msgs/<uid> -> record, whose file name follows a version byte, the
-// size and the date (mailbox/records.go).
-//
-// TODO(lead): replace with mailbox.ForEachFile(tx, f) once the store
-// exports it, so the record format has one reader.
-func forEachMessageFile(tx *bolt.Tx, f func(accountID uint64, file string) error) error {
-	data := tx.Bucket([]byte("data"))
-	if data == nil {
-		return nil
-	}
-	return data.ForEachBucket(func(id []byte) error {
-		if len(id) != 8 {
-			return fmt.Errorf("index: bad account key %x", id)
-		}
-		accountID := binary.BigEndian.Uint64(id)
-		mboxes := data.Bucket(id).Bucket([]byte("mailboxes"))
-		if mboxes == nil {
-			return nil
-		}
-		return mboxes.ForEachBucket(func(name []byte) error {
-			msgs := mboxes.Bucket(name).Bucket([]byte("msgs"))
-			if msgs == nil {
-				return nil
-			}
-			return msgs.ForEach(func(uid, v []byte) error {
-				file, err := recordFile(v)
-				if err != nil {
-					return fmt.Errorf("index: account %d mailbox %q uid %x: %w", accountID, name, uid, err)
-				}
-				return f(accountID, file)
-			})
-		})
-	})
-}
-
-func recordFile(v []byte) (string, error) {
-	bad := errors.New("corrupt message record")
-	if len(v) == 0 || v[0] != 1 {
-		return "", bad
-	}
-	v = v[1:]
-	_, n := binary.Uvarint(v) // size
-	if n <= 0 {
-		return "", bad
-	}
-	v = v[n:]
-	_, n = binary.Varint(v) // internal date
-	if n <= 0 {
-		return "", bad
-	}
-	v = v[n:]
-	l, n := binary.Uvarint(v)
-	if n <= 0 || uint64(len(v)-n) < l || l == 0 {
-		return "", bad
-	}
-	file := string(v[n : n+int(l)])
-	if strings.ContainsAny(file, "/\\") || file == "." || file == ".." {
-		return "", bad
-	}
-	return file, nil
 }
 
 // linkReferenced links the files the snapshot names that were not staged
