@@ -19,7 +19,8 @@ func TestWorth(t *testing.T) {
 		{"nothing to gain", quiet, quiet, false},
 		{"much free, quiet", quiet, reading{cycles: 7, live: 100 * mib, objects: 110 * mib, free: 40 * mib}, true},
 		{"much free, but collecting", quiet, reading{cycles: 8, live: 100 * mib, objects: 110 * mib, free: 40 * mib}, false},
-		{"under the floor", reading{cycles: 1}, reading{cycles: 1, live: 4 * mib, objects: 4 * mib, free: 10 * mib}, false},
+		{"under the floor", reading{cycles: 1}, reading{cycles: 1, live: 4 * mib, objects: 4 * mib, free: 3 * mib}, false},
+		{"a small heap's burst", reading{cycles: 1}, reading{cycles: 1, live: 4 * mib, objects: 10 * mib, free: 2 * mib}, true},
 		{"small against the live heap", quiet, reading{cycles: 7, live: 400 * mib, objects: 420 * mib, free: 40 * mib}, false},
 	}
 	for _, c := range cases {
