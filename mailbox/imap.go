@@ -3,6 +3,7 @@ package mailbox
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -689,6 +690,17 @@ func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, 
 		return w.Close()
 	}
 	f, err := os.Open(c.s.msgPath(c.acc.ID, rec.File))
+	if err == nil {
+		// A literal announces its size: a file shorter than its record
+		// could only be sent by breaking the protocol.
+		var st os.FileInfo
+		if st, err = f.Stat(); err == nil && st.Size() != rec.Size {
+			err = fmt.Errorf("message file %s: %d bytes, index says %d", rec.File, st.Size(), rec.Size)
+		}
+		if err != nil {
+			f.Close()
+		}
+	}
 	if err != nil {
 		w.Close()
 		return c.internal("fetch", err)
@@ -727,6 +739,7 @@ func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, 
 			}
 		}
 		if err != nil {
+			w.Close() // imapserver's writer holds the connection until then
 			return err
 		}
 	}
@@ -738,6 +751,7 @@ func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, 
 			err = cerr
 		}
 		if err != nil {
+			w.Close()
 			return err
 		}
 	}

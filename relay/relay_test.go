@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/textproto"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -695,4 +697,36 @@ func expungeSeq(t *testing.T, c *imapclient.Client, seq uint32) {
 	if err := c.Expunge().Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A message file shorter than its index entry (disk trouble) gets the
+// FETCH a NO, and the connection goes on: the literal that announces the
+// size is never started.
+func TestFetchOfShortFileIsRefused(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const u = "shortfile@localhost"
+	login(t, r, u).Close()
+	if err := submit(t, r, u, password, u, []string{u}, testmsg.Encrypted(u, u, 0)); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(r.Dir, "msgs", "*", "*"))
+	if len(files) != 1 {
+		t.Fatalf("message files: %v", files)
+	}
+	if err := os.Truncate(files[0], 10); err != nil {
+		t.Fatal(err)
+	}
+	x := dialRawIMAP(t, r)
+	x.send("a LOGIN " + u + " " + password + "\r\n")
+	x.expect("a OK")
+	x.send("b SELECT INBOX\r\n")
+	x.expect("b OK")
+	x.send("c FETCH 1 (UID RFC822.SIZE)\r\n")
+	x.expect("c OK")
+	x.send("d FETCH 1 BODY.PEEK[]\r\n")
+	if l := x.expect("d "); !strings.HasPrefix(l, "d NO") {
+		t.Fatalf("FETCH of a short file: %q", l)
+	}
+	x.send("e NOOP\r\n")
+	x.expect("e OK")
 }
