@@ -100,6 +100,9 @@ func (l *layer) readParked(b []byte) (int, error) {
 	l.parking, l.parkConn = false, nil
 	l.mu.Unlock()
 	if away {
+		if tc, ok := tr.c.(*tls.Conn); ok {
+			shrinkTLS(tc) // tlsshrink.go
+		}
 		l.awayState.deadline, l.awayState.rc = deadline, rc
 		return 0, errAway
 	}
