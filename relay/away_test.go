@@ -36,27 +36,39 @@ func dialRawIMAP(t *testing.T, r *relaytest.Relay) *rawIMAP {
 
 func (x *rawIMAP) send(s string) {
 	x.t.Helper()
-	x.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(x.c, s); err != nil {
+	if err := x.trySend(s); err != nil {
 		x.t.Fatal(err)
 	}
+}
+
+func (x *rawIMAP) trySend(s string) error {
+	x.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.WriteString(x.c, s)
+	return err
 }
 
 // expect reads lines until one starts with prefix.
 func (x *rawIMAP) expect(prefix string) string {
 	x.t.Helper()
+	l, err := x.tryExpect(prefix)
+	if err != nil {
+		x.t.Fatal(err)
+	}
+	return l
+}
+
+func (x *rawIMAP) tryExpect(prefix string) (string, error) {
 	x.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for range 1000 {
 		l, err := x.br.ReadString('\n')
 		if err != nil {
-			x.t.Fatalf("want %q: %v (got %q)", prefix, err, l)
+			return "", fmt.Errorf("want %q: %v (got %q)", prefix, err, l)
 		}
 		if strings.HasPrefix(l, prefix) {
-			return l
+			return l, nil
 		}
 	}
-	x.t.Fatalf("want %q: too many lines", prefix)
-	return ""
+	return "", fmt.Errorf("want %q: too many lines", prefix)
 }
 
 func (x *rawIMAP) idle(user string) {
@@ -139,6 +151,60 @@ func TestIMAPAwayHoldsNoGoroutine(t *testing.T) {
 		x.c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadAll(x.br); err != nil {
 			t.Fatalf("after shutdown: %v", err)
+		}
+	}
+}
+
+// Clients that end IDLE at any moment of the hibernation and going away:
+// with a hibernation delay of a millisecond, DONE lands before, during
+// and after the layer's goroutine leaves, and every IDLE ends with its OK.
+func TestIMAPAwayRaces(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.IMAPHibernateAfter = time.Millisecond })
+	const n, rounds = 4, 25
+	errs := make(chan error, n)
+	for i := range n {
+		u := fmt.Sprintf("race%05d@localhost", i)
+		login(t, r, u).Close()
+		x := dialRawIMAP(t, r)
+		go func() {
+			errs <- func() error {
+				steps := []string{"a LOGIN " + u + " " + password + "\r\n", "a OK", "b SELECT INBOX\r\n", "b OK"}
+				for k := 0; k < len(steps); k += 2 {
+					if err := x.trySend(steps[k]); err != nil {
+						return err
+					}
+					if _, err := x.tryExpect(steps[k+1]); err != nil {
+						return err
+					}
+				}
+				for j := range rounds {
+					if err := x.trySend(fmt.Sprintf("i%d IDLE\r\n", j)); err != nil {
+						return err
+					}
+					if _, err := x.tryExpect("+ "); err != nil {
+						return err
+					}
+					// 0 to 4 ms: before, while and after going away.
+					time.Sleep(time.Duration((i+j)%5) * time.Millisecond)
+					if err := x.trySend("DONE\r\n"); err != nil {
+						return err
+					}
+					if _, err := x.tryExpect(fmt.Sprintf("i%d OK", j)); err != nil {
+						return fmt.Errorf("round %d: %w", j, err)
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range n {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("clients did not finish")
 		}
 	}
 }
