@@ -192,11 +192,7 @@ func BenchmarkP5Storm(b *testing.B) {
 	res := idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 500, Timeout: 5 * time.Minute})
 	b.StopTimer()
 	stop()
-	if res.Failed > 0 {
-		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
-	}
-	b.ReportMetric(res.LoginSeconds, "s-all-in")
-	b.ReportMetric(float64(n)/res.LoginSeconds, "logins/s")
+	reportStorm(b, res, n)
 }
 
 // BenchmarkP5WarmStorm: every account logs in once and idles, then all
@@ -223,6 +219,12 @@ func BenchmarkP5WarmStorm(b *testing.B) {
 	res = idlers.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 500, Idle: true, Timeout: 5 * time.Minute})
 	b.StopTimer()
 	stop()
+	reportStorm(b, res, n)
+}
+
+// reportStorm reports a login storm of n accounts.
+func reportStorm(b *testing.B, res load.StormResult, n int) {
+	b.Helper()
 	if res.Failed > 0 {
 		b.Fatalf("%d failed: %s", res.Failed, res.FirstErr)
 	}

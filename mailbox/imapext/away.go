@@ -69,10 +69,7 @@ func (l *layer) sendAway() {
 // readParked reads at least one byte into b, waiting shallowly while
 // nothing has come (see wait.go), or returns errAway.
 func (l *layer) readParked(b []byte) (int, error) {
-	tr, ok := l.src.r.(timedReader)
-	if !ok {
-		return readAtLeastOne(l.src.r, b)
-	}
+	tr := l.src.r
 	rc := rawConnOf(tr.c)
 	if rc == nil {
 		return readAtLeastOne(tr, b)
@@ -123,7 +120,7 @@ func (l *layer) comeBack() {
 	l.mu.Lock()
 	l.away = false
 	l.mu.Unlock()
-	c := l.src.r.(timedReader).c
+	c := l.src.r.c
 	c.SetReadDeadline(l.awayState.deadline)
 	l.unparked(readAtLeastOne(c, l.src.b[:]))
 	l.serve()

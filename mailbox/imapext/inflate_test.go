@@ -500,11 +500,7 @@ func TestCompressIdleParksDecoder(t *testing.T) {
 			other := env.loggedIn(t)
 			r := env.raw(t)
 			r.login()
-			r.send("z1 COMPRESS DEFLATE\r\n")
-			r.expect("z1 OK")
-			fw, _ := flate.NewWriter(r.c, flate.DefaultCompression)
-			r.w, r.fw = fw, fw
-			r.br = bufio.NewReader(flate.NewReader(r.br))
+			r.compress(flate.DefaultCompression)
 			parks := inflaterParks.Load()
 			r.send("z2 SELECT INBOX\r\n")
 			r.expect("z2 OK")

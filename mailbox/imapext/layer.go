@@ -461,7 +461,7 @@ func (l *layer) writer() *bufio.Writer {
 // waits for a client with its buffer given back, the first byte that comes
 // is read into b, and handed out first once a buffer is borrowed again.
 type primedReader struct {
-	r   io.Reader
+	r   timedReader
 	b   [1]byte
 	n   int
 	err error

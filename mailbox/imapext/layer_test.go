@@ -291,6 +291,17 @@ func (r *rawConn) expect(prefix string) (string, []string) {
 	}
 }
 
+// compress turns COMPRESS=DEFLATE on (tag z1); the client compresses at
+// level.
+func (r *rawConn) compress(level int) {
+	r.t.Helper()
+	r.send("z1 COMPRESS DEFLATE\r\n")
+	r.expect("z1 OK")
+	fw, _ := flate.NewWriter(r.c, level)
+	r.w, r.fw = fw, fw
+	r.br = bufio.NewReader(flate.NewReader(r.br))
+}
+
 func (r *rawConn) login() {
 	r.t.Helper()
 	r.send("l1 LOGIN " + testUser + " " + testPass + "\r\n")
@@ -663,11 +674,7 @@ func testIdleThroughCompress(t *testing.T, notify bool) {
 	env := newTestEnv(t, func(o *Options) { o.IdleNotify = notify })
 	r := env.raw(t)
 	r.login()
-	r.send("z1 COMPRESS DEFLATE\r\n")
-	r.expect("z1 OK")
-	fw, _ := flate.NewWriter(r.c, flate.BestSpeed)
-	r.w, r.fw = fw, fw
-	r.br = bufio.NewReader(flate.NewReader(r.br))
+	r.compress(flate.BestSpeed)
 	r.send("z2 COMPRESS DEFLATE\r\n")
 	if l, _ := r.expect("z2 "); !strings.HasPrefix(l, "z2 NO [COMPRESSIONACTIVE]") {
 		t.Fatalf("got %q", l)
