@@ -522,14 +522,38 @@ func (l *layer) unparked(n int, err error) {
 }
 
 // timedReader gives every read of the client connection a fresh deadline.
+// The client is idle only while it waits for nothing: a deadline that
+// passes while one of its commands is still being served (a LOGIN queued
+// for a password hash during a login storm, a long FETCH) is renewed, and
+// the client gets its answer. crypto/tls keeps a connection usable after a
+// read timeout.
 type timedReader struct {
 	c       net.Conn
 	timeout *time.Duration
+	busy    func() bool // commands of the client await their answers
 }
 
 func (r timedReader) Read(p []byte) (int, error) {
-	r.c.SetReadDeadline(time.Now().Add(*r.timeout))
-	return r.c.Read(p)
+	for {
+		r.c.SetReadDeadline(time.Now().Add(*r.timeout))
+		n, err := r.c.Read(p)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && r.busy != nil && r.busy() {
+			continue
+		}
+		return n, err
+	}
+}
+
+// busy tells whether commands the client sent await their answers.
+func (l *layer) busy() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.pending {
+		if !p.internal {
+			return true
+		}
+	}
+	return false
 }
 
 // timedWriter gives every write to the client connection a fresh deadline.
@@ -654,7 +678,7 @@ func ServeAsync(conn net.Conn, opts *Options, done func(error)) {
 		l.canAway = true
 		cc.OnClose(l.closedBeneath)
 	}
-	l.src.r = timedReader{conn, &l.rtimeout}
+	l.src.r = timedReader{conn, &l.rtimeout, l.busy}
 	l.cr.br = bufio.NewReaderSize(&l.src, bufSize)
 	l.dst = timedWriter{conn}
 
@@ -1055,7 +1079,7 @@ func (l *layer) startTLS(tag string, a *args) error {
 	l.raw = tc
 	l.dst = timedWriter{tc}
 	l.wmu.Unlock()
-	l.src.r = timedReader{tc, &l.rtimeout}
+	l.src.r = timedReader{tc, &l.rtimeout, l.busy}
 	l.cr.br.Reset(&l.src)
 	l.mu.Lock()
 	l.tls = true
