@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"os"
 	"syscall"
 	"time"
 )
@@ -67,8 +68,19 @@ func (l *layer) sendAway() {
 }
 
 // readParked reads at least one byte into b, waiting shallowly while
-// nothing has come (see wait.go), or returns errAway.
+// nothing has come (see wait.go), or returns errAway. Like timedReader, it
+// renews a deadline that passes while the client's commands are served.
 func (l *layer) readParked(b []byte) (int, error) {
+	for {
+		n, err := l.readParkedOnce(b)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && l.busy() {
+			continue
+		}
+		return n, err
+	}
+}
+
+func (l *layer) readParkedOnce(b []byte) (int, error) {
 	tr := l.src.r
 	rc := rawConnOf(tr.c)
 	if rc == nil {

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,12 +123,21 @@ type testEnv struct {
 	// read deadline of connections accepted afterwards, as the relay's
 	// test hook does.
 	loginTakes, capDeadline atomic.Int64
+	socketWait              atomic.Bool // capped connections show their socket
 }
 
 // cappedConn shortens every read deadline to at most max from now.
 type cappedConn struct {
 	net.Conn
 	max time.Duration
+}
+
+// syscallCappedConn also shows its socket, so that the layer waits for the
+// client on the socket (wait.go) instead of in a read.
+type syscallCappedConn struct{ *cappedConn }
+
+func (c syscallCappedConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
 }
 
 func (c *cappedConn) SetReadDeadline(t time.Time) error {
@@ -200,6 +210,9 @@ func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
 			}
 			if d := time.Duration(env.capDeadline.Load()); d > 0 {
 				c = &cappedConn{Conn: c, max: d}
+				if env.socketWait.Load() {
+					c = syscallCappedConn{c.(*cappedConn)}
+				}
 			}
 			wg.Add(1)
 			go func() {
@@ -947,17 +960,22 @@ func TestIdleWithClient(t *testing.T) {
 // idle, however long the answer takes (a login storm queues password
 // hashes); the read timeout counts only while the client owes a command.
 func TestSlowLoginIsNotIdle(t *testing.T) {
-	env := newTestEnv(t, nil)
-	env.capDeadline.Store(int64(200 * time.Millisecond))
-	env.loginTakes.Store(int64(time.Second))
-	r := env.raw(t)
-	r.send("a LOGIN " + testUser + " " + testPass + "\r\n")
-	if line, _ := r.expect("a "); !strings.HasPrefix(line, "a OK") {
-		t.Fatalf("slow LOGIN answered %q", line)
-	}
-	// Once answered, a silent client is idle again and is logged out.
-	if line := r.line(); !strings.Contains(line, "BYE") {
-		t.Fatalf("idle client after login got %q, want BYE", line)
+	for _, socketWait := range []bool{false, true} {
+		t.Run(fmt.Sprintf("socketWait=%v", socketWait), func(t *testing.T) {
+			env := newTestEnv(t, nil)
+			env.capDeadline.Store(int64(200 * time.Millisecond))
+			env.loginTakes.Store(int64(time.Second))
+			env.socketWait.Store(socketWait)
+			r := env.raw(t)
+			r.send("a LOGIN " + testUser + " " + testPass + "\r\n")
+			if line, _ := r.expect("a "); !strings.HasPrefix(line, "a OK") {
+				t.Fatalf("slow LOGIN answered %q", line)
+			}
+			// Once answered, a silent client is idle again and is logged out.
+			if line := r.line(); !strings.Contains(line, "BYE") {
+				t.Fatalf("idle client after login got %q, want BYE", line)
+			}
+		})
 	}
 }
 
