@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
-	"os"
 	"syscall"
 	"time"
 )
@@ -71,9 +70,10 @@ func (l *layer) sendAway() {
 // nothing has come (see wait.go), or returns errAway. Like timedReader, it
 // renews a deadline that passes while the client's commands are served.
 func (l *layer) readParked(b []byte) (int, error) {
+	var served servedWait
 	for {
 		n, err := l.readParkedOnce(b)
-		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && l.busy() {
+		if n == 0 && served.renew(err, l.busy) {
 			continue
 		}
 		return n, err

@@ -525,8 +525,8 @@ func (l *layer) unparked(n int, err error) {
 // The client is idle only while it waits for nothing: a deadline that
 // passes while one of its commands is still being served (a LOGIN queued
 // for a password hash during a login storm, a long FETCH) is renewed, and
-// the client gets its answer. crypto/tls keeps a connection usable after a
-// read timeout.
+// once the answer is out the client has a whole period again. crypto/tls
+// keeps a connection usable after a read timeout.
 type timedReader struct {
 	c       net.Conn
 	timeout *time.Duration
@@ -534,14 +534,33 @@ type timedReader struct {
 }
 
 func (r timedReader) Read(p []byte) (int, error) {
+	var served servedWait
 	for {
 		r.c.SetReadDeadline(time.Now().Add(*r.timeout))
 		n, err := r.c.Read(p)
-		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && r.busy != nil && r.busy() {
+		if n == 0 && served.renew(err, r.busy) {
 			continue
 		}
 		return n, err
 	}
+}
+
+// servedWait decides, after a read deadline passed, whether the client
+// was waiting for the relay rather than idle: while its commands are
+// served, and for one more period after the last answer went out.
+type servedWait struct{ wasBusy bool }
+
+func (w *servedWait) renew(err error, busy func() bool) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) || busy == nil {
+		return false
+	}
+	if busy() {
+		w.wasBusy = true
+		return true
+	}
+	renew := w.wasBusy
+	w.wasBusy = false
+	return renew
 }
 
 // busy tells whether commands the client sent await their answers.

@@ -964,12 +964,26 @@ func TestSlowLoginIsNotIdle(t *testing.T) {
 		t.Run(fmt.Sprintf("socketWait=%v", socketWait), func(t *testing.T) {
 			env := newTestEnv(t, nil)
 			env.capDeadline.Store(int64(200 * time.Millisecond))
+			// LOGIN takes five periods.
 			env.loginTakes.Store(int64(time.Second))
 			env.socketWait.Store(socketWait)
 			r := env.raw(t)
 			r.send("a LOGIN " + testUser + " " + testPass + "\r\n")
 			if line, _ := r.expect("a "); !strings.HasPrefix(line, "a OK") {
 				t.Fatalf("slow LOGIN answered %q", line)
+			}
+			// An answer that comes just before a renewed deadline leaves
+			// the client a whole period for its next command.
+			env.loginTakes.Store(int64(390 * time.Millisecond))
+			r2 := env.raw(t)
+			r2.send("b LOGIN " + testUser + " " + testPass + "\r\n")
+			if line, _ := r2.expect("b "); !strings.HasPrefix(line, "b OK") {
+				t.Fatalf("second slow LOGIN answered %q", line)
+			}
+			time.Sleep(100 * time.Millisecond) // a client slow to send its next command
+			r2.send("c NOOP\r\n")
+			if line, _ := r2.expect("c "); !strings.HasPrefix(line, "c OK") {
+				t.Fatalf("NOOP after a slow LOGIN answered %q", line)
 			}
 			// Once answered, a silent client is idle again and is logged out.
 			if line := r.line(); !strings.Contains(line, "BYE") {
