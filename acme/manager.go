@@ -107,6 +107,9 @@ type Config struct {
 	// Logger receives the Manager's and certmagic's logs; default
 	// slog.Default().
 	Logger *slog.Logger
+	// Now returns the current time for session ticket key rotation;
+	// default time.Now (tests move it).
+	Now func() time.Time
 }
 
 // Status describes the certificate being served, for `chatrelay status`
@@ -133,6 +136,8 @@ type Manager struct {
 
 	self  *tls.Certificate // self-signed: the fallback in "auto", the cert in "selfsigned"
 	files *fileCert
+
+	tickets *ticketKeys
 
 	// ACME, only in "auto".
 	magic     *certmagic.Config
@@ -210,6 +215,11 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.DataDir != "" {
 		tlsDir = filepath.Join(cfg.DataDir, "tls")
 	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	m.tickets = newTicketKeys(tlsDir, now, m.log)
 
 	var err error
 	switch m.mode {
@@ -460,6 +470,8 @@ func (m *Manager) TLSConfig() *tls.Config {
 		// Server preference order decides when a client offers several.
 		NextProtos:     []string{"h2", "http/1.1", ALPNIMAP, ALPNSMTP, ALPNACME},
 		GetCertificate: m.getCertificate,
+		WrapSession:    m.tickets.wrap,
+		UnwrapSession:  m.tickets.unwrap,
 	}
 }
 

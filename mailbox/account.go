@@ -4,17 +4,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
-	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	"golang.org/x/crypto/argon2"
 )
 
 // ErrAuthFailed is returned for a wrong password, an unknown account that may
@@ -58,54 +54,6 @@ type accountRecord struct {
 // CreateCheck decides whether an unknown address may be created at its
 // first login; a nil CreateCheck means accounts are never created that way.
 type CreateCheck func(addr, password string) error
-
-// Argon2id parameters: cheap enough that a reconnect storm after a restart
-// stays bounded, slow enough to make offline guessing costly. They are stored
-// in each hash, so they can change without breaking old accounts.
-const (
-	argonTime    = 1
-	argonMemory  = 4 * 1024 // KiB
-	argonThreads = 1
-	argonKeyLen  = 32
-)
-
-// hashSlots bounds concurrent slow hashes: a login storm queues instead of
-// allocating argonMemory per waiting client.
-var hashSlots = make(chan struct{}, runtime.NumCPU())
-
-func hashPassword(password string) string {
-	salt := make([]byte, 16)
-	rand.Read(salt)
-	hashSlots <- struct{}{}
-	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-	<-hashSlots
-	enc := base64.RawStdEncoding
-	return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=%d$%s$%s", argonMemory, argonTime, argonThreads, enc.EncodeToString(salt), enc.EncodeToString(key))
-}
-
-func verifyPassword(encoded, password string) bool {
-	parts := strings.Split(encoded, "$")
-	if len(parts) != 6 || parts[1] != "argon2id" {
-		return false
-	}
-	var m, t uint32
-	var p uint8
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m > 1<<20 || t > 16 || p == 0 {
-		return false
-	}
-	enc := base64.RawStdEncoding
-	salt, err1 := enc.DecodeString(parts[4])
-	want, err2 := enc.DecodeString(parts[5])
-	if err1 != nil || err2 != nil || len(want) == 0 {
-		return false
-	}
-	hashSlots <- struct{}{}
-	got := argon2.IDKey([]byte(password), salt, t, m, p, uint32(len(want)))
-	<-hashSlots
-	return subtle.ConstantTimeCompare(got, want) == 1
-}
-
-var dummyHash = sync.OnceValue(func() string { return hashPassword("not a password") })
 
 // authCache remembers logins verified since start, keyed by address, as a
 // fast salted digest, so that a client reconnecting costs one SHA-256.
@@ -164,37 +112,48 @@ func (c *authCache) forget(addr string) {
 func (s *Store) today() string { return s.now().UTC().Format("2006-01-02") }
 
 // Login checks a password and returns the account. An unknown address is
-// created when create allows it; concurrent first logins of one address
-// create it once. A wrong password changes nothing that is stored.
+// created when create allows it, its password stored as Chosen; concurrent
+// first logins of one address create it once. A wrong password changes
+// nothing that is stored. A record in a form the relay no longer makes is
+// converted after a successful login.
 func (s *Store) Login(addr, password string, create CreateCheck) (*Account, error) {
 	addr = normAddr(addr)
 	today := s.today()
 	if e, ok := s.auth.lookup(addr, password); ok {
 		if e.day != today {
-			s.touchLogin(addr, password, e.id, today)
+			s.touchLogin(addr, password, e.id, today, "")
 		}
 		return &Account{ID: e.id, Addr: addr}, nil
 	}
 	rec, err := s.account(addr)
 	switch {
 	case err == nil:
-		// The hash is checked for a blocked account too, so that timing
-		// does not tell it apart.
-		if !verifyPassword(rec.Hash, password) || rec.Blocked {
+		// The password is checked for a blocked account too, so that
+		// timing does not tell it apart.
+		ok, legacy := s.pw.verify(rec.Hash, password)
+		if !ok || rec.Blocked {
 			return nil, ErrAuthFailed
 		}
-		if rec.LastLogin == today {
+		rehash := ""
+		if legacy {
+			kind := Chosen
+			if looksGenerated(password) {
+				kind = Generated
+			}
+			rehash = s.pw.hash(password, kind)
+		}
+		if rec.LastLogin == today && rehash == "" {
 			// Nothing to record: cache the login without a write.
 			s.auth.put(addr, password, rec.ID, today)
 		} else {
-			s.touchLogin(addr, password, rec.ID, today)
+			s.touchLogin(addr, password, rec.ID, today, rehash)
 		}
 		return &Account{ID: rec.ID, Addr: addr}, nil
 	case errors.Is(err, ErrNoAccount):
 		if create == nil {
 			// Spend the same time as a wrong password, so that timing
 			// does not tell which addresses exist.
-			verifyPassword(dummyHash(), password)
+			s.pw.fail(password)
 			return nil, ErrAuthFailed
 		}
 		if err := create(addr, password); err != nil {
@@ -202,10 +161,10 @@ func (s *Store) Login(addr, password string, create CreateCheck) (*Account, erro
 				return nil, err
 			}
 			// A refused new name costs what a wrong password costs.
-			verifyPassword(dummyHash(), password)
+			s.pw.fail(password)
 			return nil, fmt.Errorf("%w: %v", ErrAuthFailed, err)
 		}
-		id, err := s.createAccount(addr, password, true)
+		id, err := s.createAccount(addr, password, Chosen, true)
 		if err != nil {
 			return nil, err
 		}
@@ -216,39 +175,46 @@ func (s *Store) Login(addr, password string, create CreateCheck) (*Account, erro
 	}
 }
 
-// touchLogin records the day of a successful login, once per day.
-func (s *Store) touchLogin(addr, password string, id uint64, today string) {
+// touchLogin records the day of a successful login, once per day, and a
+// converted password record when rehash is set.
+func (s *Store) touchLogin(addr, password string, id uint64, today, rehash string) {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAccounts)
 		rec, err := getAccount(b, addr)
 		if err != nil {
 			return err
 		}
-		if rec.LastLogin == today {
+		if rec.LastLogin == today && rehash == "" {
 			return nil
 		}
 		rec.LastLogin = today
+		if rehash != "" {
+			rec.Hash = rehash
+		}
 		return putAccount(b, addr, rec)
 	})
 	if err != nil {
 		s.log.Warn("record last login", "err", err)
 		return
 	}
+	if rehash != "" {
+		s.log.Info("password record converted", "id", id)
+	}
 	s.auth.put(addr, password, id, today)
 }
 
-// CreateAccount adds an account (admin tools, /new). It fails with ErrExists
-// when the address is taken.
-func (s *Store) CreateAccount(addr, password string) error {
-	_, err := s.createAccount(normAddr(addr), password, false)
+// CreateAccount adds an account (admin tools, /new), storing the password
+// as kind says. It fails with ErrExists when the address is taken.
+func (s *Store) CreateAccount(addr, password string, kind PasswordKind) error {
+	_, err := s.createAccount(normAddr(addr), password, kind, false)
 	return err
 }
 
 // createAccount hashes outside the write transaction. With loginRace set, an
 // account created meanwhile by a concurrent first login is accepted when the
 // password matches it.
-func (s *Store) createAccount(addr, password string, loginRace bool) (uint64, error) {
-	hash := hashPassword(password)
+func (s *Store) createAccount(addr, password string, kind PasswordKind, loginRace bool) (uint64, error) {
+	hash := s.pw.hash(password, kind)
 	var id uint64
 	var existing *accountRecord
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -268,7 +234,7 @@ func (s *Store) createAccount(addr, password string, loginRace bool) (uint64, er
 		if !loginRace {
 			return 0, ErrExists
 		}
-		if existing.Blocked || !verifyPassword(existing.Hash, password) {
+		if ok, _ := s.pw.verify(existing.Hash, password); !ok || existing.Blocked {
 			return 0, ErrAuthFailed
 		}
 		return existing.ID, nil
@@ -371,10 +337,11 @@ func (r *accountRecord) info(addr string) *AccountInfo {
 	return &AccountInfo{Addr: addr, Created: time.Unix(r.Created, 0).UTC(), LastLogin: r.LastLogin, UsedBytes: r.Used, Blocked: r.Blocked}
 }
 
-// SetPassword replaces an account's password (admin tools).
-func (s *Store) SetPassword(addr, password string) error {
+// SetPassword replaces an account's password (admin tools), storing it as
+// kind says.
+func (s *Store) SetPassword(addr, password string, kind PasswordKind) error {
 	addr = normAddr(addr)
-	hash := hashPassword(password)
+	hash := s.pw.hash(password, kind)
 	err := s.updateAccount(addr, func(r *accountRecord) { r.Hash = hash })
 	s.auth.forget(addr)
 	return err

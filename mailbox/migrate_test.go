@@ -308,7 +308,7 @@ func TestOpenConvertsV1Index(t *testing.T) {
 	dir := t.TempDir()
 	clock := testclock.New(time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC))
 	accounts := v1Fixture(clock.Now())
-	writeV1(t, dir, accounts, hashPassword("password123"))
+	writeV1(t, dir, accounts, legacyHash("password123"))
 	before := indexFiles(t, dir)
 	if len(before) != 7 {
 		t.Fatalf("version 1 index names %d files, want 7: %q", len(before), before)
@@ -381,7 +381,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 func TestIndexBytesPerAccount(t *testing.T) {
 	s, _, _ := openTest(t, 0)
 	s.db.NoSync = true
-	hash := hashPassword("password123")
+	hash := s.pw.hash("password123", Chosen)
 	const n = 1000
 	for i := range n {
 		err := s.db.Update(func(tx *bolt.Tx) error {

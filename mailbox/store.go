@@ -75,6 +75,7 @@ type Store struct {
 
 	hub    hub
 	auth   authCache
+	pw     passwords
 	fileID atomic.Uint64
 
 	// commits groups the index changes of concurrent deliveries.
@@ -126,6 +127,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
+	key, err := loadPasswordKey(dir, db)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", dir, err)
+	}
+	s.pw.init(key)
 	// Only a crash leaves orphans: after a clean shutdown the walk over
 	// the whole index is skipped.
 	clean := filepath.Join(dir, cleanMarker)

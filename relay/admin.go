@@ -204,6 +204,15 @@ func (a *admin) password(given string) (pw string, generated bool, err error) {
 	return given, false, nil
 }
 
+// passwordKind is how a password from the admin tools is stored: one the
+// relay made has 143 bits of randomness, one the operator typed may not.
+func passwordKind(generated bool) mailbox.PasswordKind {
+	if generated {
+		return mailbox.Generated
+	}
+	return mailbox.Chosen
+}
+
 func (a *admin) accountAdd(_ context.Context, raw json.RawMessage, _ func(control.Progress)) (any, error) {
 	var args control.PasswordArgs
 	if err := decodeArgs(raw, &args); err != nil {
@@ -217,7 +226,7 @@ func (a *admin) accountAdd(_ context.Context, raw json.RawMessage, _ func(contro
 	if err != nil {
 		return nil, err
 	}
-	if err := a.s.store.CreateAccount(addr, pw); err != nil {
+	if err := a.s.store.CreateAccount(addr, pw, passwordKind(generated)); err != nil {
 		return nil, accountError(addr, err)
 	}
 	a.s.log.Info("account added by admin")
@@ -269,7 +278,7 @@ func (a *admin) accountPasswd(_ context.Context, raw json.RawMessage, _ func(con
 	if err != nil {
 		return nil, err
 	}
-	if err := a.s.store.SetPassword(addr, pw); err != nil {
+	if err := a.s.store.SetPassword(addr, pw, passwordKind(generated)); err != nil {
 		return nil, accountError(addr, err)
 	}
 	a.s.log.Info("account password changed by admin")

@@ -25,6 +25,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
+	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
@@ -72,12 +73,14 @@ func record(t *testing.T, input, port, observed string) {
 
 // hostileRelay is a relay with two accounts and short slow-client
 // timeouts.
+// Its accounts are of the generated kind, as most accounts on a relay are
+// (made by /new).
 func hostileRelay(t *testing.T, edit func(*relaytest.Cfg)) *relaytest.Relay {
 	t.Helper()
 	r := relaytest.Start(t, edit)
 	relay.SetMaxWaitForTest(r.Server, maxWait)
 	for _, a := range []string{hAlice, hBob} {
-		if err := r.Store().CreateAccount(a, password); err != nil {
+		if err := r.Store().CreateAccount(a, password, mailbox.Generated); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
@@ -39,7 +40,7 @@ func FuzzIMAPSession(f *testing.F) {
 	}
 	r := relaytest.Start(f, nil)
 	relay.SetMaxWaitForTest(r.Server, 300*time.Millisecond)
-	if err := r.Store().CreateAccount(hAlice, password); err != nil {
+	if err := r.Store().CreateAccount(hAlice, password, mailbox.Generated); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, cmds []byte) {

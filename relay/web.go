@@ -326,7 +326,7 @@ func (w *web) createAccount(r *http.Request, token string) (addr, password strin
 	}
 	for range 5 {
 		addr, pw := w.s.NewAccountCredentials()
-		err := w.s.store.CreateAccount(addr, pw)
+		err := w.s.store.CreateAccount(addr, pw, mailbox.Generated)
 		if errors.Is(err, mailbox.ErrExists) {
 			continue
 		}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chatrelay/chatrelay/mailbox"
+
 	"github.com/chatrelay/chatrelay/acme"
 )
 
@@ -31,7 +33,7 @@ func fuzzServer(f *testing.F) *Server {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if err := s.store.CreateAccount("bobbobbob@localhost", "long-enough-password"); err != nil {
+	if err := s.store.CreateAccount("bobbobbob@localhost", "long-enough-password", mailbox.Chosen); err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { s.Shutdown(context.Background()); certs.Close() })

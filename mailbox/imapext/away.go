@@ -67,8 +67,20 @@ func (l *layer) sendAway() {
 }
 
 // readParked reads at least one byte into b, waiting shallowly while
-// nothing has come (see wait.go), or returns errAway.
+// nothing has come (see wait.go), or returns errAway. Like timedReader, it
+// renews a deadline that passes while the client's commands are served.
 func (l *layer) readParked(b []byte) (int, error) {
+	var served servedWait
+	for {
+		n, err := l.readParkedOnce(b)
+		if n == 0 && served.renew(err, l.busy) {
+			continue
+		}
+		return n, err
+	}
+}
+
+func (l *layer) readParkedOnce(b []byte) (int, error) {
 	tr := l.src.r
 	rc := rawConnOf(tr.c)
 	if rc == nil {

@@ -522,14 +522,57 @@ func (l *layer) unparked(n int, err error) {
 }
 
 // timedReader gives every read of the client connection a fresh deadline.
+// The client is idle only while it waits for nothing: a deadline that
+// passes while one of its commands is still being served (a LOGIN queued
+// for a password hash during a login storm, a long FETCH) is renewed, and
+// once the answer is out the client has a whole period again. crypto/tls
+// keeps a connection usable after a read timeout.
 type timedReader struct {
 	c       net.Conn
 	timeout *time.Duration
+	busy    func() bool // commands of the client await their answers
 }
 
 func (r timedReader) Read(p []byte) (int, error) {
-	r.c.SetReadDeadline(time.Now().Add(*r.timeout))
-	return r.c.Read(p)
+	var served servedWait
+	for {
+		r.c.SetReadDeadline(time.Now().Add(*r.timeout))
+		n, err := r.c.Read(p)
+		if n == 0 && served.renew(err, r.busy) {
+			continue
+		}
+		return n, err
+	}
+}
+
+// servedWait decides, after a read deadline passed, whether the client
+// was waiting for the relay rather than idle: while its commands are
+// served, and for one more period after the last answer went out.
+type servedWait struct{ wasBusy bool }
+
+func (w *servedWait) renew(err error, busy func() bool) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) || busy == nil {
+		return false
+	}
+	if busy() {
+		w.wasBusy = true
+		return true
+	}
+	renew := w.wasBusy
+	w.wasBusy = false
+	return renew
+}
+
+// busy tells whether commands the client sent await their answers.
+func (l *layer) busy() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.pending {
+		if !p.internal {
+			return true
+		}
+	}
+	return false
 }
 
 // timedWriter gives every write to the client connection a fresh deadline.
@@ -654,7 +697,7 @@ func ServeAsync(conn net.Conn, opts *Options, done func(error)) {
 		l.canAway = true
 		cc.OnClose(l.closedBeneath)
 	}
-	l.src.r = timedReader{conn, &l.rtimeout}
+	l.src.r = timedReader{conn, &l.rtimeout, l.busy}
 	l.cr.br = bufio.NewReaderSize(&l.src, bufSize)
 	l.dst = timedWriter{conn}
 
@@ -1055,7 +1098,7 @@ func (l *layer) startTLS(tag string, a *args) error {
 	l.raw = tc
 	l.dst = timedWriter{tc}
 	l.wmu.Unlock()
-	l.src.r = timedReader{tc, &l.rtimeout}
+	l.src.r = timedReader{tc, &l.rtimeout, l.busy}
 	l.cr.br.Reset(&l.src)
 	l.mu.Lock()
 	l.tls = true

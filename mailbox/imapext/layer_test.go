@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,9 +86,13 @@ func (h *fakeHandler) get(mailbox, entry string) (string, bool) {
 type loginSession struct {
 	imapserver.Session
 	conn *imapserver.Conn
+	env  *testEnv
 }
 
 func (s *loginSession) Login(username, password string) error {
+	if d := time.Duration(s.env.loginTakes.Load()); d > 0 {
+		time.Sleep(d) // a login queued behind a storm of password hashes
+	}
 	if err := s.Session.Login(username, password); err != nil {
 		return err
 	}
@@ -113,6 +118,33 @@ type testEnv struct {
 
 	mu    sync.Mutex
 	conns []*Conn // the layer's connections, for notifyAll
+
+	// loginTakes makes each LOGIN take that long; capDeadline caps every
+	// read deadline of connections accepted afterwards, as the relay's
+	// test hook does.
+	loginTakes, capDeadline atomic.Int64
+	socketWait              atomic.Bool // capped connections show their socket
+}
+
+// cappedConn shortens every read deadline to at most max from now.
+type cappedConn struct {
+	net.Conn
+	max time.Duration
+}
+
+// syscallCappedConn also shows its socket, so that the layer waits for the
+// client on the socket (wait.go) instead of in a read.
+type syscallCappedConn struct{ *cappedConn }
+
+func (c syscallCappedConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
+
+func (c *cappedConn) SetReadDeadline(t time.Time) error {
+	if limit := time.Now().Add(c.max); t.IsZero() || t.After(limit) {
+		t = limit
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 // notifyAll plays the mailbox package's hub: it tells every connection that
@@ -143,7 +175,7 @@ func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
 				k.conn = c
 				return k, &imapserver.GreetingData{PreAuth: true}, nil
 			}
-			s := &loginSession{Session: mem.NewSession(), conn: c}
+			s := &loginSession{Session: mem.NewSession(), conn: c, env: env}
 			if env.opts.HibernateAfter > 0 {
 				return &keptSession{loginSession: s}, nil, nil
 			}
@@ -175,6 +207,12 @@ func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			if d := time.Duration(env.capDeadline.Load()); d > 0 {
+				c = &cappedConn{Conn: c, max: d}
+				if env.socketWait.Load() {
+					c = syscallCappedConn{c.(*cappedConn)}
+				}
 			}
 			wg.Add(1)
 			go func() {
@@ -915,6 +953,43 @@ func TestIdleWithClient(t *testing.T) {
 	msgs, err := c.Fetch(imap.SeqSetNum(n), &imap.FetchOptions{RFC822Size: true}).Collect()
 	if err != nil || len(msgs) != 1 || msgs[0].RFC822Size != int64(len(msg)) {
 		t.Fatalf("fetch: %v %+v", err, msgs)
+	}
+}
+
+// TestSlowLoginIsNotIdle: a client waiting for its LOGIN's answer is not
+// idle, however long the answer takes (a login storm queues password
+// hashes); the read timeout counts only while the client owes a command.
+func TestSlowLoginIsNotIdle(t *testing.T) {
+	for _, socketWait := range []bool{false, true} {
+		t.Run(fmt.Sprintf("socketWait=%v", socketWait), func(t *testing.T) {
+			env := newTestEnv(t, nil)
+			env.capDeadline.Store(int64(200 * time.Millisecond))
+			// LOGIN takes five periods.
+			env.loginTakes.Store(int64(time.Second))
+			env.socketWait.Store(socketWait)
+			r := env.raw(t)
+			r.send("a LOGIN " + testUser + " " + testPass + "\r\n")
+			if line, _ := r.expect("a "); !strings.HasPrefix(line, "a OK") {
+				t.Fatalf("slow LOGIN answered %q", line)
+			}
+			// An answer that comes just before a renewed deadline leaves
+			// the client a whole period for its next command.
+			env.loginTakes.Store(int64(390 * time.Millisecond))
+			r2 := env.raw(t)
+			r2.send("b LOGIN " + testUser + " " + testPass + "\r\n")
+			if line, _ := r2.expect("b "); !strings.HasPrefix(line, "b OK") {
+				t.Fatalf("second slow LOGIN answered %q", line)
+			}
+			time.Sleep(100 * time.Millisecond) // a client slow to send its next command
+			r2.send("c NOOP\r\n")
+			if line, _ := r2.expect("c "); !strings.HasPrefix(line, "c OK") {
+				t.Fatalf("NOOP after a slow LOGIN answered %q", line)
+			}
+			// Once answered, a silent client is idle again and is logged out.
+			if line := r.line(); !strings.Contains(line, "BYE") {
+				t.Fatalf("idle client after login got %q, want BYE", line)
+			}
+		})
 	}
 }
 
