@@ -231,6 +231,12 @@ type Envelope struct {
 	From string
 	// To holds the RCPT TO addresses.
 	To []string
+	// Authenticated is, for Incoming, the sender domain the caller has
+	// verified: the DKIM d= domain aligned with From:, or "[ip]" for an
+	// address-literal sender connecting from ip. Incoming refuses a
+	// message whose From: domain, as read here, is not this one when it
+	// is set, and lets a bounce through only from mailer-daemon at it.
+	Authenticated string
 }
 
 // Verdict describes an incoming message that passed the policy.
