@@ -276,9 +276,14 @@ func (c *checker) bounce(h *header, ct mediaType, env Envelope, from string) *Re
 	if !strings.EqualFold(ct.params["report-type"], "delivery-status") {
 		return ErrEncryptionNeeded.because("report that is not a delivery status")
 	}
+	// The keyword is the leading token (RFC 3834 5): "no (x)" and
+	// "no; x" are "no" to a reader that strips comments and parameters.
 	as, _ := h.get("Auto-Submitted")
-	as, _, _ = strings.Cut(as, ";")
-	if as = strings.ToLower(strings.TrimSpace(as)); as == "" || as == "no" {
+	n := 0
+	for n < len(as) && isTokenChar(as[n]) {
+		n++
+	}
+	if as = strings.ToLower(as[:n]); as == "" || as == "no" {
 		return ErrEncryptionNeeded.because("report without Auto-Submitted")
 	}
 	for {
