@@ -44,9 +44,8 @@ const (
 //     characters, which other OpenPGP implementations write; Comment and
 //     Charset carry text a client may show, Hash belongs to cleartext
 //     signatures: anything but Version is refused (SPEC section 5).
-//   - The blank line after the armor headers may be missing when there are
-//     no headers: base64 has no colon, so the first data line is
-//     unambiguous.
+//   - The blank line after the armor headers (RFC 9580 6.2) must be there,
+//     headers or not: go-crypto's decoder refuses armor without it.
 //   - The CRC-24 line, if present, must be "=" and four base64 characters
 //     and directly precede the END line; its value is not checked, as
 //     RFC 9580 6.1 says a receiver must not reject a message over it.
@@ -92,8 +91,9 @@ func (a *armorChecker) line(l []byte) error {
 		if i := bytes.IndexByte(l, ':'); i >= 0 {
 			return a.header(l[:i], l[i+1:])
 		}
-		a.state = armorData
-		return a.data(l)
+		// go-crypto's armor decoder, for one, fails without the blank
+		// line; another reader may take the first data line for a header.
+		return packetError("no blank line after the armor headers")
 
 	case armorData:
 		switch {

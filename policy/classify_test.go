@@ -79,7 +79,7 @@ func policyCases(t testing.TB) []policyCase {
 	add("partial lengths", newEncrypted(synth(esk, partialPkt(tagSEIPD, fakeSEIPD(5000), 9))).String(), nil, nil, Encrypted)
 	add("partial lengths ending in zero", newEncrypted(synth(esk, partialPkt(tagSEIPD, fakeSEIPD(1024), 9))).String(), nil, nil, Encrypted)
 	add("two- and five-octet lengths", newEncrypted(synth(esk, seipd[:1], []byte{255, 0, 0, 1, 44}, seipd[3:])).String(), nil, nil, Encrypted)
-	add("no blank line after BEGIN", newEncrypted(armorWithout(pubkey)).String(), nil, nil, Encrypted)
+	add("no blank line after BEGIN", newEncrypted(armorWithout(pubkey)).String(), E, E, 0)
 	add("Version: 1 with white space", enc(func(m *encryptedMsg) {
 		m.Part1 = strings.Replace(m.Part1, "Version: 1\n", "\n  Version: 1  \n\n", 1)
 	}), nil, nil, Encrypted)
