@@ -154,10 +154,17 @@ func (a *armorChecker) header(key, value []byte) error {
 	return nil
 }
 
+// maxArmorLine bounds a line of base64 (RFC 9580 6.3: 76 characters);
+// go-crypto's decoder refuses lines over 96, others may not.
+const maxArmorLine = 76
+
 // data decodes one line of base64 (RFC 4648 4) and feeds the octets to the
 // packet walker. A line need not hold whole quanta; the rest is carried to
 // the next line.
 func (a *armorChecker) data(l []byte) error {
+	if len(l) > maxArmorLine {
+		return packetError("armor line longer than 76 characters")
+	}
 	if a.padded {
 		return packetError("base64 after padding")
 	}

@@ -29,6 +29,8 @@ func TestArmorChecker(t *testing.T) {
 		{"Comment header", "-----BEGIN PGP MESSAGE-----\nComment: Hi Bob, meet me at noon\n\n" + data + "\n-----END PGP MESSAGE-----", false, false},
 		{"two Version headers", "-----BEGIN PGP MESSAGE-----\nVersion: a\nVersion: b\n\n" + data + "\n-----END PGP MESSAGE-----", false, false},
 		{"long Version header", "-----BEGIN PGP MESSAGE-----\nVersion: " + strings.Repeat("x", maxArmorVersion+1) + "\n\n" + data + "\n-----END PGP MESSAGE-----", false, false},
+		{"line over 76 characters", "-----BEGIN PGP MESSAGE-----\n\n" + strings.Repeat("wQMD", 19) + "AwPSBAECAwQ=\n-----END PGP MESSAGE-----", false, false},
+		{"no blank line after BEGIN", "-----BEGIN PGP MESSAGE-----\n" + data + "\n-----END PGP MESSAGE-----", false, false},
 		{"blank line inside data", "-----BEGIN PGP MESSAGE-----\n\nwQMDA\n\nwPSBAECAwQ=\n-----END PGP MESSAGE-----", false, false},
 		{"many blank lines before", strings.Repeat("\n", maxPadLines+1) + "-----BEGIN PGP MESSAGE-----\n\n" + data + "\n-----END PGP MESSAGE-----", false, false},
 		{"unknown header", "-----BEGIN PGP MESSAGE-----\nX-Spam: buy\n\n" + data + "\n-----END PGP MESSAGE-----", false, false},
