@@ -68,7 +68,10 @@ type armorChecker struct {
 
 // line takes the next line of the part body, without its terminator.
 func (a *armorChecker) line(l []byte) error {
-	l = bytes.TrimRight(l, " \t")
+	n := len(l)
+	if l = bytes.TrimRight(l, " \t"); n-len(l) > maxPadLine {
+		return packetError("white space after an armor line")
+	}
 	switch a.state {
 	case armorBeforeBegin:
 		switch {

@@ -16,11 +16,8 @@ const (
 	appending                  // IMAP APPEND by a logged-in user
 )
 
-// Bounds on what is accumulated of a part body, and on MIME boundaries.
+// Bounds on MIME boundaries.
 const (
-	// maxSmallBody bounds the bodies compared as text: "Version: 1" and
-	// "secure-join: vc-request".
-	maxSmallBody = 1 << 10
 	// maxBoundary is the longest boundary RFC 2046 5.1.1 allows.
 	maxBoundary = 70
 )
@@ -460,9 +457,13 @@ type partBody interface {
 // small part, around the armor. Delta Chat writes one empty line in each.
 const maxPadLines = 4
 
-// isBlank reports whether l is empty or white space only.
+// maxPadLine bounds the white space of one such blank line, and the
+// white space around a line of text: spaces and tabs could carry text too.
+const maxPadLine = 16
+
+// isBlank reports whether l is empty or a little white space.
 func isBlank(l []byte) bool {
-	return len(bytes.Trim(l, " \t")) == 0
+	return len(l) <= maxPadLine && len(bytes.Trim(l, " \t")) == 0
 }
 
 // multipart streams the body of a multipart entity (RFC 2046 5.1.1) that
@@ -583,7 +584,7 @@ func (p *textPart) line(l []byte) *Reply {
 	if p.seen {
 		return ErrEncryptionNeeded.because("unexpected text part body")
 	}
-	if len(l) > maxSmallBody {
+	if len(l) > len(p.want)+maxPadLine {
 		return ErrEncryptionNeeded.because("part body too long")
 	}
 	p.seen = true

@@ -252,6 +252,13 @@ func TestCleartextCarriersPreambleEpilogue(t *testing.T) {
 			m.Part1 = "Content-Type: application/pgp-encrypted\n\nVersion: 1\n\nHello Bob\n"
 		})},
 		{"many blank lines around the armor", base.with(func(m *encryptedMsg) { m.Armor = strings.Repeat("\n", 1000) + m.Armor }).String()},
+		{"long white space lines of preamble", with(func(m *encryptedMsg) { m.Preamble = strings.Repeat(" \t", 8000) + "\n" })},
+		{"long white space after the version line", with(func(m *encryptedMsg) {
+			m.Part1 = "Content-Type: application/pgp-encrypted\n\nVersion: 1" + strings.Repeat("\t ", 500) + "\n\n"
+		})},
+		{"long white space after an armor line", base.with(func(m *encryptedMsg) {
+			m.Armor = strings.Replace(m.Armor, "\n", strings.Repeat(" \t", 500)+"\n", 3)
+		}).String()},
 		{"Secure-Join preamble", strings.Replace(sj, "\r\n\r\n--sj\r\n", "\r\n\r\nHello Bob, meet me at noon\r\n--sj\r\n", 1)},
 		{"Secure-Join epilogue", sj + "Hello Bob, meet me at noon\r\n"},
 		{"Secure-Join 1 MiB epilogue", sj + strings.ReplaceAll(mib, "\n", "\r\n")},
