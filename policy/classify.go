@@ -60,8 +60,12 @@ func Outgoing(env Envelope, r io.Reader, w io.Writer) *Reply {
 // like Outgoing, with the incoming clean-up: DKIM-Signature,
 // Authentication-Results and Received removed.
 //
+// When env.Authenticated is set, the From: domain read here must be that
+// domain, which the caller verified on its own reading of From:.
+//
 // Besides encrypted and SecureJoin messages it lets through bounces
-// (multipart/report from mailer-daemon with Auto-Submitted) and an
+// (multipart/report of report-type delivery-status from mailer-daemon at
+// env.Authenticated, with Auto-Submitted, at most 64 KiB) and an
 // Autocrypt Setup Message whose From: is its only recipient, which can only
 // be one of our own users writing to themselves.
 func Incoming(env Envelope, r io.Reader, w io.Writer) (Verdict, *Reply) {
