@@ -12,9 +12,9 @@ var (
 	armorDash  = []byte("-----")
 )
 
-// maxArmorHeaders bounds the armor headers of one message; real ones have
-// none (Delta Chat) or one or two (GnuPG, OpenPGP.js).
-const maxArmorHeaders = 8
+// maxArmorVersion bounds the value of a Version armor header: "GnuPG v2",
+// "OpenPGP.js v4.10.10", not a place for text.
+const maxArmorVersion = 64
 
 type armorState uint8
 
@@ -35,15 +35,17 @@ const (
 // Decisions beyond the RFC:
 //   - Only white space may surround the armor block: text before or after
 //     it would travel in cleartext.
+//   - Only a few blank lines (maxPadLines) may come before BEGIN and after
+//     END, and none between the base64 lines.
 //   - Armor headers (RFC 9580 6.2.2.1): when sending (strict) none at all.
-//     Delta Chat writes none, and a Version or Comment header is cleartext
-//     that says which software the user runs. Received and appended
-//     messages may carry Version, Comment and Charset, which other
-//     OpenPGP implementations write; anything else (Hash belongs to
-//     cleartext signatures, unknown keys) is refused.
-//   - The blank line after the armor headers may be missing when there are
-//     no headers: base64 has no colon, so the first data line is
-//     unambiguous.
+//     Delta Chat writes none, and a Version header is cleartext that says
+//     which software the user runs. Received and appended messages may
+//     carry one Version header of at most maxArmorVersion printable ASCII
+//     characters, which other OpenPGP implementations write; Comment and
+//     Charset carry text a client may show, Hash belongs to cleartext
+//     signatures: anything but Version is refused (SPEC section 5).
+//   - The blank line after the armor headers (RFC 9580 6.2) must be there,
+//     headers or not: go-crypto's decoder refuses armor without it.
 //   - The CRC-24 line, if present, must be "=" and four base64 characters
 //     and directly precede the END line; its value is not checked, as
 //     RFC 9580 6.1 says a receiver must not reject a message over it.
@@ -53,6 +55,7 @@ type armorChecker struct {
 	strict  bool
 	state   armorState
 	headers int
+	pad     int // blank lines before BEGIN and after END
 
 	carry  [4]byte // base64 characters not yet forming a quantum
 	ncarry int
@@ -65,11 +68,17 @@ type armorChecker struct {
 
 // line takes the next line of the part body, without its terminator.
 func (a *armorChecker) line(l []byte) error {
-	l = bytes.TrimRight(l, " \t")
+	n := len(l)
+	if l = bytes.TrimRight(l, " \t"); n-len(l) > maxPadLine {
+		return packetError("white space after an armor line")
+	}
 	switch a.state {
 	case armorBeforeBegin:
 		switch {
 		case len(l) == 0:
+			if a.pad++; a.pad > maxPadLines {
+				return packetError("too many blank lines before the armor")
+			}
 		case bytes.Equal(l, armorBegin):
 			a.state = armorHeaders
 		default:
@@ -83,15 +92,16 @@ func (a *armorChecker) line(l []byte) error {
 			return nil
 		}
 		if i := bytes.IndexByte(l, ':'); i >= 0 {
-			return a.header(l[:i])
+			return a.header(l[:i], l[i+1:])
 		}
-		a.state = armorData
-		return a.data(l)
+		// go-crypto's armor decoder, for one, fails without the blank
+		// line; another reader may take the first data line for a header.
+		return packetError("no blank line after the armor headers")
 
 	case armorData:
 		switch {
 		case len(l) == 0:
-			return nil
+			return packetError("blank line in the armor")
 		case l[0] == '=':
 			if !isChecksumLine(l) {
 				return packetError("malformed armor checksum line")
@@ -118,29 +128,46 @@ func (a *armorChecker) line(l []byte) error {
 	if len(l) != 0 {
 		return packetError("text after the armor")
 	}
+	if a.pad++; a.pad > 2*maxPadLines {
+		return packetError("too many blank lines after the armor")
+	}
 	return nil
 }
 
-// header checks one armor header key (RFC 9580 6.2.2).
-func (a *armorChecker) header(key []byte) error {
+// header checks one armor header (RFC 9580 6.2.2).
+func (a *armorChecker) header(key, value []byte) error {
 	if a.strict {
 		return packetError("armor header in a message being sent")
 	}
-	a.headers++
-	if a.headers > maxArmorHeaders {
-		return packetError("too many armor headers")
+	if string(key) != "Version" {
+		return packetError("armor header not allowed")
 	}
-	switch string(key) {
-	case "Version", "Comment", "Charset":
-		return nil
+	if a.headers++; a.headers > 1 {
+		return packetError("more than one armor header")
 	}
-	return packetError("armor header not allowed")
+	value = bytes.TrimLeft(value, " ")
+	if len(value) > maxArmorVersion {
+		return packetError("armor Version header too long")
+	}
+	for _, c := range value {
+		if c < ' ' || c >= 0x7f {
+			return packetError("armor Version header not printable ASCII")
+		}
+	}
+	return nil
 }
+
+// maxArmorLine bounds a line of base64 (RFC 9580 6.3: 76 characters);
+// go-crypto's decoder refuses lines over 96, others may not.
+const maxArmorLine = 76
 
 // data decodes one line of base64 (RFC 4648 4) and feeds the octets to the
 // packet walker. A line need not hold whole quanta; the rest is carried to
 // the next line.
 func (a *armorChecker) data(l []byte) error {
+	if len(l) > maxArmorLine {
+		return packetError("armor line longer than 76 characters")
+	}
 	if a.padded {
 		return packetError("base64 after padding")
 	}

@@ -16,11 +16,8 @@ const (
 	appending                  // IMAP APPEND by a logged-in user
 )
 
-// Bounds on what is accumulated of a part body, and on MIME boundaries.
+// Bounds on MIME boundaries.
 const (
-	// maxSmallBody bounds the bodies compared as text: "Version: 1" and
-	// "secure-join: vc-request".
-	maxSmallBody = 1 << 10
 	// maxBoundary is the longest boundary RFC 2046 5.1.1 allows.
 	maxBoundary = 70
 )
@@ -63,8 +60,12 @@ func Outgoing(env Envelope, r io.Reader, w io.Writer) *Reply {
 // like Outgoing, with the incoming clean-up: DKIM-Signature,
 // Authentication-Results and Received removed.
 //
+// When env.Authenticated is set, the From: domain read here must be that
+// domain, which the caller verified on its own reading of From:.
+//
 // Besides encrypted and SecureJoin messages it lets through bounces
-// (multipart/report from mailer-daemon with Auto-Submitted) and an
+// (multipart/report of report-type delivery-status from mailer-daemon at
+// env.Authenticated, with Auto-Submitted, at most 64 KiB) and an
 // Autocrypt Setup Message whose From: is its only recipient, which can only
 // be one of our own users writing to themselves.
 func Incoming(env Envelope, r io.Reader, w io.Writer) (Verdict, *Reply) {
@@ -76,6 +77,10 @@ func Incoming(env Envelope, r io.Reader, w io.Writer) (Verdict, *Reply) {
 	from, rep := h.fromAddress()
 	if rep != nil {
 		return Verdict{}, rep
+	}
+	if _, domain, _ := strings.Cut(from, "@"); env.Authenticated != "" && !strings.EqualFold(domain, env.Authenticated) {
+		// The caller verified another reading of From: than this one.
+		return Verdict{}, ErrDKIM("From header read differently").because("From domain %q, verified %q", domain, env.Authenticated)
 	}
 	h.write(c.out, incomingDropped, "")
 	kind, rep := c.classify(h, env, from)
@@ -212,6 +217,9 @@ func (c *checker) passThrough() *Reply {
 // classify decides what the message is from its header section and
 // checks its body accordingly, streaming it to the output.
 func (c *checker) classify(h *header, env Envelope, from string) (Kind, *Reply) {
+	if rep := h.checkUnique(); rep != nil {
+		return 0, rep
+	}
 	ct, rep := h.contentType()
 	if rep != nil {
 		return 0, rep
@@ -224,13 +232,10 @@ func (c *checker) classify(h *header, env Envelope, from string) (Kind, *Reply) 
 
 	switch {
 	case ct.typ == "multipart/encrypted":
-		return Encrypted, c.encrypted(ct, cte)
+		return Encrypted, c.encrypted(h, ct, cte)
 
 	case sjFields > 0:
-		if sjFields > 1 {
-			return 0, ErrMalformed.because("more than one Secure-Join field")
-		}
-		return SecureJoin, c.secureJoin(strings.ToLower(secureJoin), ct, cte)
+		return SecureJoin, c.secureJoin(h, strings.ToLower(secureJoin), ct, cte)
 
 	case ct.typ == "multipart/mixed":
 		subject, _, rep := h.single("Subject")
@@ -246,16 +251,54 @@ func (c *checker) classify(h *header, env Envelope, from string) (Kind, *Reply) 
 		return SetupMessage, c.passThrough()
 
 	case ct.typ == "multipart/report" && c.dir == incoming:
-		local, _, _ := strings.Cut(from, "@")
-		if local != "mailer-daemon" {
-			return 0, ErrEncryptionNeeded.because("report not from mailer-daemon")
-		}
-		if v, _ := h.get("Auto-Submitted"); v == "" {
-			return 0, ErrEncryptionNeeded.because("report without Auto-Submitted")
-		}
-		return Bounce, c.passThrough()
+		return Bounce, c.bounce(h, ct, env, from)
 	}
 	return 0, ErrEncryptionNeeded.because("cleartext %s", ct.typ)
+}
+
+// maxBounce bounds a cleartext bounce, header included (SPEC section 5):
+// enough for a delivery status notification with the returned headers,
+// too little to carry much else.
+const maxBounce = 64 << 10
+
+// bounce checks a cleartext delivery status notification (RFC 3464): a
+// multipart/report of report-type delivery-status from mailer-daemon at
+// the domain the caller verified (env.Authenticated: DKIM d=, or the
+// connecting IP for an address literal), marked Auto-Submitted (RFC 3834
+// 5) with any value but "no", and at most maxBounce octets in all.
+func (c *checker) bounce(h *header, ct mediaType, env Envelope, from string) *Reply {
+	local, domain, _ := strings.Cut(from, "@")
+	if local != "mailer-daemon" {
+		return ErrEncryptionNeeded.because("report not from mailer-daemon")
+	}
+	if env.Authenticated == "" || !strings.EqualFold(domain, env.Authenticated) {
+		return ErrEncryptionNeeded.because("report from mailer-daemon of an unverified domain")
+	}
+	if !strings.EqualFold(ct.params["report-type"], "delivery-status") {
+		return ErrEncryptionNeeded.because("report that is not a delivery status")
+	}
+	// The keyword is the leading token (RFC 3834 5): "no (x)" and
+	// "no; x" are "no" to a reader that strips comments and parameters.
+	as, _ := h.get("Auto-Submitted")
+	n := 0
+	for n < len(as) && isTokenChar(as[n]) {
+		n++
+	}
+	if as = strings.ToLower(as[:n]); as == "" || as == "no" {
+		return ErrEncryptionNeeded.because("report without Auto-Submitted")
+	}
+	for {
+		_, eof, rep := c.line()
+		if rep != nil {
+			return rep
+		}
+		if c.lr.n > maxBounce {
+			return ErrEncryptionNeeded.because("report larger than %d octets", maxBounce)
+		}
+		if eof {
+			return nil
+		}
+	}
 }
 
 // toOneself reports whether a setup message goes to its sender only
@@ -272,19 +315,27 @@ func (c *checker) toOneself(env Envelope, from string) bool {
 	return strings.EqualFold(from, env.From)
 }
 
-// encrypted checks the body of a multipart/encrypted message: the two
-// parts of RFC 3156 section 4, a version part and an armored OpenPGP
-// message.
-func (c *checker) encrypted(ct mediaType, cte string) *Reply {
+// encrypted checks the body of a multipart/encrypted message: exactly the
+// two parts of RFC 3156 section 4, a version part and an armored OpenPGP
+// message, with MIME-Version 1.0 and the protocol parameter RFC 1847 2.2
+// requires.
+func (c *checker) encrypted(h *header, ct mediaType, cte string) *Reply {
+	if rep := h.mimeVersion(); rep != nil {
+		return rep
+	}
 	if !multipartEncoding(cte) {
 		return ErrEncryptionNeeded.because("multipart with transfer encoding %s", cte)
 	}
-	// RFC 1847 2.2 requires the protocol parameter; RFC 3156 4 fixes its
-	// value. A missing one is tolerated: the parts are checked anyway.
-	if p, ok := ct.params["protocol"]; ok && !strings.EqualFold(p, "application/pgp-encrypted") {
+	if why := ct.allowedParams("boundary", "protocol"); why != "" {
+		return ErrEncryptionNeeded.because("%s", why)
+	}
+	if p := ct.params["protocol"]; !strings.EqualFold(p, "application/pgp-encrypted") {
 		return ErrEncryptionNeeded.because("multipart/encrypted protocol %q", p)
 	}
 	return c.multipart(ct, 2, func(i int, h *header) (partBody, *Reply) {
+		if rep := checkPartHeader(h); rep != nil {
+			return nil, rep
+		}
 		pt, rep := h.contentType()
 		if rep != nil {
 			return nil, rep
@@ -301,8 +352,14 @@ func (c *checker) encrypted(ct mediaType, cte string) *Reply {
 		}
 		switch {
 		case i == 1 && pt.typ == "application/pgp-encrypted":
+			if why := pt.allowedParams("charset"); why != "" {
+				return nil, ErrEncryptionNeeded.because("%s", why)
+			}
 			return &textPart{want: "Version: 1"}, nil
 		case i == 2 && pt.typ == "application/octet-stream":
+			if why := pt.allowedParams("charset", "name"); why != "" {
+				return nil, ErrEncryptionNeeded.because("%s", why)
+			}
 			return &armorPart{a: armorChecker{strict: c.dir == outgoing}}, nil
 		}
 		return nil, ErrEncryptionNeeded.because("part %d is %s", i, pt.typ)
@@ -311,15 +368,18 @@ func (c *checker) encrypted(ct mediaType, cte string) *Reply {
 
 // secureJoin checks the cleartext first message of SecureJoin: a
 // "Secure-Join: vc-request" (or vg-request) field and a body that says the
-// same in one text/plain part, either the message itself or the only part
-// of a multipart/mixed, as Delta Chat sends it.
-func (c *checker) secureJoin(step string, ct mediaType, cte string) *Reply {
+// same in one non-multipart text/plain part, either the message itself or
+// the only part of a multipart/mixed, as Delta Chat sends it.
+func (c *checker) secureJoin(h *header, step string, ct mediaType, cte string) *Reply {
 	if step != "vc-request" && step != "vg-request" {
 		return ErrEncryptionNeeded.because("cleartext Secure-Join step")
 	}
+	if rep := h.mimeVersion(); rep != nil {
+		return rep
+	}
 	want := "secure-join: " + step
 	if ct.typ == "text/plain" {
-		p, rep := secureJoinPart(want, cte)
+		p, rep := secureJoinPart(want, ct, cte)
 		if rep != nil {
 			return rep
 		}
@@ -331,7 +391,13 @@ func (c *checker) secureJoin(step string, ct mediaType, cte string) *Reply {
 	if !multipartEncoding(cte) {
 		return ErrEncryptionNeeded.because("multipart with transfer encoding %s", cte)
 	}
+	if why := ct.allowedParams("boundary"); why != "" {
+		return ErrEncryptionNeeded.because("%s", why)
+	}
 	return c.multipart(ct, 1, func(_ int, h *header) (partBody, *Reply) {
+		if rep := checkPartHeader(h); rep != nil {
+			return nil, rep
+		}
 		pt, rep := h.contentType()
 		if rep != nil {
 			return nil, rep
@@ -343,11 +409,14 @@ func (c *checker) secureJoin(step string, ct mediaType, cte string) *Reply {
 		if rep != nil {
 			return nil, rep
 		}
-		return secureJoinPart(want, pcte)
+		return secureJoinPart(want, pt, pcte)
 	})
 }
 
-func secureJoinPart(want, cte string) (*textPart, *Reply) {
+func secureJoinPart(want string, ct mediaType, cte string) (*textPart, *Reply) {
+	if why := ct.allowedParams("charset", "format", "delsp"); why != "" {
+		return nil, ErrEncryptionNeeded.because("Secure-Join %s", why)
+	}
 	switch cte {
 	case "7bit", "8bit":
 		return &textPart{want: want, fold: true}, nil
@@ -387,20 +456,42 @@ type partBody interface {
 	end() *Reply
 }
 
+// maxPadLines bounds the lines of white space allowed where no text may
+// be: the preamble and the epilogue of a multipart, around the text of a
+// small part, around the armor. Delta Chat writes one empty line in each.
+const maxPadLines = 4
+
+// maxPadLine bounds the white space of one such blank line, and the
+// white space around a line of text: spaces and tabs could carry text too.
+const maxPadLine = 16
+
+// isBlank reports whether l is empty or a little white space.
+func isBlank(l []byte) bool {
+	return len(l) <= maxPadLine && len(bytes.Trim(l, " \t")) == 0
+}
+
 // multipart streams the body of a multipart entity (RFC 2046 5.1.1) that
 // must have exactly want parts, each checked by the partBody that part
-// returns for its header section. The preamble and the epilogue are
-// ignored, as the RFC says; Delta Chat and others put a sentence there.
+// returns for its header section.
+//
+// The preamble and the epilogue may hold a few blank lines and nothing
+// else: text there is cleartext that some readers show, and a preamble
+// line that starts with "--" is taken for a delimiter by some parsers.
+// Every line that starts with "--" and the boundary must be exactly a
+// delimiter ("--b") or the close delimiter ("--b--"): mailparse takes any
+// line with that prefix for one, so "--b--text", "--b " or "--bX" (a
+// longer boundary) are refused rather than read one way here and another
+// way there.
 func (c *checker) multipart(ct mediaType, want int, part func(i int, h *header) (partBody, *Reply)) *Reply {
 	boundary := ct.params["boundary"]
-	if len(boundary) == 0 || len(boundary) > maxBoundary {
-		return ErrMalformed.because("bad multipart boundary")
+	if !validBoundary(boundary) {
+		return ErrEncryptionNeeded.because("bad multipart boundary")
 	}
 	delim := make([]byte, 0, 2+len(boundary))
 	delim = append(append(delim, "--"...), boundary...)
 
 	var cur partBody
-	parts := 0
+	parts, pad := 0, 0
 	for {
 		l, eof, rep := c.line()
 		if rep != nil {
@@ -409,14 +500,28 @@ func (c *checker) multipart(ct mediaType, want int, part func(i int, h *header) 
 		if eof {
 			return ErrEncryptionNeeded.because("multipart without close delimiter")
 		}
-		last, isDelim := delimiter(l, delim)
-		if !isDelim {
+		if !bytes.HasPrefix(l, delim) {
 			if cur != nil {
 				if rep := cur.line(l); rep != nil {
 					return rep
 				}
+				continue
+			}
+			if !isBlank(l) {
+				return ErrEncryptionNeeded.because("text in the preamble")
+			}
+			if pad++; pad > maxPadLines {
+				return ErrEncryptionNeeded.because("preamble too long")
 			}
 			continue
+		}
+		var last bool
+		switch rest := l[len(delim):]; {
+		case len(rest) == 0:
+		case string(rest) == "--":
+			last = true
+		default:
+			return ErrEncryptionNeeded.because("line that starts with the boundary is not a delimiter")
 		}
 		if cur != nil {
 			if rep := cur.end(); rep != nil {
@@ -428,7 +533,7 @@ func (c *checker) multipart(ct mediaType, want int, part func(i int, h *header) 
 			if parts != want {
 				return ErrEncryptionNeeded.because("%d MIME parts, want %d", parts, want)
 			}
-			return c.passThrough()
+			return c.epilogue()
 		}
 		parts++
 		if parts > want {
@@ -445,39 +550,54 @@ func (c *checker) multipart(ct mediaType, want int, part func(i int, h *header) 
 	}
 }
 
-// delimiter reports whether l is a boundary delimiter line for delim
-// ("--" boundary), and whether it is the close delimiter. Linear white
-// space may follow (RFC 2046 5.1.1).
-func delimiter(l, delim []byte) (last, ok bool) {
-	if !bytes.HasPrefix(l, delim) {
-		return false, false
+// epilogue checks what follows the close delimiter: a few blank lines.
+func (c *checker) epilogue() *Reply {
+	for pad := 0; ; pad++ {
+		l, eof, rep := c.line()
+		if rep != nil || eof {
+			return rep
+		}
+		if !isBlank(l) {
+			return ErrEncryptionNeeded.because("text in the epilogue")
+		}
+		if pad >= maxPadLines {
+			return ErrEncryptionNeeded.because("epilogue too long")
+		}
 	}
-	rest := l[len(delim):]
-	if bytes.HasPrefix(rest, []byte("--")) {
-		last, rest = true, rest[2:]
-	}
-	return last, len(bytes.TrimRight(rest, " \t")) == 0
 }
 
-// textPart accepts a short body whose text, without surrounding white
-// space, is want.
+// textPart accepts a short body that is one line of text, want, with at
+// most maxPadLines blank lines around it. Surrounding white space on the
+// line is ignored.
 type textPart struct {
 	want     string
 	fold     bool // compare case-insensitively
 	noEquals bool // refuse "=" (quoted-printable escapes)
-	buf      []byte
+	got      []byte
+	seen     bool
+	pad      int
 }
 
 func (p *textPart) line(l []byte) *Reply {
-	if len(p.buf)+len(l)+2 > maxSmallBody {
+	if isBlank(l) {
+		if p.pad++; p.pad > maxPadLines {
+			return ErrEncryptionNeeded.because("too many blank lines in a text part")
+		}
+		return nil
+	}
+	if p.seen {
+		return ErrEncryptionNeeded.because("unexpected text part body")
+	}
+	if len(l) > len(p.want)+maxPadLine {
 		return ErrEncryptionNeeded.because("part body too long")
 	}
-	p.buf = append(append(p.buf, l...), '\n')
+	p.seen = true
+	p.got = append(p.got[:0], bytes.Trim(l, " \t")...)
 	return nil
 }
 
 func (p *textPart) end() *Reply {
-	got := string(bytes.TrimSpace(p.buf))
+	got := string(p.got)
 	if p.noEquals && strings.Contains(got, "=") {
 		return ErrEncryptionNeeded.because("quoted-printable escape in text part")
 	}

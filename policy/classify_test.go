@@ -65,16 +65,21 @@ func policyCases(t testing.TB) []policyCase {
 	add("symmetric (SKESK)", newEncrypted(symmetric).String(), nil, nil, Encrypted)
 	add("LF line endings", strings.ReplaceAll(base.String(), "\r\n", "\n"), nil, nil, Encrypted)
 	add("no preamble", enc(func(m *encryptedMsg) { m.Preamble = "" }), nil, nil, Encrypted)
-	add("epilogue", enc(func(m *encryptedMsg) { m.Epilogue = "epilogue text\n" }), nil, nil, Encrypted)
+	add("blank epilogue", enc(func(m *encryptedMsg) { m.Epilogue = "\n \n" }), nil, nil, Encrypted)
+	add("Delta Chat's part headers", enc(func(m *encryptedMsg) {
+		m.CType = "multipart/encrypted; protocol=\"application/pgp-encrypted\"; \n\tboundary=\"" + testBoundary + "\""
+		m.Part1 = "Content-Type: application/pgp-encrypted; charset=\"utf-8\"\nContent-Transfer-Encoding: 7bit\n\nVersion: 1\n\n"
+		m.Part2Head = "Content-Type: application/octet-stream; charset=\"utf-8\"\nContent-Transfer-Encoding: 7bit\n"
+	}), nil, nil, Encrypted)
 	add("no protocol parameter", enc(func(m *encryptedMsg) {
 		m.CType = `multipart/encrypted; boundary="` + testBoundary + `"`
-	}), nil, nil, Encrypted)
+	}), E, E, 0)
 	add("SEIPD only", newEncrypted(synth(seipd)).String(), nil, nil, Encrypted)
 	add("PKESK SKESK PKESK SEIPD", newEncrypted(synth(esk, pkt(tagSKESK, fakeESK(40)), esk, seipd)).String(), nil, nil, Encrypted)
 	add("partial lengths", newEncrypted(synth(esk, partialPkt(tagSEIPD, fakeSEIPD(5000), 9))).String(), nil, nil, Encrypted)
 	add("partial lengths ending in zero", newEncrypted(synth(esk, partialPkt(tagSEIPD, fakeSEIPD(1024), 9))).String(), nil, nil, Encrypted)
 	add("two- and five-octet lengths", newEncrypted(synth(esk, seipd[:1], []byte{255, 0, 0, 1, 44}, seipd[3:])).String(), nil, nil, Encrypted)
-	add("no blank line after BEGIN", newEncrypted(armorWithout(pubkey)).String(), nil, nil, Encrypted)
+	add("no blank line after BEGIN", newEncrypted(armorWithout(pubkey)).String(), E, E, 0)
 	add("Version: 1 with white space", enc(func(m *encryptedMsg) {
 		m.Part1 = strings.Replace(m.Part1, "Version: 1\n", "\n  Version: 1  \n\n", 1)
 	}), nil, nil, Encrypted)
@@ -84,7 +89,7 @@ func policyCases(t testing.TB) []policyCase {
 
 	// Armor headers: refused when sending, accepted when receiving.
 	add("armor Version header", newEncrypted(withVersion).String(), E, nil, Encrypted)
-	add("armor Comment header", newEncrypted(withComment).String(), E, nil, Encrypted)
+	add("armor Comment header", newEncrypted(withComment).String(), E, E, 0)
 	add("armor Hash header", newEncrypted(withHash).String(), E, E, 0)
 
 	// Structure.
@@ -152,7 +157,7 @@ func policyCases(t testing.TB) []policyCase {
 	// SecureJoin.
 	add("securejoin vc-request", secureJoinMsg("vc-request", "secure-join: vc-request"), nil, nil, SecureJoin)
 	add("securejoin vg-request", secureJoinMsg("vg-request", "Secure-Join: vg-request\n"), nil, nil, SecureJoin)
-	add("securejoin text/plain", toCRLF("From: <"+alice+">\nTo: <"+bob+">\nSecure-Join: vc-request\nContent-Type: text/plain\n\nsecure-join: vc-request\n"), nil, nil, SecureJoin)
+	add("securejoin text/plain", toCRLF("From: <"+alice+">\nTo: <"+bob+">\nSecure-Join: vc-request\nMIME-Version: 1.0\nContent-Type: text/plain\n\nsecure-join: vc-request\n"), nil, nil, SecureJoin)
 	add("securejoin wrong body", secureJoinMsg("vc-request", "secure-join: vc-request\nHi Bob, buy now"), E, E, 0)
 	add("securejoin mismatched step", secureJoinMsg("vc-request", "secure-join: vg-request"), E, E, 0)
 	add("securejoin later step in cleartext", secureJoinMsg("vc-request-with-auth", "secure-join: vc-request-with-auth"), E, E, 0)
@@ -256,6 +261,7 @@ func TestIncomingTable(t *testing.T) {
 	for _, c := range policyCases(t) {
 		t.Run(c.name, func(t *testing.T) {
 			env := envFor(c)
+			env.Authenticated = "example.org" // alice's and the bounces' domain
 			if strings.Contains(c.msg, "MAILER-DAEMON") {
 				env.From = "" // the null reverse-path of bounces
 			}
@@ -289,9 +295,9 @@ var appendDiffers = map[string]*Reply{
 	// envelope said.
 	"setup message to someone else":        nil,
 	"setup message to oneself and another": nil,
-	// From: is only looked at for setup messages.
-	"empty message":   ErrEncryptionNeeded,
-	"two From fields": nil,
+	// From: is only looked at for setup messages, but two are refused
+	// like any other doubled field.
+	"empty message": ErrEncryptionNeeded,
 }
 
 // TestAppendTable: APPEND accepts what Incoming accepts, with the
@@ -376,9 +382,10 @@ func TestOutgoingCleansHeader(t *testing.T) {
 		"Subject: =?utf-8?q?secret_subject?=\n and more\n" +
 		"User-Agent: Foo/1.0\n" +
 		"x-originating-ip: [192.0.2.1]\n" +
-		"Received : by hand\n" +
+		"received: by hand\n" +
 		"To: <" + bob + ">\n" +
 		"Secure-Join: vc-request\n" +
+		"MIME-Version: 1.0\n" +
 		"Content-Type: text/plain\n" +
 		"\n" +
 		"secure-join: vc-request\n"
@@ -386,6 +393,7 @@ func TestOutgoingCleansHeader(t *testing.T) {
 		"Subject: [...]\r\n" +
 		"To: <" + bob + ">\r\n" +
 		"Secure-Join: vc-request\r\n" +
+		"MIME-Version: 1.0\r\n" +
 		"Content-Type: text/plain\r\n" +
 		"\r\n" +
 		"secure-join: vc-request\r\n"
@@ -407,6 +415,7 @@ func TestIncomingCleansHeader(t *testing.T) {
 		"X-Mailer: kept when receiving\r\n" +
 		"To: <" + bob + ">\r\n" +
 		"Secure-Join: vg-request\r\n" +
+		"MIME-Version: 1.0\r\n" +
 		"Content-Type: text/plain\r\n" +
 		"\r\n" +
 		"secure-join: vg-request"
@@ -415,6 +424,7 @@ func TestIncomingCleansHeader(t *testing.T) {
 		"X-Mailer: kept when receiving\r\n" +
 		"To: <" + bob + ">\r\n" +
 		"Secure-Join: vg-request\r\n" +
+		"MIME-Version: 1.0\r\n" +
 		"Content-Type: text/plain\r\n" +
 		"\r\n" +
 		"secure-join: vg-request\r\n"

@@ -37,6 +37,7 @@ var crlf = []byte("\r\n")
 type lineReader struct {
 	br  *bufio.Reader
 	eof bool
+	n   int // octets read so far, line terminators included
 }
 
 func newLineReader(r io.Reader) *lineReader {
@@ -51,6 +52,7 @@ func (lr *lineReader) next() (line []byte, eof bool, rep *Reply) {
 		return nil, true, nil
 	}
 	line, err := lr.br.ReadSlice('\n')
+	lr.n += len(line)
 	switch {
 	case err == nil:
 		line = line[:len(line)-1]
@@ -129,9 +131,10 @@ func readHeader(lr *lineReader, maxBytes, maxLines int) (*header, *Reply) {
 		if colon < 0 {
 			return nil, ErrMalformed.because("header line without colon")
 		}
-		// White space before the colon is obsolete syntax (RFC 5322 4.5)
-		// that we accept, so "Received :" is removed like "Received:".
-		name := bytes.TrimRight(line[:colon], " \t")
+		// White space before the colon is obsolete syntax (RFC 5322 4.5):
+		// Go's textproto refuses the line, Python's email takes the name
+		// with the space, others trim it. Refused (SPEC section 5).
+		name := line[:colon]
 		if !validFieldName(name) {
 			return nil, ErrMalformed.because("invalid header field name")
 		}
@@ -271,24 +274,27 @@ type mediaType struct {
 }
 
 // contentType returns the Content-Type of an entity, text/plain if it has
-// none (RFC 2045 5.2).
+// none (RFC 2045 5.2), read by parseParamField.
 func (h *header) contentType() (mediaType, *Reply) {
-	v, ok, rep := h.single("Content-Type")
-	if rep != nil {
-		return mediaType{}, rep
+	_, n := h.get("Content-Type")
+	if n > 1 {
+		return mediaType{}, ErrMalformed.because("more than one Content-Type field")
 	}
+	f, ok := h.field("Content-Type")
 	if !ok {
 		return mediaType{typ: "text/plain"}, nil
 	}
-	typ, params, err := mime.ParseMediaType(v)
-	if err != nil {
-		return mediaType{}, ErrMalformed.because("unreadable Content-Type")
+	mt, why := parseParamField(h.rawValue(f), true)
+	if why != "" {
+		return mediaType{}, ErrEncryptionNeeded.because("Content-Type: %s", why)
 	}
-	return mediaType{typ: typ, params: params}, nil
+	return mt, nil
 }
 
 // transferEncoding returns the Content-Transfer-Encoding of an entity,
-// lower-case, "7bit" if it has none (RFC 2045 6.1).
+// lower-case, "7bit" if it has none (RFC 2045 6.1). The value must be one
+// bare token: "7bit (base64)" or a quoted value reads differently to a
+// reader that strips comments or quotes.
 func (h *header) transferEncoding() (string, *Reply) {
 	v, ok, rep := h.single("Content-Transfer-Encoding")
 	if rep != nil {
@@ -296,6 +302,11 @@ func (h *header) transferEncoding() (string, *Reply) {
 	}
 	if !ok {
 		return "7bit", nil
+	}
+	for i := 0; i < len(v); i++ {
+		if !isTokenChar(v[i]) {
+			return "", ErrEncryptionNeeded.because("malformed Content-Transfer-Encoding")
+		}
 	}
 	return strings.ToLower(v), nil
 }

@@ -159,7 +159,7 @@ func newEncrypted(armor string) *encryptedMsg {
 		From:     alice,
 		To:       bob,
 		CType:    `multipart/encrypted; protocol="application/pgp-encrypted"; boundary="` + testBoundary + `"`,
-		Preamble: "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\n",
+		Preamble: "",
 		Part1: "Content-Type: application/pgp-encrypted\n" +
 			"Content-Description: PGP/MIME version identification\n\nVersion: 1\n\n",
 		Part2Head: "Content-Type: application/octet-stream; name=\"encrypted.asc\"\n" +

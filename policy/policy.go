@@ -9,32 +9,50 @@
 // never held in memory, and the base64 of its OpenPGP armor is decoded and
 // its packets walked as it streams.
 //
+// Every check reads the message the strictest way: whatever two MIME
+// parsers (Go's mime, Python's email, Rust's mailparse that Delta Chat
+// uses, ...) could read differently is refused (SPEC section 5). See
+// mime.go for the field rules; FuzzPolicyDifferential holds the policy to
+// three independent readings.
+//
 // Where SPEC section 5 leaves room, the choices are:
-//   - The preamble and epilogue of a multipart body are ignored, as RFC
-//     2046 5.1.1 says (Delta Chat writes a sentence in the preamble).
+//   - The preamble and the epilogue of a multipart body may hold at most
+//     four blank lines and nothing else (Delta Chat writes one); every line
+//     that starts with "--" and the boundary must be exactly a delimiter.
+//   - Content-Type, Content-Disposition: a strict grammar, no comments,
+//     RFC 2231 or RFC 2047 forms, escapes or doubled parameters; the
+//     boundary from a safe character set; only the parameters the shape
+//     needs, charset utf-8 or us-ascii. MIME-Version must be "1.0".
+//   - Parts hold only Content-Type, Content-Transfer-Encoding,
+//     Content-Description (short ASCII) and Content-Disposition, each once.
 //   - Around the armor only 7bit, 8bit or no Content-Transfer-Encoding is
 //     accepted: a base64 or quoted-printable wrapping would be decoded
 //     here and perhaps not by the client, or the other way round.
-//   - Armor headers: none when sending (Delta Chat writes none, and a
-//     Comment is cleartext); Version, Comment and Charset when receiving
-//     or appending. Hash and unknown keys are refused.
+//   - Armor headers: none when sending (Delta Chat writes none, and any
+//     header is cleartext); one short Version when receiving or
+//     appending. The blank line after the headers is required.
 //   - The armor CRC-24 line is allowed and its value ignored (RFC 9580
-//     6.1). Only white space may surround the armor block.
+//     6.1). Only a few blank lines may surround the armor block.
 //   - Legacy (old-format) packet headers are refused, as SPEC section 5
 //     asks; note that GnuPG writes its PKESK packets that way, Delta Chat
 //     (rPGP) does not. The SEIPD version octet must be 1 or 2.
 //   - A SecureJoin request may be a text/plain message or a
 //     multipart/mixed holding one text/plain part (what Delta Chat sends);
 //     its text is compared without regard to case.
+//   - A bounce passes only when received, from mailer-daemon at the
+//     domain the caller verified (Envelope.Authenticated), with
+//     report-type delivery-status, an Auto-Submitted keyword other than
+//     "no", and at most 64 KiB in all.
 //   - An Autocrypt Setup Message is accepted when received only if its
 //     single recipient is its From: address (which DKIM vouches for); when
 //     appended, if its From: is the user.
 //   - Header sections are held in memory up to 1 MiB and 1000 lines (64 KiB
 //     and 100 lines for a MIME part); lines up to 16 KiB. A bare CR
-//     anywhere, and in a header a line without colon, a whitespace-only
-//     folded line, a NUL, or two From, Content-Type,
-//     Content-Transfer-Encoding or Secure-Join fields are refused as
-//     malformed: different parsers read these differently.
+//     anywhere, and in a header a line without colon, white space before
+//     a colon, a whitespace-only folded line, a NUL, or two fields of a
+//     kind that may appear once (From, Subject, MIME-Version, Content-*,
+//     Secure-Join, Auto-Submitted, ...) are refused as malformed:
+//     different parsers read these differently.
 //   - The Subject is replaced on every submitted message, a setup message
 //     included (Autocrypt recognises those by their Autocrypt-Setup-Message
 //     field); no Subject is added where there was none.
@@ -231,6 +249,12 @@ type Envelope struct {
 	From string
 	// To holds the RCPT TO addresses.
 	To []string
+	// Authenticated is, for Incoming, the sender domain the caller has
+	// verified: the DKIM d= domain aligned with From:, or "[ip]" for an
+	// address-literal sender connecting from ip. Incoming refuses a
+	// message whose From: domain, as read here, is not this one when it
+	// is set, and lets a bounce through only from mailer-daemon at it.
+	Authenticated string
 }
 
 // Verdict describes an incoming message that passed the policy.

@@ -100,7 +100,8 @@ func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account
 		s.log.Error("spool inbound message", "err", err)
 		return errTempFailure
 	}
-	if err := s.checkSender(raw, remote); err != nil {
+	domain, err := s.checkSender(raw, remote)
+	if err != nil {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			s.metrics.Refused(fmt.Sprintf("%d %d.%d.%d", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2]))
@@ -113,7 +114,9 @@ func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account
 		return errTempFailure
 	}
 	defer in.Close()
-	env := policy.Envelope{From: envFrom}
+	// The policy reads From: again, its own way, and refuses the message
+	// unless it finds the domain verified here.
+	env := policy.Envelope{From: envFrom, Authenticated: domain}
 	for _, a := range rcpts {
 		env.To = append(env.To, a.Addr)
 	}
@@ -123,40 +126,43 @@ func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account
 	})
 }
 
-// checkSender authenticates the From: domain of a spooled message.
-func (s *Server) checkSender(raw *mailbox.Incoming, remote net.IP) error {
+// checkSender authenticates the From: domain of a spooled message and
+// returns it: DKIM aligned with it, or for an address literal the
+// connecting address.
+func (s *Server) checkSender(raw *mailbox.Incoming, remote net.IP) (string, error) {
 	f, err := raw.Open()
 	if err != nil {
-		return errTempFailure
+		return "", errTempFailure
 	}
 	defer f.Close()
 	from, err := headerFrom(f)
 	if err != nil {
-		return smtpReply(policy.ErrDKIM("no valid From header"))
+		return "", smtpReply(policy.ErrDKIM("no valid From header"))
 	}
 	_, domain, err := policy.SplitAddress(from)
 	if err != nil {
-		return smtpReply(policy.ErrDKIM("no valid From header"))
+		return "", smtpReply(policy.ErrDKIM("no valid From header"))
 	}
+	domain = strings.ToLower(domain)
 	if strings.HasPrefix(domain, "[") {
 		// An address literal carries no DKIM: the sender must connect
 		// from that address.
-		lit := strings.TrimPrefix(strings.Trim(domain, "[]"), "IPv6:")
+		lit := strings.TrimPrefix(strings.Trim(domain, "[]"), "ipv6:")
 		if ip := net.ParseIP(lit); ip == nil || remote == nil || !ip.Equal(remote) {
-			return errIPMismatch
+			return "", errIPMismatch
 		}
-		return nil
+		return domain, nil
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return errTempFailure
+		return "", errTempFailure
 	}
 	if err := dkim.Verify(f, domain, s.dkimLookup); err != nil {
 		if dkim.IsTemporary(err) {
 			s.log.Warn("dkim lookup failed", "err", err)
-			return errDKIMTemp
+			return "", errDKIMTemp
 		}
 		s.log.Info("inbound refused", "reason", err.Error())
-		return smtpReply(policy.ErrDKIM(err.Error()))
+		return "", smtpReply(policy.ErrDKIM(err.Error()))
 	}
-	return nil
+	return domain, nil
 }

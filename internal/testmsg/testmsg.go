@@ -41,7 +41,6 @@ func Encrypted(from, to string, pad int) []byte {
 	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: [...]\r\nDate: %s\r\n", from, to, time.Now().UTC().Format(time.RFC1123Z))
 	fmt.Fprintf(&b, "Message-ID: <%x@test>\r\nMIME-Version: 1.0\r\n", time.Now().UnixNano())
 	fmt.Fprintf(&b, "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"%s\"\r\n\r\n", boundary)
-	fmt.Fprintf(&b, "This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n")
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: application/pgp-encrypted\r\nContent-Description: PGP/MIME version identification\r\n\r\nVersion: 1\r\n\r\n", boundary)
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\nContent-Description: OpenPGP encrypted message\r\nContent-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n", boundary)
 	b.WriteString(body)
