@@ -469,3 +469,30 @@ func TestFetchMatchesGoIMAPReference(t *testing.T) {
 		}
 	}
 }
+
+// SEARCH BODY and TEXT read the message file in pieces, the whole of it
+// (they read only its first MiB before), and SEARCH HEADER a bounded header.
+func TestSearchReadsWholeMessageInPieces(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const u = "searchers@localhost"
+	if err := r.Store().CreateAccount(u, password); err != nil {
+		t.Fatal(err)
+	}
+	filler := strings.Repeat("filler line\r\n", 200_000) // 2.6 MiB
+	deliver(t, r, u, strings.NewReader("From: a@example.org\r\nSubject: first\r\n\r\n"+filler+"Zebra at the end\r\n"))
+	deliver(t, r, u, strings.NewReader("From: b@example.org\r\nSubject: zebra\r\n\r\nnothing\r\n"))
+	x := relayIMAP(t, r, u)
+	x.do("s", "EXAMINE INBOX")
+	for _, c := range []struct{ criteria, want string }{
+		{"BODY zEBRA", "* SEARCH 1\r\n"},
+		{"TEXT zebra", "* SEARCH 1 2\r\n"},
+		{"HEADER Subject ZEBRA", "* SEARCH 2\r\n"},
+		{"BODY subject", "* SEARCH\r\n"},
+		{"TEXT \"line Zebra\"", "* SEARCH\r\n"},
+	} {
+		got := x.do("q", "SEARCH "+c.criteria)
+		if !bytes.HasPrefix(got, []byte(c.want)) {
+			t.Errorf("SEARCH %s: %q, want %q", c.criteria, got, c.want)
+		}
+	}
+}
