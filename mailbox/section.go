@@ -25,9 +25,10 @@ import (
 // bounds:
 const (
 	// maxHeaderRead bounds the bytes read to parse one header block (the
-	// message's, a part's, an attached message's). A header beyond it is
-	// treated like a malformed one: the section is empty.
-	maxHeaderRead = 256 << 10
+	// message's, a part's, an attached message's): the most the policy
+	// accepts for a message's header. A header beyond it is treated like a
+	// malformed one: the section is empty.
+	maxHeaderRead = 1 << 20
 	// maxPartDepth bounds the nesting followed: a part path longer than
 	// this names no part, and BODYSTRUCTURE describes deeper multiparts
 	// and attached messages as opaque parts.
