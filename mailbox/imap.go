@@ -1,7 +1,6 @@
 package mailbox
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
-	"github.com/emersion/go-message/textproto"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
@@ -706,37 +704,35 @@ func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, 
 		return c.internal("fetch", err)
 	}
 	defer f.Close()
-	rewind := func() io.Reader {
-		f.Seek(0, io.SeekStart)
-		return bufio.NewReader(f)
-	}
+	// Each read of the message is a fresh stream over the file; nothing of
+	// it is gathered in memory (section.go).
+	open := func() io.Reader { return io.NewSectionReader(f, 0, rec.Size) }
 	if options.Envelope {
-		if h, err := textproto.ReadHeader(bufio.NewReader(rewind())); err == nil {
+		if h, _, err := readHeader(open()); err == nil {
 			w.WriteEnvelope(imapserver.ExtractEnvelope(h))
 		} else {
 			w.WriteEnvelope(&imap.Envelope{})
 		}
 	}
 	if options.BodyStructure != nil {
-		w.WriteBodyStructure(imapserver.ExtractBodyStructure(rewind()))
+		w.WriteBodyStructure(bodyStructure(open()))
 	}
 	for _, bs := range options.BodySection {
 		var err error
-		if bs.Specifier == imap.PartSpecifierNone && len(bs.Part) == 0 && bs.Partial == nil {
-			// The whole message: stream the file rather than load it.
-			wc := w.WriteBodySection(bs, rec.Size)
-			f.Seek(0, io.SeekStart)
-			_, err = io.CopyN(wc, f, rec.Size)
+		if bs.Specifier == imap.PartSpecifierNone && len(bs.Part) == 0 {
+			// The whole message, or a range of it: bytes of the file.
+			off, n := partialRange(rec.Size, bs.Partial)
+			wc := w.WriteBodySection(bs, n)
+			_, err = copyBuffered(wc, io.NewSectionReader(f, off, n))
 			if cerr := wc.Close(); err == nil {
 				err = cerr
 			}
 		} else {
-			buf := imapserver.ExtractBodySection(rewind(), bs)
-			wc := w.WriteBodySection(bs, int64(len(buf)))
-			_, err = wc.Write(buf)
-			if cerr := wc.Close(); err == nil {
-				err = cerr
-			}
+			err = streamSection(open, func(w io.Writer, r io.Reader) error {
+				return writeBodySection(w, r, bs)
+			}, bs.Partial, func(size int64) io.WriteCloser {
+				return w.WriteBodySection(bs, size)
+			})
 		}
 		if err != nil {
 			w.Close() // imapserver's writer holds the connection until then
@@ -744,19 +740,22 @@ func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, 
 		}
 	}
 	for _, bs := range options.BinarySection {
-		buf := imapserver.ExtractBinarySection(rewind(), bs)
-		wc := w.WriteBinarySection(bs, int64(len(buf)))
-		_, err := wc.Write(buf)
-		if cerr := wc.Close(); err == nil {
-			err = cerr
-		}
+		err := streamSection(open, func(w io.Writer, r io.Reader) error {
+			return writeBinarySection(w, r, bs.Part)
+		}, bs.Partial, func(size int64) io.WriteCloser {
+			return w.WriteBinarySection(bs, size)
+		})
 		if err != nil {
 			w.Close()
 			return err
 		}
 	}
 	for _, bss := range options.BinarySectionSize {
-		w.WriteBinarySectionSize(bss, imapserver.ExtractBinarySectionSize(rewind(), bss))
+		var c counter
+		if err := writeBinarySection(&c, open(), bss.Part); err != nil {
+			c.n = 0
+		}
+		w.WriteBinarySectionSize(bss, uint32(c.n))
 	}
 	return w.Close()
 }

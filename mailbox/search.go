@@ -1,21 +1,18 @@
 package mailbox
 
 import (
-	"bufio"
 	"bytes"
 	"io"
 	"net/mail"
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-message/textproto"
 )
-
-// maxSearchRead bounds how much of one message a text search reads.
-const maxSearchRead = 1 << 20
 
 func (c *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
 	ts := c.resolve(imap.SeqSet{{Start: 1, Stop: 0}})
@@ -38,7 +35,9 @@ func (c *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCrite
 				continue
 			}
 			m := &searchMsg{c: c, seq: seq, uid: t.uid, rec: recs[i]}
-			if !m.match(criteria) {
+			ok := m.match(criteria)
+			m.close()
+			if !ok {
 				continue
 			}
 			uids.AddNum(t.uid)
@@ -72,29 +71,120 @@ type searchMsg struct {
 	seq    uint32
 	uid    imap.UID
 	rec    *msgRecord
-	raw    []byte
-	loaded bool
+	f      *os.File
+	opened bool
+	hdr    *textproto.Header
 }
 
-func (m *searchMsg) content() []byte {
-	if !m.loaded {
-		m.loaded = true
-		f, err := os.Open(m.c.s.msgPath(m.c.acc.ID, m.rec.File))
-		if err == nil {
-			m.raw, _ = io.ReadAll(io.LimitReader(f, maxSearchRead))
-			f.Close()
-		}
+// file opens the message file once; nil if it cannot be read.
+func (m *searchMsg) file() *os.File {
+	if !m.opened {
+		m.opened = true
+		m.f, _ = os.Open(m.c.s.msgPath(m.c.acc.ID, m.rec.File))
 	}
-	return m.raw
+	return m.f
+}
+
+func (m *searchMsg) close() {
+	if m.f != nil {
+		m.f.Close()
+	}
+}
+
+// content is the message as a fresh stream; the file is read in pieces,
+// never whole (docs/SECURITY.md, "Memory exhaustion by FETCH").
+func (m *searchMsg) content() io.Reader {
+	f := m.file()
+	if f == nil {
+		return strings.NewReader("")
+	}
+	return io.NewSectionReader(f, 0, m.rec.Size)
 }
 
 func (m *searchMsg) header() textproto.Header {
-	h, _ := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(m.content())))
-	return h
+	if m.hdr == nil {
+		// A header past the bound of readHeader is searched as far as read.
+		h, _, _ := readHeader(m.content())
+		m.hdr = &h
+	}
+	return *m.hdr
+}
+
+// body is what follows the first empty line, or the whole message if
+// there is none.
+func (m *searchMsg) body() io.Reader {
+	f := m.file()
+	if f == nil {
+		return strings.NewReader("")
+	}
+	if off := indexStream(m.content(), []byte("\r\n\r\n")); off >= 0 {
+		return io.NewSectionReader(f, off+4, m.rec.Size-off-4)
+	}
+	return m.content()
 }
 
 func containsFold(hay []byte, needle string) bool {
 	return bytes.Contains(bytes.ToLower(hay), []byte(strings.ToLower(needle)))
+}
+
+// searchChunk is how much of a message a text search holds at once.
+const searchChunk = 32 << 10
+
+// indexStream returns the offset of the first sep in r, or -1.
+func indexStream(r io.Reader, sep []byte) int64 {
+	buf := make([]byte, searchChunk)
+	var base int64 // offset of buf[0] in r
+	keep := 0
+	for {
+		n, err := io.ReadFull(r, buf[keep:])
+		data := buf[:keep+n]
+		if i := bytes.Index(data, sep); i >= 0 {
+			return base + int64(i)
+		}
+		if err != nil {
+			return -1
+		}
+		keep = min(len(sep)-1, len(data))
+		base += int64(len(data) - keep)
+		copy(buf, data[len(data)-keep:])
+	}
+}
+
+// containsFoldStream reports whether r holds needle, ignoring case as
+// containsFold does, reading r in pieces.
+func containsFoldStream(r io.Reader, needle string) bool {
+	n := []byte(strings.ToLower(needle))
+	if len(n) == 0 {
+		return true
+	}
+	buf := make([]byte, searchChunk)
+	var carry []byte // the lowered end of what was searched, len(n)-1 at most
+	pending := 0     // the start of a character cut off at the end of buf
+	for {
+		k, err := io.ReadFull(r, buf[pending:])
+		data := buf[:pending+k]
+		cut := len(data)
+		if err == nil {
+			// Lower whole characters only: keep an incomplete one back.
+			for i := len(data) - 1; i >= 0 && i >= len(data)-utf8.UTFMax; i-- {
+				if utf8.RuneStart(data[i]) {
+					if !utf8.FullRune(data[i:]) {
+						cut = i
+					}
+					break
+				}
+			}
+		}
+		hay := append(carry, bytes.ToLower(data[:cut])...)
+		if bytes.Contains(hay, n) {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+		carry = append(carry[:0:0], hay[max(0, len(hay)-(len(n)-1)):]...)
+		pending = copy(buf, data[cut:])
+	}
 }
 
 func (m *searchMsg) match(cr *imap.SearchCriteria) bool {
@@ -163,16 +253,12 @@ func (m *searchMsg) match(cr *imap.SearchCriteria) bool {
 		}
 	}
 	for _, s := range cr.Body {
-		raw := m.content()
-		if i := bytes.Index(raw, []byte("\r\n\r\n")); i >= 0 {
-			raw = raw[i+4:]
-		}
-		if !containsFold(raw, s) {
+		if !containsFoldStream(m.body(), s) {
 			return false
 		}
 	}
 	for _, s := range cr.Text {
-		if !containsFold(m.content(), s) {
+		if !containsFoldStream(m.content(), s) {
 			return false
 		}
 	}

@@ -3,6 +3,7 @@ package imapext
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -119,4 +120,47 @@ func maxLineLen(b []byte) int {
 		m = max(m, len(l))
 	}
 	return m
+}
+
+// countSink counts what respFramer passes on, keeping none of it.
+type countSink struct{ n, ends int64 }
+
+func (s *countSink) respStart(respKind) bool { return false }
+func (s *countSink) firstLine(b []byte)      { s.n += int64(len(b)) }
+func (s *countSink) out(b []byte)            { s.n += int64(len(b)) }
+func (s *countSink) respEnd(respKind, bool)  { s.ends++ }
+
+// The layer relays a FETCH literal as it comes: every byte of it imapserver
+// wrote is passed on before the next write, whatever its size, and the
+// framer holds no more than a literal header's worth of a line.
+func TestFramerStreamsLiterals(t *testing.T) {
+	const size = 64 << 20
+	head := fmt.Sprintf("* 1 FETCH (UID 1 BODY[1] {%d}\r\n", size)
+	piece := bytes.Repeat([]byte("0123456789abcdef"), 256) // 4 KiB
+	s := &countSink{}
+	var f respFramer
+	var fed int64
+	feed := func(b []byte) {
+		t.Helper()
+		f.feed(b, s)
+		fed += int64(len(b))
+		if s.n != fed || len(f.part) > 0 {
+			t.Fatalf("after %d bytes: %d passed on, %d held", fed, s.n, len(f.part))
+		}
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	feed([]byte(head))
+	for left := size; left > 0; left -= len(piece) {
+		feed(piece[:min(len(piece), left)])
+	}
+	feed([]byte(")\r\na OK FETCH completed\r\n"))
+	runtime.ReadMemStats(&after)
+	if s.ends != 2 || !f.atBoundary() {
+		t.Fatalf("%d responses ended, at boundary %v", s.ends, f.atBoundary())
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<10 {
+		t.Errorf("relaying a %d MiB literal allocated %d KiB", size>>20, grew>>10)
+	}
 }
