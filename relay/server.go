@@ -534,7 +534,11 @@ func (s *Server) startTURN() error {
 	if s.cfg.Dev {
 		// Dev mode's domain (localhost) may resolve to ::1 first, where
 		// the server does not listen: name the address it does.
-		if h, _, err := net.SplitHostPort(tc.ListenUDP + tc.ListenTCP); err == nil && net.ParseIP(h) != nil && !net.ParseIP(h).IsUnspecified() {
+		listen := tc.ListenUDP
+		if listen == "" {
+			listen = tc.ListenTCP
+		}
+		if h, _, err := net.SplitHostPort(listen); err == nil && net.ParseIP(h) != nil && !net.ParseIP(h).IsUnspecified() {
 			host = h
 		}
 	}

@@ -239,6 +239,9 @@ func (s *Server) TCPAddr() net.Addr {
 	return s.tcp.Addr()
 }
 
+// RelayIP is the address relayed addresses name.
+func (s *Server) RelayIP() net.IP { return s.opts.RelayIP }
+
 // Port is the port clients reach the server on (UDP's, else TCP's).
 func (s *Server) Port() int {
 	if s.udp != nil {
