@@ -363,6 +363,7 @@ func (s *Server) Start() error {
 	if err := s.startTURN(); err != nil {
 		s.closeListeners()
 		s.stopControl()
+		s.stopControl = nil
 		return err
 	}
 	s.fed.start()

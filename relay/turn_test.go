@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/base64"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pion/stun/v3"
 
+	"github.com/chatrelay/chatrelay/acme"
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/control"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
@@ -164,5 +166,45 @@ func TestTURNExternalTurnsBuiltInOff(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(r.Dir, turn.SecretFile)); err == nil {
 		t.Error("a built-in secret was made")
+	}
+}
+
+// A TURN port another process holds stops the relay with an error that
+// names it and says what to change (dev mode's fixed 3478 may be taken).
+func TestTURNPortTakenIsAClearError(t *testing.T) {
+	held, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	cfg := relaytest.Config(t.TempDir())
+	cfg.TURN.ListenUDP, cfg.TURN.ListenTCP = held.LocalAddr().String(), held.LocalAddr().String()
+	certs, err := acme.New(acme.Config{Mode: acme.ModeSelfSigned, Domain: cfg.Domain, DataDir: cfg.DataDir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer certs.Close()
+	srv, err := relay.New(cfg, certs, relay.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	err = srv.Start()
+	if err == nil {
+		t.Fatal("started with the TURN port taken")
+	}
+	for _, want := range []string{"listen turn (udp) on " + held.LocalAddr().String(), "address already in use", "--listen-turn"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	// Nothing else is left listening.
+	for _, name := range []string{"imaps", "https"} {
+		if a := srv.Addr(name); a != nil {
+			if c, err := net.DialTimeout("tcp", a.String(), time.Second); err == nil {
+				c.Close()
+				t.Errorf("%s still accepts on %v", name, a)
+			}
+		}
 	}
 }

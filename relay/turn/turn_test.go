@@ -142,6 +142,7 @@ func TestNoAllocationWithoutCredentials(t *testing.T) {
 	if err := code.GetFrom(res); err != nil || code.Code != stun.CodeUnauthorized {
 		t.Fatalf("anonymous allocate: %v %v", res, err)
 	}
+	t.Logf("anonymous Allocate of %d bytes answered with %d bytes", len(req.Raw), n)
 	if n > len(req.Raw)+100 {
 		t.Errorf("answer of %d bytes to a request of %d", n, len(req.Raw))
 	}
