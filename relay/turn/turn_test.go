@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pion/stun/v3"
+	pion "github.com/pion/turn/v4"
 
 	"github.com/chatrelay/chatrelay/relay/turn"
 	"github.com/chatrelay/chatrelay/relay/turn/turntest"
@@ -194,12 +195,34 @@ func TestAllocationCapPerClient(t *testing.T) {
 	}
 }
 
+// The total cap refuses past it, and a client leaving (its TCP
+// connection closed) frees its allocation for the next.
 func TestAllocationCapInTotal(t *testing.T) {
 	s := start(t, func(o *turn.Options) { o.MaxAllocations = 1 })
 	user, pass := creds(time.Hour)
-	turntest.Allocate(t, turntest.Dial(t, "tcp", s.Port(), user, pass))
-	_, err := turntest.Dial(t, "udp", s.Port(), user, pass).Allocate()
+	tcp, err := net.Dial("tcp", s.TCPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := pion.NewClient(&pion.ClientConfig{STUNServerAddr: s.TCPAddr().String(), TURNServerAddr: s.TCPAddr().String(), Conn: pion.NewSTUNConn(tcp), Username: user, Password: pass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Listen()
+	turntest.Allocate(t, first)
+	_, err = turntest.Dial(t, "udp", s.Port(), user, pass).Allocate()
 	turntest.WantCode(t, err, stun.CodeAllocQuotaReached)
+
+	first.Close()
+	tcp.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for s.Stats().Allocations != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("allocation of a closed TCP connection still counted: %+v", s.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	turntest.Allocate(t, turntest.Dial(t, "udp", s.Port(), user, pass))
 }
 
 // Past the bandwidth cap datagrams are dropped: at 1 byte per second only
