@@ -322,6 +322,10 @@ func (s *Server) Start() error {
 		{"https", s.cfg.Listen.HTTPS, false, s.serveHTTPS},
 		{"http", s.cfg.Listen.HTTP, false, s.serveHTTP},
 	}
+	// TURN first: METADATA answers name it once IMAP serves.
+	if err := s.startTURN(); err != nil {
+		return err
+	}
 	for _, e := range entries {
 		if e.addr == "" {
 			continue
@@ -359,12 +363,6 @@ func (s *Server) Start() error {
 		if s.metricsEP, err = s.metrics.Serve(s.cfg.MetricsListen, s.cfg.MetricsAllowPublic); err != nil {
 			s.log.Error("metrics endpoint not started", "err", err)
 		}
-	}
-	if err := s.startTURN(); err != nil {
-		s.closeListeners()
-		s.stopControl()
-		s.stopControl = nil
-		return err
 	}
 	s.fed.start()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -454,6 +452,10 @@ func (s *Server) closeListeners() {
 	for _, ln := range s.listeners {
 		ln.Close()
 	}
+	if s.turn != nil {
+		// Ends its allocations too.
+		s.turn.Close()
+	}
 }
 
 // Shutdown stops accepting, lets in-flight work finish until ctx ends, then
@@ -469,9 +471,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.submission.Shutdown(ctx)
 	s.inbound.Shutdown(ctx)
 	s.imap.Close()
-	if s.turn != nil {
-		s.turn.Close()
-	}
 	s.conns.closeAll()
 	s.fed.stop()
 	if s.bgCancel != nil {

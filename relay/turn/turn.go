@@ -81,6 +81,9 @@ type Server struct {
 
 	mu    sync.Mutex
 	relay map[int]*relayConn // by relay port, while open
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 type counters struct {
@@ -250,9 +253,10 @@ func (s *Server) Port() int {
 	return s.tcp.Addr().(*net.TCPAddr).Port
 }
 
-// Close stops serving and ends every allocation.
+// Close stops serving and ends every allocation; later calls do nothing.
 func (s *Server) Close() error {
-	return s.pion.Close()
+	s.closeOnce.Do(func() { s.closeErr = s.pion.Close() })
+	return s.closeErr
 }
 
 // Stats returns the counters.
