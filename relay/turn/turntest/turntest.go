@@ -81,7 +81,9 @@ func Exchange(tb testing.TB, a, b net.PacketConn) {
 			tb.Fatalf("permission for %v: %v", p[1].LocalAddr(), err)
 		}
 	}
+	earlier := map[string]bool{"open": true}
 	one := func(from, to net.PacketConn, text string) {
+		defer func() { earlier[text] = true }()
 		buf := make([]byte, 1500)
 		for try := 0; ; try++ {
 			if try == 30 {
@@ -99,8 +101,8 @@ func Exchange(tb testing.TB, a, b net.PacketConn) {
 			if err != nil {
 				tb.Fatalf("read: %v", err)
 			}
-			if string(buf[:n]) == "open" || (n > 0 && !bytes.Equal(buf[:n], []byte(text)) && bytes.HasPrefix(buf[:n], []byte(text[:4]))) {
-				continue // a permission opener, or an earlier try
+			if earlier[string(buf[:n])] {
+				continue // a permission opener, or a late copy of an earlier datagram
 			}
 			if !bytes.Equal(buf[:n], []byte(text)) || src.String() != from.LocalAddr().String() {
 				tb.Fatalf("got %q from %v, want %q from %v", buf[:n], src, text, from.LocalAddr())
