@@ -91,6 +91,8 @@ type relay struct {
 	IMAPS, IMAP, Submissions, Submission, SMTP, HTTPS, HTTP int
 	// Metrics is the Prometheus endpoint's port, on 127.0.0.1.
 	Metrics int
+	// TURN is the built-in TURN server's port (UDP and TCP), on Host.
+	TURN int
 
 	dir     string
 	logPath string
@@ -187,6 +189,9 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 			"--listen-http="+addr(r.HTTP),
 		)
 	}
+	// TURN on a free port too, away from the dev default (3478).
+	r.TURN = freePorts(t, 1)[0]
+	args = append(args, "--listen-turn="+net.JoinHostPort(r.Host, strconv.Itoa(r.TURN)))
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
 	}

@@ -80,6 +80,10 @@ type Options struct {
 	// PublicIPv4 and PublicIPv6 go into the DNS records shown at the end;
 	// in domain mode on a host the IPv4 address is guessed when empty.
 	PublicIPv4, PublicIPv6 string
+	// Firewall is the host firewall the relay's ports are opened in:
+	// FirewallUFW, FirewallFirewalld or FirewallNone. Empty: detected on
+	// a host install, none with Root.
+	Firewall string
 }
 
 // Result says what Install did.
@@ -138,7 +142,23 @@ func (o *Options) defaults() error {
 	if o.HealthTimeout == 0 {
 		o.HealthTimeout = 90 * time.Second
 	}
+	if o.Firewall == "" {
+		o.Firewall = FirewallNone
+		if o.Root == "" {
+			o.Firewall = DetectFirewall(context.Background())
+		}
+	}
 	return nil
+}
+
+// firewallRules are the ports of the config being installed: the one in
+// place (an upgrade keeps it), else the defaults.
+func (o *Options) firewallRules() []PortRule {
+	cfg := relay.Default()
+	if err := cfg.LoadFile(hostPath(o.Root, ConfigPath)); err != nil {
+		cfg = relay.Default()
+	}
+	return FirewallRules(cfg)
 }
 
 // Install installs or upgrades the relay. A second run keeps the config
@@ -346,6 +366,19 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 		},
 		Hint: "check that the user " + User + " exists (getent passwd " + User + ")",
 	})
+
+	fw := Step{
+		Title:    "opening the relay's ports in the firewall (" + o.Firewall + ")",
+		Commands: firewallCommands(o.Firewall, o.firewallRules()),
+		Hint:     "open the ports listed at the end by hand, then run chatrelay install again",
+	}
+	if len(fw.Commands) == 0 {
+		fw.Title = "looking for a firewall to open ports in"
+		fw.Action = func(context.Context, string) (string, error) {
+			return "none managed here (ufw, firewalld); open the ports listed at the end in yours", nil
+		}
+	}
+	p.Steps = append(p.Steps, fw)
 
 	svc := Step{
 		Title: "starting " + UnitName,

@@ -176,7 +176,7 @@ func TestInstallIntoRootLaysOutEveryFile(t *testing.T) {
 	if res.Upgrade || res.ConfigKept {
 		t.Errorf("fresh install reported upgrade=%v configKept=%v", res.Upgrade, res.ConfigKept)
 	}
-	if !strings.Contains(out, "[1/11] checking the system ... skipped (--root)") || !strings.Contains(out, "[5/11] writing config /etc/chatrelay/chatrelay.toml ... ok") {
+	if !strings.Contains(out, "[1/12] checking the system ... skipped (--root)") || !strings.Contains(out, "[5/12] writing config /etc/chatrelay/chatrelay.toml ... ok") {
 		t.Errorf("progress lines missing:\n%s", out)
 	}
 }
@@ -299,7 +299,7 @@ func TestInstallStopsAtBusyPort(t *testing.T) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
 	}
-	if !strings.Contains(out.String(), "[2/11] checking ports "+itoa(l.port)+" ... failed") {
+	if !strings.Contains(out.String(), "[2/12] checking ports "+itoa(l.port)+" ... failed") {
 		t.Errorf("progress:\n%s", out.String())
 	}
 	if _, err := os.Stat(filepath.Join(root, ConfigPath)); err == nil {
@@ -457,7 +457,7 @@ func TestCheckSystemRefusesOtherSystems(t *testing.T) {
 }
 
 func TestHostPlan(t *testing.T) {
-	o := Options{Domain: "example.org", Binary: fakeBinary(t, "x")}
+	o := Options{Domain: "example.org", Binary: fakeBinary(t, "x"), Firewall: FirewallNone}
 	if err := o.defaults(); err != nil {
 		t.Fatal(err)
 	}
@@ -465,7 +465,7 @@ func TestHostPlan(t *testing.T) {
 		t.Errorf("host install runs commands with %T", o.Runner)
 	}
 	p := planInstall(&o, facts{userExists: true}, &Result{})
-	if len(p.Steps) != 11 || p.Steps[1].Title != "checking ports 25, 143, 465, 587, 993, 443, 80" {
+	if len(p.Steps) != 12 || p.Steps[1].Title != "checking ports 25, 143, 465, 587, 993, 443, 80, 3478" {
 		t.Errorf("steps: %d, port step %q", len(p.Steps), p.Steps[1].Title)
 	}
 	for _, c := range argv(p.Commands()) {
@@ -482,7 +482,7 @@ func TestInstallWaitsForTheRelay(t *testing.T) {
 	up := imapServer(t, "* OK chatrelay ready\r\n")
 	root := t.TempDir()
 	_, out := installRoot(t, root, Options{Domain: "example.org", Binary: fakeBinary(t, "x"), HealthAddr: up})
-	if !strings.Contains(out, "[11/11] waiting for the relay to answer IMAP ... ok ("+up+")") {
+	if !strings.Contains(out, "[12/12] waiting for the relay to answer IMAP ... ok ("+up+")") {
 		t.Errorf("output:\n%s", out)
 	}
 

@@ -14,8 +14,9 @@ import (
 	"syscall"
 )
 
-// Ports are the ports a relay listens on (SPEC section 3).
-var Ports = []int{25, 143, 465, 587, 993, 443, 80}
+// Ports are the TCP ports a relay listens on (SPEC sections 3 and 12;
+// TURN also takes UDP 3478 and a UDP range).
+var Ports = []int{25, 143, 465, 587, 993, 443, 80, 3478}
 
 // A BusyPort is a port another program already listens on.
 type BusyPort struct {

@@ -30,9 +30,18 @@ func (o *Options) printSummary(res *Result) {
 		fmt.Fprintf(w, "chatrelay is running for %s.\n", mailDomain(*o))
 	}
 
+	fmt.Fprintf(w, "\nThe relay serves on these ports; a firewall in front of the machine (a cloud\nprovider's security group too) must let them in:\n\n")
+	WriteFirewallRules(w, o.firewallRules())
+	if o.Firewall != FirewallNone {
+		fmt.Fprintf(w, "(opened in %s)\n", o.Firewall)
+	}
+
 	if o.IP != "" {
 		fmt.Fprintf(w, "\nIP-only relay: no DNS records are needed. Addresses are name@[%s];\n", o.IP)
 		fmt.Fprintln(w, "the certificate is self-signed, so the app must accept it (the code below says so).")
+		if ip := net.ParseIP(o.IP); ip != nil && ip.To4() == nil {
+			fmt.Fprintln(w, "Calls: Delta Chat cannot be told of a TURN server at an IPv6 address, so the relay's\nTURN server is not offered; a domain name (with an AAAA record) makes it work.")
+		}
 		res.JoinURL = DCLoginURL(o.IP)
 		fmt.Fprintf(w, "\nScan this in Delta Chat to make your own account (it is created at first login).\n")
 		fmt.Fprintf(w, "It is for one person: others get their own code at https://%s/\n\n", hostForURL(o.IP))

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -158,7 +159,37 @@ func (a *admin) status(context.Context, json.RawMessage, func(control.Progress))
 	if a.opts.RecentErrors != nil {
 		st.RecentErrors = a.opts.RecentErrors.Lines()
 	}
+	st.TURN = s.turnStatus()
 	return st, nil
+}
+
+func (s *Server) turnStatus() *control.TURNStatus {
+	tc := s.cfg.TURN
+	if tc.External() {
+		return &control.TURNStatus{External: tc.Server}
+	}
+	if s.turn == nil {
+		return nil
+	}
+	t := s.turn
+	ts := t.Stats()
+	out := &control.TURNStatus{
+		RelayIP: t.RelayIP().String(), MinPort: tc.MinPort, MaxPort: tc.MaxPort,
+		Allocations: ts.Allocations, AllocationsTotal: ts.AllocationsTotal,
+		BytesIn: ts.BytesIn, BytesOut: ts.BytesOut,
+		RefusedAuth: ts.RefusedAuth, RefusedPeer: ts.RefusedPeer, RefusedQuota: ts.RefusedQuota,
+		DroppedDatagrams: ts.DroppedPackets,
+	}
+	if a := t.UDPAddr(); a != nil {
+		out.UDP = a.String()
+	}
+	if a := t.TCPAddr(); a != nil {
+		out.TCP = a.String()
+	}
+	if s.turnHost != "" {
+		out.Announced = net.JoinHostPort(s.turnHost, strconv.Itoa(t.Port()))
+	}
+	return out
 }
 
 func (a *admin) accountList(context.Context, json.RawMessage, func(control.Progress)) (any, error) {

@@ -3,6 +3,7 @@ package relay
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -144,15 +145,55 @@ type Federation struct {
 	BounceAfterHours int `toml:"bounce_after_hours"`
 }
 
-// TURNConfig describes a TURN server sharing a secret with the relay (the
-// usual TURN REST credentials: user = expiry, password = HMAC-SHA1).
+// TURNConfig is TURN for calls (SPEC section 12). By default the relay
+// runs its own TURN server; setting Server and Secret announces an
+// external one instead and turns the built-in one off. Either way clients
+// get TURN REST credentials (user = expiry, password = HMAC-SHA1) through
+// METADATA.
 type TURNConfig struct {
-	// Server is host:port; empty means no TURN entry is offered.
+	// Server is an external TURN server's host:port; with Secret it
+	// replaces the built-in server.
 	Server string `toml:"server"`
-	// Secret is shared with the TURN server (static-auth-secret in coturn).
+	// Secret is shared with the external server (static-auth-secret in
+	// coturn). The built-in server uses a random secret of its own, kept
+	// in DataDir/turn.secret.
 	Secret string `toml:"secret"`
 	// TTLHours is how long credentials stay valid.
 	TTLHours int `toml:"ttl_hours"`
+	// ListenUDP and ListenTCP are the built-in server's addresses (3478);
+	// both empty turns it off.
+	ListenUDP string `toml:"listen_udp"`
+	ListenTCP string `toml:"listen_tcp"`
+	// RelayIP is the IPv4 address peers reach relay ports on; empty: the
+	// relay's ip, else its domain's A record, else the first public IPv4
+	// address of the host. Set it behind 1:1 NAT.
+	RelayIP string `toml:"relay_ip"`
+	// RelayBind is the address relay sockets bind to; empty: all IPv4.
+	RelayBind string `toml:"relay_bind"`
+	// MinPort and MaxPort are the relay port range (UDP).
+	MinPort int `toml:"min_port"`
+	MaxPort int `toml:"max_port"`
+	// AllowPeers are address prefixes ("127.0.0.0/8") relayed to even
+	// though they are loopback, private, link-local or the like, which
+	// are refused by default.
+	AllowPeers []string `toml:"allow_peers"`
+	// MaxAllocations caps live allocations in all; MaxAllocationsPerIP
+	// per client address (IPv6 per /64); 0: no cap.
+	MaxAllocations      int `toml:"max_allocations"`
+	MaxAllocationsPerIP int `toml:"max_allocations_per_ip"`
+	// BandwidthPerIP caps bytes per second relayed for one client address
+	// (both ways, all its allocations); 0: no cap.
+	BandwidthPerIP int `toml:"bandwidth_per_ip"`
+	// TCPPerIP caps TURN-over-TCP connections per client address.
+	TCPPerIP int `toml:"tcp_per_ip"`
+}
+
+// External is true when an external TURN server is configured.
+func (t *TURNConfig) External() bool { return t.Server != "" && t.Secret != "" }
+
+// BuiltIn is true when the relay runs its own TURN server.
+func (t *TURNConfig) BuiltIn() bool {
+	return !t.External() && (t.ListenUDP != "" || t.ListenTCP != "")
 }
 
 // TLSConfig chooses where certificates come from.
@@ -192,7 +233,12 @@ func Default() Config {
 		MinFreeMemory:     200 << 20,
 		MinFreeDisk:       1 << 30,
 		TLS:               TLSConfig{Mode: "auto"},
-		TURN:              TURNConfig{TTLHours: 24 * 5},
+		TURN: TURNConfig{
+			TTLHours: 24 * 5, ListenUDP: ":3478", ListenTCP: ":3478",
+			MinPort: 49152, MaxPort: 65535, AllowPeers: []string{},
+			MaxAllocations: 4000, MaxAllocationsPerIP: 32,
+			BandwidthPerIP: 2 << 20, TCPPerIP: 16,
+		},
 		Federation: Federation{
 			DKIMSelector: "dkim", SMTPPort: 25, HTTPSPort: 443, BounceAfterHours: 48,
 		},
@@ -213,6 +259,12 @@ func DevDefault() Config {
 	// Other dev relays listen on the dev ports.
 	c.Federation.SMTPPort = 1025
 	c.Federation.HTTPSPort = 1443
+	// Calls between accounts on this machine: TURN on loopback, relaying
+	// to loopback.
+	c.TURN.ListenUDP, c.TURN.ListenTCP = "127.0.0.1:3478", "127.0.0.1:3478"
+	c.TURN.RelayIP, c.TURN.RelayBind = "127.0.0.1", "127.0.0.1"
+	c.TURN.MinPort, c.TURN.MaxPort = 49152, 49251
+	c.TURN.AllowPeers = []string{"127.0.0.0/8"}
 	// A developer's machine is busy compiling; the load guard is for
 	// production relays.
 	c.MaxLoad1 = 0
@@ -309,6 +361,35 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.validate(); err != nil {
 		return err
+	}
+	return c.TURN.validate()
+}
+
+func (t *TURNConfig) validate() error {
+	if (t.Server == "") != (t.Secret == "") {
+		return fmt.Errorf("config: turn.server and turn.secret go together")
+	}
+	if t.TTLHours < 1 {
+		return fmt.Errorf("config: turn.ttl_hours must be at least 1")
+	}
+	if !t.BuiltIn() {
+		return nil
+	}
+	if t.MinPort < 1 || t.MaxPort > 65535 || t.MinPort > t.MaxPort {
+		return fmt.Errorf("config: need 1 <= turn.min_port <= turn.max_port <= 65535")
+	}
+	if t.RelayIP != "" {
+		if ip := net.ParseIP(t.RelayIP); ip == nil || ip.To4() == nil {
+			return fmt.Errorf("config: turn.relay_ip %q is not an IPv4 address", t.RelayIP)
+		}
+	}
+	if t.RelayBind != "" && net.ParseIP(t.RelayBind) == nil {
+		return fmt.Errorf("config: turn.relay_bind %q is not an IP address", t.RelayBind)
+	}
+	for _, p := range t.AllowPeers {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return fmt.Errorf("config: turn.allow_peers: %q is not an address prefix like 127.0.0.0/8", p)
+		}
 	}
 	return nil
 }

@@ -64,3 +64,44 @@ func TestConfigFileUnknownKeyIsNamed(t *testing.T) {
 		t.Fatalf("bad registration: %v", err)
 	}
 }
+
+// TURN defaults (SPEC section 12): 3478 UDP and TCP, relay range
+// 49152-65535, 5-day credentials; dev mode on 127.0.0.1:3478 relaying to
+// loopback. Mistakes in the [turn] table are named.
+func TestTURNConfigDefaultsAndMistakes(t *testing.T) {
+	d := Default().TURN
+	if !d.BuiltIn() || d.ListenUDP != ":3478" || d.ListenTCP != ":3478" || d.MinPort != 49152 || d.MaxPort != 65535 || d.TTLHours != 120 || len(d.AllowPeers) != 0 {
+		t.Errorf("defaults %+v", d)
+	}
+	dev := DevDefault()
+	dt := dev.TURN
+	if !dt.BuiltIn() || dt.ListenUDP != "127.0.0.1:3478" || dt.ListenTCP != "127.0.0.1:3478" || dt.RelayIP != "127.0.0.1" || len(dt.AllowPeers) != 1 || dt.AllowPeers[0] != "127.0.0.0/8" {
+		t.Errorf("dev defaults %+v", dt)
+	}
+	if err := dev.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ext := Default().TURN
+	ext.Server, ext.Secret = "turn.example.org:3478", "s3cret"
+	if ext.BuiltIn() || !ext.External() {
+		t.Error("an external server leaves the built-in one on")
+	}
+	for _, c := range []struct {
+		edit func(*TURNConfig)
+		want string
+	}{
+		{func(t *TURNConfig) { t.Server = "turn.example.org:3478" }, "turn.server and turn.secret"},
+		{func(t *TURNConfig) { t.MinPort, t.MaxPort = 60000, 50000 }, "turn.min_port"},
+		{func(t *TURNConfig) { t.MaxPort = 70000 }, "turn.max_port"},
+		{func(t *TURNConfig) { t.RelayIP = "2001:db8::1" }, "turn.relay_ip"},
+		{func(t *TURNConfig) { t.RelayBind = "anywhere" }, "turn.relay_bind"},
+		{func(t *TURNConfig) { t.AllowPeers = []string{"10.0.0.1"} }, "turn.allow_peers"},
+		{func(t *TURNConfig) { t.TTLHours = 0 }, "turn.ttl_hours"},
+	} {
+		cfg := DevDefault()
+		c.edit(&cfg.TURN)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %s", cfg.TURN, err, c.want)
+		}
+	}
+}

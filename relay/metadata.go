@@ -1,18 +1,18 @@
 package relay
 
 import (
-	"crypto/hmac"
-	"crypto/sha1"
-	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/mailbox/imapext"
+	"github.com/chatrelay/chatrelay/relay/turn"
 )
 
 // METADATA entries Delta Chat reads (SPEC section 2).
@@ -52,22 +52,26 @@ func (m metadata) serverEntries() map[string]string {
 	return e
 }
 
-// turnCredentials is host:port:expiry:password, where expiry (unix
-// seconds) is the TURN user name and the password the base64 HMAC-SHA1 of
-// it under the shared secret.
+// turnCredentials is host:port:expiry:password (SPEC section 2), where
+// expiry (unix seconds) is the TURN user name and the password the base64
+// HMAC-SHA1 of it under the secret shared with the TURN server: the
+// external one if configured, else the built-in one.
 func (m metadata) turnCredentials() string {
-	t := m.s.cfg.TURN
-	if t.Server == "" || t.Secret == "" {
+	s := m.s
+	t := s.cfg.TURN
+	ttl := time.Duration(t.TTLHours) * time.Hour
+	var hostport string
+	var secret []byte
+	switch {
+	case t.External():
+		hostport, secret = t.Server, []byte(t.Secret)
+	case s.turn != nil && s.turnHost != "":
+		hostport, secret = net.JoinHostPort(s.turnHost, strconv.Itoa(s.turn.Port())), s.turnSecret
+	default:
 		return ""
 	}
-	ttl := t.TTLHours
-	if ttl <= 0 {
-		ttl = 24
-	}
-	expiry := strconv.FormatInt(m.s.now().Unix()+int64(ttl)*3600, 10)
-	mac := hmac.New(sha1.New, []byte(t.Secret))
-	mac.Write([]byte(expiry))
-	return t.Server + ":" + expiry + ":" + base64.StdEncoding.EncodeToString(mac.Sum(nil))
+	user, pass := turn.Credentials(secret, s.now().Add(ttl))
+	return hostport + ":" + user + ":" + pass
 }
 
 func (m metadata) GetMetadata(user, mbox string, entries []string, opts imapext.GetMetadataOptions) (map[string]*string, error) {

@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -30,6 +32,7 @@ import (
 	"github.com/chatrelay/chatrelay/relay/invite"
 	"github.com/chatrelay/chatrelay/relay/metrics"
 	"github.com/chatrelay/chatrelay/relay/push"
+	"github.com/chatrelay/chatrelay/relay/turn"
 )
 
 // Certificates supplies the TLS configuration every listener uses.
@@ -55,6 +58,11 @@ type Server struct {
 	web   *web
 	fed   *federation
 	push  *push.Notifier
+	// turn is the built-in TURN server, nil when off or external;
+	// turnSecret its credential secret, turnHost the host METADATA names.
+	turn       *turn.Server
+	turnSecret []byte
+	turnHost   string
 
 	invites     *invite.Store
 	metrics     *metrics.Metrics
@@ -154,6 +162,12 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("invites: %w", err)
 	}
 	s.SetInviteChecker(s.invites)
+	if cfg.TURN.BuiltIn() {
+		if s.turnSecret, err = turn.LoadOrCreateSecret(filepath.Join(cfg.DataDir, turn.SecretFile)); err != nil {
+			store.Close()
+			return nil, err
+		}
+	}
 	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: imapext.Hibernated})
 	s.buildIMAP()
 	s.buildSMTP()
@@ -308,6 +322,10 @@ func (s *Server) Start() error {
 		{"https", s.cfg.Listen.HTTPS, false, s.serveHTTPS},
 		{"http", s.cfg.Listen.HTTP, false, s.serveHTTP},
 	}
+	// TURN first: METADATA answers name it once IMAP serves.
+	if err := s.startTURN(); err != nil {
+		return err
+	}
 	for _, e := range entries {
 		if e.addr == "" {
 			continue
@@ -434,6 +452,10 @@ func (s *Server) closeListeners() {
 	for _, ln := range s.listeners {
 		ln.Close()
 	}
+	if s.turn != nil {
+		// Ends its allocations too.
+		s.turn.Close()
+	}
 }
 
 // Shutdown stops accepting, lets in-flight work finish until ctx ends, then
@@ -469,6 +491,100 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	return s.store.Close()
 }
+
+// startTURN runs the built-in TURN server (SPEC section 12), when the
+// config asks for it. Ports that cannot be bound are an error, like any
+// listener's; an unknown relay address only turns TURN off, so that mail
+// still runs on a host whose address is not yet known.
+func (s *Server) startTURN() error {
+	tc := s.cfg.TURN
+	if !tc.BuiltIn() {
+		return nil
+	}
+	relayIP := s.turnRelayIP()
+	if relayIP == nil {
+		s.log.Error("turn not started: no IPv4 address for relay ports; set turn.relay_ip")
+		return nil
+	}
+	var allow []netip.Prefix
+	for _, p := range tc.AllowPeers {
+		allow = append(allow, netip.MustParsePrefix(p)) // checked by Validate
+	}
+	srv, err := turn.Listen(turn.Options{
+		UDP: tc.ListenUDP, TCP: tc.ListenTCP,
+		RelayIP: relayIP, RelayBind: tc.RelayBind,
+		MinPort: tc.MinPort, MaxPort: tc.MaxPort,
+		Secret:                  s.turnSecret,
+		MaxTTL:                  time.Duration(tc.TTLHours) * time.Hour,
+		Realm:                   s.cfg.Hostname(),
+		AllowPeers:              allow,
+		MaxAllocations:          tc.MaxAllocations,
+		MaxAllocationsPerClient: tc.MaxAllocationsPerIP,
+		BandwidthPerClient:      tc.BandwidthPerIP,
+		TCPConnsPerClient:       tc.TCPPerIP,
+		Now:                     s.now,
+		Logger:                  s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("%w (another process has the port? set turn.listen_udp and turn.listen_tcp, or --listen-turn)", err)
+	}
+	// The METADATA entry is host:port:user:password, split at colons:
+	// an IPv6 literal cannot be named there (SPEC section 2).
+	host := s.cfg.Hostname()
+	if s.cfg.Dev {
+		// Dev mode's domain (localhost) may resolve to ::1 first, where
+		// the server does not listen: name the address it does.
+		listen := tc.ListenUDP
+		if listen == "" {
+			listen = tc.ListenTCP
+		}
+		if h, _, err := net.SplitHostPort(listen); err == nil && net.ParseIP(h) != nil && !net.ParseIP(h).IsUnspecified() {
+			host = h
+		}
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		s.log.Error("turn runs, but is not announced: METADATA cannot name an IPv6 address; give the relay a domain", "ip", host)
+		host = ""
+	}
+	s.turn, s.turnHost = srv, host
+	s.metrics.Register(srv.Collectors()...)
+	return nil
+}
+
+// turnRelayIP is the IPv4 address put in relayed addresses: the
+// configured one, the relay's IP, its domain's A record, or the host's
+// first public IPv4 address.
+func (s *Server) turnRelayIP() net.IP {
+	if ip := net.ParseIP(s.cfg.TURN.RelayIP); ip != nil {
+		return ip.To4()
+	}
+	if ip := net.ParseIP(s.cfg.IP); ip != nil && ip.To4() != nil {
+		return ip.To4()
+	}
+	if s.cfg.Domain != "" && s.fed != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		addrs, err := s.fed.resolver.LookupHost(ctx, s.cfg.Domain)
+		cancel()
+		for _, a := range addrs {
+			if ip := net.ParseIP(a); ip != nil && ip.To4() != nil && !ip.IsLoopback() {
+				return ip.To4()
+			}
+		}
+		if err != nil {
+			s.log.Warn("turn: resolve own domain for the relay address", "err", err)
+		}
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.IsGlobalUnicast() && !n.IP.IsPrivate() {
+			return n.IP.To4()
+		}
+	}
+	return nil
+}
+
+// TURN is the built-in TURN server, or nil.
+func (s *Server) TURN() *turn.Server { return s.turn }
 
 func stdLogger(l *slog.Logger, part string) *log.Logger {
 	return log.New(slogWriter{l, part}, "", 0)

@@ -130,6 +130,7 @@ func printStatus(out io.Writer, st *control.Status, now time.Time) {
 			fmt.Fprintf(out, "  %-12s %s\n", name, a)
 		}
 	}
+	printTURN(out, st.TURN)
 	if len(st.RecentErrors) == 0 {
 		fmt.Fprintln(out, "recent errors: none")
 	} else {
@@ -138,6 +139,33 @@ func printStatus(out io.Writer, st *control.Status, now time.Time) {
 			fmt.Fprintf(out, "  %s\n", l)
 		}
 	}
+}
+
+func printTURN(out io.Writer, t *control.TURNStatus) {
+	switch {
+	case t == nil:
+		fmt.Fprintln(out, "turn:         off")
+		return
+	case t.External != "":
+		fmt.Fprintf(out, "turn:         external, %s\n", t.External)
+		return
+	}
+	announced := t.Announced
+	if announced == "" {
+		announced = "not announced"
+	}
+	fmt.Fprintf(out, "turn:         %s (udp %s, tcp %s), relay %s ports %d-%d\n", announced, orNone(t.UDP), orNone(t.TCP), t.RelayIP, t.MinPort, t.MaxPort)
+	fmt.Fprintf(out, "              %d allocations now, %d since start; relayed %s in, %s out\n",
+		t.Allocations, t.AllocationsTotal, humanBytes(int64(t.BytesIn)), humanBytes(int64(t.BytesOut)))
+	fmt.Fprintf(out, "              refused: %d credentials, %d peers, %d over caps; %d datagrams over bandwidth\n",
+		t.RefusedAuth, t.RefusedPeer, t.RefusedQuota, t.DroppedDatagrams)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "off"
+	}
+	return s
 }
 
 func humanBytes(n int64) string {

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -153,7 +155,9 @@ func TestAdminCLIStatusInvitesQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"serving localhost", "accounts:     1", "queue:        empty", "certificate:  self-signed", r.AddrOf("imaps"), "recent errors: none", "registration: open"} {
+	turnAt := net.JoinHostPort("127.0.0.1", strconv.Itoa(r.TURN().Port()))
+	for _, want := range []string{"serving localhost", "accounts:     1", "queue:        empty", "certificate:  self-signed", r.AddrOf("imaps"), "recent errors: none", "registration: open",
+		"turn:         " + turnAt + " (udp " + turnAt + ", tcp " + turnAt + "), relay 127.0.0.1 ports 49152-49251", "0 allocations now, 0 since start"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}

@@ -42,7 +42,7 @@ type child struct {
 // until it prints its listeners.
 func startChild(t *testing.T, dir string, ports map[string]string, extra ...string) *child {
 	t.Helper()
-	args := append([]string{"serve", "--dev", "--data", dir, "--log-level", "warn"}, extra...)
+	args := append([]string{"serve", "--dev", "--data", dir, "--log-level", "warn", "--listen-turn", "127.0.0.1:0"}, extra...)
 	for name, addr := range ports {
 		args = append(args, "--listen-"+name, addr)
 	}

@@ -471,7 +471,7 @@ func queuedIDs(t *testing.T, c *child, dir string) map[string]int {
 // listener addresses and waits until it prints its listeners.
 func startRelayProc(t *testing.T, dir string, ports map[string]string, extra ...string) *child {
 	t.Helper()
-	args := []string{"serve", "--dev", "--data", dir, "--log-level", "warn"}
+	args := []string{"serve", "--dev", "--data", dir, "--log-level", "warn", "--listen-turn", "127.0.0.1:0"}
 	for name, addr := range ports {
 		args = append(args, "--listen-"+name, addr)
 	}

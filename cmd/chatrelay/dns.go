@@ -25,7 +25,9 @@ func dnsCmd() *cobra.Command {
 		Short: "Print the DNS records the relay needs, or check which are live",
 		Long: `Print the DNS records a relay for the domain needs (required) and
 should have (recommended): addresses, MX, SPF, DMARC, DKIM, MTA-STS, SRV
-records for client setup and CAA. The DKIM key is read from the relay's
+records for client setup and CAA, and the ports a firewall must let in
+(mail, web, and TURN for calls: UDP and TCP 3478, a UDP relay range).
+The DKIM key is read from the relay's
 data directory. Domain and data directory come from the config file
 (` + install.ConfigPath + `) when it exists and --domain is not given.
 
@@ -35,6 +37,11 @@ or wrong; it fails when a required record is not right.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
+			// The ports to open come from the config when there is one.
+			cfg := relay.Default()
+			if err := cfg.LoadFile(configPath); err != nil {
+				cfg = relay.Default()
+			}
 			if o.Domain == "" {
 				cfg := relay.Default()
 				if err := cfg.LoadFile(configPath); err == nil {
@@ -64,8 +71,15 @@ or wrong; it fails when a required record is not right.`,
 			if !check {
 				if zone {
 					install.WriteZone(out, recs)
+					fmt.Fprintln(out, ";")
+					fmt.Fprintln(out, "; Not DNS, but needed too: open these ports in any firewall in front of the relay:")
+					for _, r := range install.FirewallRules(cfg) {
+						fmt.Fprintf(out, ";   %-16s %s\n", r.Spec("-"), r.What)
+					}
 				} else {
 					install.WriteText(out, recs)
+					fmt.Fprintln(out, "\nNot DNS, but needed too: open these ports in any firewall in front of the relay:")
+					install.WriteFirewallRules(out, install.FirewallRules(cfg))
 				}
 				return nil
 			}

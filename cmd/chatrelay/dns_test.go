@@ -155,17 +155,20 @@ func TestDNSZoneParses(t *testing.T) {
 	if n != 16 || !dkimFound {
 		t.Errorf("%d records, DKIM record found %v:\n%s", n, dkimFound, out)
 	}
+	if !strings.Contains(out, ";   3478/udp") || !strings.Contains(out, ";   49152-65535/udp") {
+		t.Errorf("zone output does not name the TURN ports in comments:\n%s", out)
+	}
 }
 
 func TestDNSTextReadsConfig(t *testing.T) {
 	data, _ := dataDirWithKey(t)
 	cfg := filepath.Join(t.TempDir(), "chatrelay.toml")
-	os.WriteFile(cfg, []byte("domain = \"chat.example\"\ndata_dir = \""+data+"\"\n"), 0o600)
+	os.WriteFile(cfg, []byte("domain = \"chat.example\"\ndata_dir = \""+data+"\"\n[turn]\nmin_port = 40000\nmax_port = 40100\n"), 0o600)
 	out, err := run(t, dnsCmd(), "", "--config", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Required DNS records:", "dkim._domainkey.chat.example.", "v=DKIM1; k=rsa; p=", "_dmarc.chat.example."} {
+	for _, want := range []string{"Required DNS records:", "dkim._domainkey.chat.example.", "v=DKIM1; k=rsa; p=", "_dmarc.chat.example.", "3478/udp", "3478/tcp", "40000-40100/udp", "25/tcp"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

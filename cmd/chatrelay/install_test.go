@@ -50,8 +50,8 @@ func TestInstallCommandIntoRoot(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	for _, want := range []string{
-		"[1/11] checking the system ... skipped (--root)",
-		"[6/11] making the DKIM key /var/lib/chatrelay/dkim/private.pem ... created",
+		"[1/12] checking the system ... skipped (--root)",
+		"[6/12] making the DKIM key /var/lib/chatrelay/dkim/private.pem ... created",
 		" 1. useradd --system --user-group",
 		" 5. systemctl enable --now chatrelay.service",
 		"DCACCOUNT:https://example.org/new",

@@ -29,6 +29,7 @@ func serveCmd() *cobra.Command {
 	var f struct {
 		data, domain, ip, registration                                   string
 		imaps, imap, submissions, submission, smtp, https, http, metrics string
+		turn                                                             string
 	}
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -37,8 +38,10 @@ func serveCmd() *cobra.Command {
 
 With --dev it runs on 127.0.0.1 (or --ip) on high ports without root:
 IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
-(STARTTLS), inbound SMTP 1025, HTTPS 1443; domain localhost, data in
-./chatrelay-data, a self-signed certificate; no config file needed.`,
+(STARTTLS), inbound SMTP 1025, HTTPS 1443, TURN 3478 (UDP and TCP, relay
+ports 49152-49251, relaying to loopback allowed, so calls work between
+accounts on this machine); domain localhost, data in ./chatrelay-data, a
+self-signed certificate; no config file needed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := relay.Default()
@@ -66,6 +69,7 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 				if dev {
 					cfg.Listen = relay.DevListen(f.ip)
 					cfg.MetricsListen = net.JoinHostPort(f.ip, "9150")
+					devTURN(&cfg, f.ip)
 				}
 				cfg.TLS.Mode = "selfsigned"
 			}
@@ -77,6 +81,8 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 			set("listen-https", &cfg.Listen.HTTPS, f.https)
 			set("listen-http", &cfg.Listen.HTTP, f.http)
 			set("listen-metrics", &cfg.MetricsListen, f.metrics)
+			set("listen-turn", &cfg.TURN.ListenUDP, f.turn)
+			set("listen-turn", &cfg.TURN.ListenTCP, f.turn)
 			return serve(cmd, cfg, logLevel)
 		},
 	}
@@ -96,7 +102,23 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 	fl.StringVar(&f.https, "listen-https", "", "HTTPS address")
 	fl.StringVar(&f.http, "listen-http", "", "HTTP address (ACME HTTP-01, redirect)")
 	fl.StringVar(&f.metrics, "listen-metrics", "", "Prometheus metrics address (loopback)")
+	fl.StringVar(&f.turn, "listen-turn", "", "TURN address, UDP and TCP (empty: no built-in TURN)")
 	return cmd
+}
+
+// devTURN moves dev mode's TURN server to ip (`serve --dev --ip`): it
+// listens there, relay ports are there, and relaying to it is allowed.
+func devTURN(cfg *relay.Config, ip string) {
+	parsed := net.ParseIP(ip)
+	if parsed == nil {
+		return // Validate names the mistake
+	}
+	cfg.TURN.ListenUDP = net.JoinHostPort(ip, "3478")
+	cfg.TURN.ListenTCP = cfg.TURN.ListenUDP
+	if parsed.To4() != nil {
+		cfg.TURN.RelayIP, cfg.TURN.RelayBind = ip, ip
+		cfg.TURN.AllowPeers = append(cfg.TURN.AllowPeers, ip+"/32")
+	}
 }
 
 func newLogger(level string) (*slog.Logger, error) {
@@ -173,6 +195,13 @@ func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
 	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https"} {
 		if a := srv.Addr(name); a != nil {
 			fmt.Fprintf(out, "  %-12s %s\n", name, a)
+		}
+	}
+	if t := srv.TURN(); t != nil {
+		for _, a := range []net.Addr{t.UDPAddr(), t.TCPAddr()} {
+			if a != nil {
+				fmt.Fprintf(out, "  %-12s %s/%s\n", "turn", a, a.Network())
+			}
 		}
 	}
 	addr, pw := srv.NewAccountCredentials()

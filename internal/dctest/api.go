@@ -2,6 +2,7 @@ package dctest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -269,4 +270,62 @@ func (r *RPC) WaitIncoming(ctx context.Context, acc uint32, text string) (Messag
 			last = append(last, m.Text)
 		}
 	}
+}
+
+// IceServer is one entry of ice_servers: the RTCIceServer dictionary of
+// WebRTC that core hands the UI for calls.
+type IceServer struct {
+	URLs       []string `json:"urls"`
+	Username   string   `json:"username,omitempty"`
+	Credential string   `json:"credential,omitempty"`
+}
+
+// IceServers is ice_servers: the STUN/TURN servers core would give the
+// UI's WebRTC for a call. raw is core's JSON text as returned.
+func (r *RPC) IceServers(ctx context.Context, acc uint32) (servers []IceServer, raw string, err error) {
+	if err := r.CallResult(ctx, &raw, "ice_servers", acc); err != nil {
+		return nil, "", err
+	}
+	if err := json.Unmarshal([]byte(raw), &servers); err != nil {
+		return nil, raw, fmt.Errorf("ice_servers %q: %w", raw, err)
+	}
+	return servers, raw, nil
+}
+
+// PlaceOutgoingCall starts a call in chat; info (the UI's SDP offer) goes
+// to the callee's IncomingCall event. It returns the call's message id.
+func (r *RPC) PlaceOutgoingCall(ctx context.Context, acc, chat uint32, info string, video bool) (uint32, error) {
+	var id uint32
+	err := r.CallResult(ctx, &id, "place_outgoing_call", acc, chat, info, video)
+	return id, err
+}
+
+// AcceptIncomingCall accepts the call of message msg; info (the UI's SDP
+// answer) goes to the caller's OutgoingCallAccepted event.
+func (r *RPC) AcceptIncomingCall(ctx context.Context, acc, msg uint32, info string) error {
+	_, err := r.Call(ctx, "accept_incoming_call", acc, msg, info)
+	return err
+}
+
+// EndCall ends an incoming or outgoing call.
+func (r *RPC) EndCall(ctx context.Context, acc, msg uint32) error {
+	_, err := r.Call(ctx, "end_call", acc, msg)
+	return err
+}
+
+// CallEvent is the payload of the IncomingCall and OutgoingCallAccepted
+// events, whose fields core names in snake case.
+type CallEvent struct {
+	ChatID         uint32 `json:"chat_id"`
+	MsgID          uint32 `json:"msg_id"`
+	HasVideo       bool   `json:"has_video"`
+	PlaceCallInfo  string `json:"place_call_info"`
+	AcceptCallInfo string `json:"accept_call_info"`
+}
+
+// Call decodes a call event's payload.
+func (e Event) Call() (CallEvent, error) {
+	var c CallEvent
+	err := json.Unmarshal(e.Raw, &c)
+	return c, err
 }

@@ -109,6 +109,30 @@ type Status struct {
 	Accounts     int          `json:"accounts"`
 	DiskFree     int64        `json:"disk_free"` // bytes available in the data dir, -1 unknown
 	RecentErrors []string     `json:"recent_errors,omitempty"`
+	TURN         *TURNStatus  `json:"turn,omitempty"` // nil: no TURN offered
+}
+
+// TURNStatus is TURN for calls: an external server, or the built-in one
+// with its counters since start.
+type TURNStatus struct {
+	// External is the external server's host:port; the rest is empty then.
+	External string `json:"external,omitempty"`
+	// Announced is the host:port METADATA names; empty: not announced.
+	Announced string `json:"announced,omitempty"`
+	UDP       string `json:"udp,omitempty"`
+	TCP       string `json:"tcp,omitempty"`
+	RelayIP   string `json:"relay_ip,omitempty"`
+	MinPort   int    `json:"min_port,omitempty"`
+	MaxPort   int    `json:"max_port,omitempty"`
+
+	Allocations      int    `json:"allocations"`
+	AllocationsTotal uint64 `json:"allocations_total"`
+	BytesIn          uint64 `json:"bytes_in"`
+	BytesOut         uint64 `json:"bytes_out"`
+	RefusedAuth      uint64 `json:"refused_auth"`
+	RefusedPeer      uint64 `json:"refused_peer"`
+	RefusedQuota     uint64 `json:"refused_quota"`
+	DroppedDatagrams uint64 `json:"dropped_datagrams"`
 }
 
 // CertStatus describes the certificate served.

@@ -243,3 +243,12 @@ func sanitize(s string) string {
 	}
 	return strings.TrimSpace(b.String())
 }
+
+// Register adds collectors of other parts of the relay (say the TURN
+// server's) to the registry.
+func (m *Metrics) Register(cs ...prometheus.Collector) {
+	if m == nil {
+		return
+	}
+	m.reg.MustRegister(cs...)
+}

@@ -37,6 +37,8 @@ func Config(dir string) relay.Config {
 		Submission: "127.0.0.1:0", SMTP: "127.0.0.1:0", HTTPS: "127.0.0.1:0",
 	}
 	cfg.MetricsListen = "127.0.0.1:0"
+	// TURN on one kernel-chosen port for UDP and TCP.
+	cfg.TURN.ListenUDP, cfg.TURN.ListenTCP = "127.0.0.1:0", "127.0.0.1:0"
 	// The machine running tests may be busy; the guard has its own tests.
 	cfg.MaxLoad1 = 0
 	cfg.MinFreeMemory = 0
