@@ -15,7 +15,7 @@ type recordSink struct {
 	hidden int
 }
 
-func (s *recordSink) respStart(kind respKind) bool {
+func (s *recordSink) respStart(kind respKind, _ []byte) bool {
 	s.events = append(s.events, fmt.Sprint("start ", kind))
 	return kind == respTagged && s.hidden >= 0
 }
