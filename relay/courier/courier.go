@@ -458,7 +458,7 @@ func (c *Courier) dial(ctx context.Context, host string, port int) (net.Conn, er
 func classify(err error) queue.Result {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		return queue.Result{Err: err, Permanent: se.Code >= 500 && se.Code < 600}
+		return queue.Result{Err: err, Permanent: se.Code >= 500 && se.Code < 600, Reply: replyCode(se)}
 	}
 	var pe permanentError
 	if errors.As(err, &pe) {
@@ -471,7 +471,7 @@ func allFailed(rcpts []string, err error) []queue.Result {
 	r := classify(err)
 	out := make([]queue.Result, len(rcpts))
 	for i, rcpt := range rcpts {
-		out[i] = queue.Result{Rcpt: rcpt, Err: r.Err, Permanent: r.Permanent}
+		out[i] = queue.Result{Rcpt: rcpt, Err: r.Err, Permanent: r.Permanent, Reply: r.Reply}
 	}
 	return out
 }
@@ -489,3 +489,18 @@ func anyOK(results []queue.Result) bool {
 }
 
 var _ queue.DeliverFunc = (*Courier)(nil).Deliver
+
+// replyCode is the reply code and, when the server gave a valid one, the
+// enhanced status code of se (RFC 3463): "550 5.1.1". Nothing of the
+// server's text is kept.
+func replyCode(se *smtp.SMTPError) string {
+	if se.Code < 200 || se.Code > 599 {
+		return ""
+	}
+	code := strconv.Itoa(se.Code)
+	ec := se.EnhancedCode
+	if ec[0] == se.Code/100 && ec[1] >= 0 && ec[1] <= 999 && ec[2] >= 0 && ec[2] <= 999 {
+		code += fmt.Sprintf(" %d.%d.%d", ec[0], ec[1], ec[2])
+	}
+	return code
+}
