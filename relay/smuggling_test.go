@@ -27,6 +27,7 @@ func TestIMAPCommandSmugglingOnCleartextPort(t *testing.T) {
 		cases = append(cases, struct{ name, send string }{what + ", bare CR", "a NOOP x\rb" + login})
 	}
 	before := snapshot(t, r)
+	var observed [2]string
 	for _, tc := range cases {
 		l := newLine(t, dialFrom(t, "", r.AddrOf("imap"), false))
 		l.expect("* OK")
@@ -40,12 +41,19 @@ func TestIMAPCommandSmugglingOnCleartextPort(t *testing.T) {
 		if len(lines) == 0 || !strings.HasPrefix(lines[0], "a BAD") {
 			t.Fatalf("%s: replies %q, want a BAD first", tc.name, lines)
 		}
+		switch tc.name {
+		case "a new account, padding 51195":
+			observed[0] = joinLines(lines)
+		case "a new account, bare CR":
+			observed[1] = joinLines(lines)
+		}
 	}
 	if ok, _ := r.Store().AccountExists(newName); ok {
 		t.Fatalf("account %s created by a smuggled LOGIN", newName)
 	}
 	unchanged(t, r, before)
-	record(t, "LOGIN smuggled after 50 KiB of padding or a bare CR", "imap", "a BAD, closed; no login, no account")
+	record(t, "LOGIN of a new account smuggled after 50 KiB of padding", "imap", observed[0]+"; no login, no account")
+	record(t, "LOGIN of a new account smuggled after a bare CR", "imap", observed[1]+"; no login, no account")
 	stillServed(t, r)
 }
 
