@@ -1109,7 +1109,7 @@ func (l *layer) startTLS(tag string, a *args) error {
 	if l.cr.br.Buffered() > 0 {
 		// Cleartext pipelined after STARTTLS would be taken as sent under TLS
 		// (CVE-2011-0411); RFC 9051 section 6.2.1 forbids the client to send it.
-		l.log.Info("imap: data after STARTTLS", slog.String("remote", l.remote.String()))
+		l.log.Info("imap: data after STARTTLS")
 		return errors.New("imapext: " + textInjection)
 	}
 	l.wmu.Lock()
