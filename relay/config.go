@@ -227,6 +227,8 @@ func Default() Config {
 		TURN:              TURNConfig{TTLHours: 24 * 5},
 		Federation: Federation{
 			DKIMSelector: "dkim", SMTPPort: 25, HTTPSPort: 443, BounceAfterHours: 48,
+			// Not nil: the config file written at install lists it as [].
+			AllowPrivateTargets: []string{},
 		},
 		NotifyURL: "https://notifications.delta.chat/notify",
 		Limits:    DefaultConnLimits(),
