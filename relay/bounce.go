@@ -49,6 +49,13 @@ func (s *Server) bounce(item *queue.Item, failed []queue.Rcpt) error {
 	return nil
 }
 
+// buildDSN writes the bounce. Its text is ours alone: a remote server
+// refusing the message (over SMTP or /mxdeliv) chooses its reply text,
+// and copied into a bounce that text would be cleartext delivered into a
+// local mailbox, past the encrypted-only rule, by anyone who runs a
+// server and gets mail addressed to it. The bounce carries the reply code
+// and enhanced status code only (queue.Rcpt.Reply), and never a host name
+// a remote domain chose.
 func (s *Server) buildDSN(item *queue.Item, failed []queue.Rcpt) []byte {
 	var rnd [12]byte
 	rand.Read(rnd[:])
@@ -63,28 +70,69 @@ func (s *Server) buildDSN(item *queue.Item, failed []queue.Rcpt) []byte {
 	fmt.Fprintf(&b, "Date: %s\r\nMessage-ID: <%s@%s>\r\n", now, id, strings.Trim(domain, "[]"))
 	fmt.Fprintf(&b, "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n")
 	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=delivery-status; boundary=\"%s\"\r\n\r\n", boundary)
-	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n", boundary)
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n", boundary)
 	fmt.Fprintf(&b, "Your message could not be delivered to:\r\n\r\n")
 	for _, r := range failed {
-		fmt.Fprintf(&b, "  %s: %s\r\n", r.Addr, oneLine(r.LastError))
+		fmt.Fprintf(&b, "  %s: %s\r\n", dsnAddr(r.Addr), dsnReason(r))
 	}
 	fmt.Fprintf(&b, "\r\n--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
 	fmt.Fprintf(&b, "Reporting-MTA: dns; %s\r\nArrival-Date: %s\r\n", strings.Trim(domain, "[]"),
 		item.Created.UTC().Format("Mon, 02 Jan 2006 15:04:05 -0000"))
 	for _, r := range failed {
-		fmt.Fprintf(&b, "\r\nFinal-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: 5.0.0\r\nDiagnostic-Code: smtp; %s\r\n", r.Addr, oneLine(r.LastError))
+		code, status := dsnCodes(r.Reply)
+		fmt.Fprintf(&b, "\r\nFinal-Recipient: rfc822; %s\r\nAction: failed\r\nStatus: %s\r\n", dsnAddr(r.Addr), status)
+		if code != "" {
+			// RFC 3464 section 2.3.6, with the code alone.
+			fmt.Fprintf(&b, "Diagnostic-Code: smtp; %s\r\n", r.Reply)
+		}
 	}
 	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 	return b.Bytes()
 }
 
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 500 {
-		s = s[:500]
+// dsnCodes splits a queue.Rcpt.Reply ("550 5.1.1") into the reply code
+// and the DSN status, checking both: "" and "5.0.0" when there is none.
+func dsnCodes(reply string) (code, status string) {
+	status = "5.0.0"
+	c, ec, _ := strings.Cut(reply, " ")
+	if len(c) != 3 || c[0] < '2' || c[0] > '5' || strings.Trim(c, "0123456789") != "" {
+		return "", status
 	}
-	if s == "" {
-		s = "delivery failed"
+	if parts := strings.Split(ec, "."); len(parts) == 3 && parts[0] == c[:1] && len(ec) <= 11 &&
+		strings.Trim(strings.Join(parts, ""), "0123456789") == "" && parts[1] != "" && parts[2] != "" {
+		status = ec
 	}
-	return s
+	return c, status
+}
+
+// dsnReason is the bounce's line for a failed recipient: our wording,
+// with the remote's reply code at most.
+func dsnReason(r queue.Rcpt) string {
+	code, status := dsnCodes(r.Reply)
+	switch {
+	case code != "" && status != "5.0.0":
+		return "refused by the recipient's mail server (" + code + " " + status + ")"
+	case code != "":
+		return "refused by the recipient's mail server (" + code + ")"
+	case strings.HasPrefix(r.LastError, "gave up after"):
+		return "no delivery was possible within the retry period"
+	}
+	return "delivery failed"
+}
+
+// dsnAddr is a recipient as the bounce shows it: printable ASCII (an
+// internationalised address is shown escaped), at most 256 characters.
+func dsnAddr(a string) string {
+	var b strings.Builder
+	for _, c := range []byte(a) {
+		if c > ' ' && c < 0x7f {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "\\x%02x", c)
+		}
+		if b.Len() >= 256 {
+			break
+		}
+	}
+	return b.String()
 }

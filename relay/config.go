@@ -143,6 +143,37 @@ type Federation struct {
 	DisableMXDeliv bool `toml:"disable_mxdeliv"`
 	// BounceAfterHours: undeliverable mail is bounced after this long.
 	BounceAfterHours int `toml:"bounce_after_hours"`
+	// AllowPrivateTargets lists networks (CIDR, or single addresses) that
+	// outgoing mail may be delivered to although they are not public
+	// unicast (loopback, RFC 1918, ULA, link-local, CGNAT, ...) or are
+	// this relay's own addresses. Empty (the default outside dev mode):
+	// such targets, named by an MX, an address record or an address
+	// literal, are refused as a permanent failure. Dev mode allows
+	// loopback.
+	AllowPrivateTargets []string `toml:"allow_private_targets"`
+}
+
+// AllowTargets returns AllowPrivateTargets as prefixes; Validate has
+// checked them.
+func (f Federation) AllowTargets() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range f.AllowPrivateTargets {
+		if p, err := parseNetwork(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func parseNetwork(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither a network (CIDR) nor an address", s)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 // TURNConfig is TURN for calls (SPEC section 12). By default the relay
@@ -241,6 +272,8 @@ func Default() Config {
 		},
 		Federation: Federation{
 			DKIMSelector: "dkim", SMTPPort: 25, HTTPSPort: 443, BounceAfterHours: 48,
+			// Not nil: the config file written at install lists it as [].
+			AllowPrivateTargets: []string{},
 		},
 		NotifyURL: "https://notifications.delta.chat/notify",
 		Limits:    DefaultConnLimits(),
@@ -265,6 +298,8 @@ func DevDefault() Config {
 	c.TURN.RelayIP, c.TURN.RelayBind = "127.0.0.1", "127.0.0.1"
 	c.TURN.MinPort, c.TURN.MaxPort = 49152, 49251
 	c.TURN.AllowPeers = []string{"127.0.0.0/8"}
+	// Dev relays on one machine deliver to each other over loopback.
+	c.Federation.AllowPrivateTargets = []string{"127.0.0.0/8", "::1"}
 	// A developer's machine is busy compiling; the load guard is for
 	// production relays.
 	c.MaxLoad1 = 0
@@ -358,6 +393,11 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("config: data_dir is empty")
+	}
+	for _, n := range c.Federation.AllowPrivateTargets {
+		if _, err := parseNetwork(n); err != nil {
+			return fmt.Errorf("config: federation.allow_private_targets: %v", err)
+		}
 	}
 	if err := c.Limits.validate(); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/mail"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
@@ -54,6 +55,10 @@ func (s *Server) setupFederation(opts Options) error {
 	} else {
 		dk = courier.DKIMOptions{Key: key, Domain: s.cfg.Domain, Selector: fc.DKIMSelector}
 	}
+	own := courier.InterfaceAddrs()
+	if ip, err := netip.ParseAddr(s.cfg.IP); err == nil {
+		own = append(own, ip.Unmap()) // behind NAT it is no interface's
+	}
 	f.courier = courier.New(courier.Options{
 		Resolver:       f.resolver,
 		StaticRoutes:   fc.StaticRoutes,
@@ -64,6 +69,8 @@ func (s *Server) setupFederation(opts Options) error {
 		RootCAs:        opts.RootCAs,
 		DKIM:           dk,
 		DisableMXDeliv: fc.DisableMXDeliv,
+		AllowTargets:   fc.AllowTargets(),
+		OwnAddrs:       own,
 		Now:            s.now,
 		Logger:         s.log,
 	})

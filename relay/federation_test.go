@@ -83,6 +83,8 @@ func newPeers(t *testing.T, domainA, domainB string) *peers {
 		cfg.Listen.Submission = ""
 		cfg.Federation.SMTPPort = p.smtpPort
 		cfg.Federation.HTTPSPort = p.httpsPort
+		// The peers are on loopback, which the courier refuses unless told.
+		cfg.Federation.AllowPrivateTargets = []string{"127.0.0.2", "127.0.0.3"}
 		return cfg
 	}
 	p.cfgA, p.cfgB = mk("127.0.0.2", domainA), mk("127.0.0.3", domainB)

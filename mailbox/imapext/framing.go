@@ -9,9 +9,89 @@ import (
 )
 
 // maxLine bounds one line of a client command (the text between two
-// literals). RFC 7162 section 4 asks servers to accept at least 8192 octets;
-// imapserver itself stops at 50 KiB per command.
+// literals). RFC 7162 section 4 asks servers to accept at least 8192 octets.
+// The layer's own commands may use all of it; a passthrough command is held
+// to maxServerCommand.
 const maxLine = 64 << 10
+
+// The framing limits of imapserver (go-imap v2.0.0-beta.8). A command it
+// would split where the layer does not, or join where the layer splits, is
+// refused before imapserver sees it (see checkSegment).
+const (
+	// maxServerCommand is imapserver's maxCommandSize: its decoder reads at
+	// most this many bytes outside literals for one command (a byte or two
+	// more, by the way it counts), then fails, skips nothing and parses the
+	// rest as the next command.
+	maxServerCommand = 50 << 10
+	// maxServerContLine bounds a line that answers a continuation request
+	// of AUTHENTICATE or IDLE: imapserver reads it with ReadLine on its
+	// 4096-byte bufio.Reader and takes the rest of a longer line as the
+	// next command.
+	maxServerContLine = 4096
+)
+
+// A framingError is a command imapserver would frame differently from the
+// layer; its text is the reply.
+type framingError struct{ text string }
+
+func (e *framingError) Error() string { return "imapext: " + e.text }
+
+var (
+	errFramingSize   = &framingError{"Command line too long"}
+	errFramingCR     = &framingError{"Syntax error: CR without LF"}
+	errFramingQuote  = &framingError{"Syntax error: line ends inside a quoted string"}
+	errFramingNumber = &framingError{"Syntax error: literal size has too many digits"}
+)
+
+// checkSegment checks one line of a passthrough command (up to its literal
+// header, if any) against the way imapserver's decoder reads it, and adds
+// the bytes the layer will send for it to *sent. imapserver reads a line up
+// to LF like the layer, except:
+//   - a CR not followed by LF ends the line for its error recovery
+//     (DiscardLine), so the rest would be a new command;
+//   - a quoted string runs on over LF (its Quoted reads any byte up to the
+//     closing quote), so the next lines would be part of this command;
+//   - a literal size of more than 18 digits may still fit its int64.
+//
+// None of these occur in a well-formed command (RFC 9051 section 9:
+// quoted strings hold no CR or LF).
+func checkSegment(line []byte, lit literal, sent *int) error {
+	if lit.size == sizeUnparsed {
+		return errFramingNumber
+	}
+	end := len(line) - 1 // the LF
+	if end > 0 && line[end-1] == '\r' {
+		end--
+	}
+	body := line[:end]
+	if lit.size >= 0 {
+		body = line[:lit.start]
+		*sent += lit.start + len("{}\r\n") + len(appendInt(nil, lit.size))
+	} else {
+		*sent += len(line)
+	}
+	if *sent > maxServerCommand {
+		return errFramingSize
+	}
+	if bytes.IndexByte(line[:end], '\r') >= 0 {
+		return errFramingCR
+	}
+	quoted := false
+	for i := 0; i < len(body); i++ {
+		switch c := body[i]; {
+		case !quoted:
+			quoted = c == '"'
+		case c == '\\':
+			i++
+		case c == '"':
+			quoted = false
+		}
+	}
+	if quoted {
+		return errFramingQuote
+	}
+	return nil
+}
 
 var errLineTooLong = errors.New("imapext: command line too long")
 
@@ -19,10 +99,14 @@ var errLineTooLong = errors.New("imapext: command line too long")
 // section 4.3), "{n+}" (RFC 7888) or "~{n}" (RFC 3516, the "~" stays in the
 // text before it).
 type literal struct {
-	size    int64 // -1 when the line ends without a literal header
+	size    int64 // -1 when the line ends without a literal header, sizeUnparsed
 	nonSync bool  // the client sends the data without waiting for "+"
 	start   int   // offset of "{" in the line
 }
+
+// sizeUnparsed is the size of a literal header whose number has more digits
+// than the layer reads; imapserver may still take it as a literal.
+const sizeUnparsed = -2
 
 // parseLiteralHeader finds a literal header at the end of line, which ends in
 // LF. The line end is matched as leniently as imapserver's decoder does it
@@ -54,8 +138,11 @@ func parseLiteralHeader(line []byte) literal {
 	for i > 0 && line[i-1] >= '0' && line[i-1] <= '9' {
 		i--
 	}
-	if i == end || end-i > 18 || i == 0 || line[i-1] != '{' {
-		return none // 18 digits always fit an int64
+	if i == end || i == 0 || line[i-1] != '{' {
+		return none
+	}
+	if end-i > 18 {
+		return literal{size: sizeUnparsed} // 18 digits always fit an int64
 	}
 	var n int64
 	for _, c := range line[i:end] {
@@ -240,10 +327,32 @@ func serverBuffers(name string, line []byte, lit literal, first bool) bool {
 	if lit.size <= maxServerLiteral {
 		return false
 	}
-	if name != "APPEND" {
-		return true
-	}
+	return name != "APPEND" || appendMailbox(line, lit, first)
+}
+
+// appendMailbox reports whether lit is APPEND's mailbox name, the literal
+// right after "APPEND ", rather than its message.
+func appendMailbox(line []byte, lit literal, first bool) bool {
 	return first && len(bytes.Fields(line[:lit.start])) == 2
+}
+
+// errFramingAppend is text after APPEND's message: imapserver (go-imap
+// v2.0.0-beta.8) then answers nothing at all for the command, and the
+// layer would wait for that answer forever.
+// errFramingLiteralEnd is a command imapserver ended right after one of its
+// literals, while the client's line goes on.
+var errFramingLiteralEnd = &framingError{"Syntax error: command ended at a literal"}
+
+var errFramingAppend = &framingError{"Syntax error: expected CRLF after the APPEND message"}
+
+// appendEnd reports whether line, which follows APPEND's message literal,
+// ends the command as imapserver's decoder reads it: ")" closing the UTF8
+// data extension, then its CRLF (optional SP, optional CR, LF).
+func appendEnd(line []byte) bool {
+	line = bytes.TrimPrefix(line, []byte(")"))
+	line = bytes.TrimPrefix(line, []byte(" "))
+	line = bytes.TrimPrefix(line, []byte("\r"))
+	return len(line) == 1 && line[0] == '\n'
 }
 
 // passer is what passCommand needs from the server side of the layer.
@@ -251,6 +360,10 @@ type passer interface {
 	// refuse answers a passthrough command before any of it reached
 	// imapserver, then skips the rest of it.
 	refuse(tag string, lit literal) error
+	// refuseFraming answers a passthrough command imapserver would frame
+	// differently, before any of it reached imapserver, and ends the
+	// connection: the layer cannot know where the client meant it to end.
+	refuseFraming(tag string, e *framingError) error
 	// begin records that a passthrough command with this tag starts.
 	begin(tag, name string) error
 	// send forwards bytes of the command to imapserver.
@@ -260,6 +373,12 @@ type passer interface {
 	// with a literal header (nonSync tells how the client sent it) or is the
 	// last line of a command that may be continued (AUTHENTICATE, IDLE).
 	sendAwait(p []byte, lit literal) (more bool, err error)
+	// mark returns a count of imapserver's tagged responses, for settle.
+	mark() int
+	// settle waits until imapserver has taken everything sent so far and
+	// waits for more, or has answered a command since mark; it reports the
+	// latter.
+	settle(mark int) (answered bool, err error)
 	// continuationLine is called before reading a client line that answers
 	// a continuation request of AUTHENTICATE or IDLE.
 	continuationLine(name string)
@@ -270,7 +389,17 @@ type passer interface {
 // asked for it, so a literal imapserver refuses (tagged NO/BAD) can never be
 // read by it as commands; non-synchronizing data the client sent anyway is
 // then skipped here.
+//
+// Every line is first held to imapserver's framing (checkSegment): what
+// imapserver would read as a different sequence of commands never reaches
+// it. A first line that fails is answered BAD and the connection closed; a
+// later one closes the connection, as imapserver holds the start of the
+// command.
 func (r *commandReader) passCommand(p passer, tag, name string, line []byte, lit literal) error {
+	sent := 0
+	if err := checkSegment(line, lit, &sent); err != nil {
+		return p.refuseFraming(tag, err.(*framingError))
+	}
 	if serverBuffers(name, line, lit, true) {
 		return p.refuse(tag, lit)
 	}
@@ -290,11 +419,29 @@ func (r *commandReader) passCommand(p passer, tag, name string, line []byte, lit
 		if !more {
 			return r.discardRest(lit)
 		}
+		appendMsg := name == "APPEND" && !appendMailbox(line, lit, first)
+		mark := p.mark()
 		if err := r.copyLiteral(lit.size, p.send); err != nil {
 			return err
 		}
+		// imapserver may end the command right after a literal (a mailbox
+		// name that is not valid modified UTF-7, say) without skipping the
+		// rest of the line, which it would then read as a new command.
+		answered, err := p.settle(mark)
+		if err != nil {
+			return err
+		}
+		if answered {
+			return errFramingLiteralEnd
+		}
 		if line, lit, err = r.readMore(); err != nil {
 			return err
+		}
+		if err := checkSegment(line, lit, &sent); err != nil {
+			return err
+		}
+		if appendMsg && !appendEnd(line) {
+			return errFramingAppend
 		}
 	}
 	// RFC 9051 section 6.2.2 (AUTHENTICATE) and RFC 2177 (IDLE): after a
@@ -310,6 +457,9 @@ func (r *commandReader) passCommand(p passer, tag, name string, line []byte, lit
 		p.continuationLine(name)
 		if line, _, err = r.readMore(); err != nil {
 			return err
+		}
+		if len(line) > maxServerContLine {
+			return errFramingSize
 		}
 	}
 }

@@ -27,7 +27,8 @@ func TestParseLiteralHeader(t *testing.T) {
 		{"a LOGIN {}\r\n", -1, false},
 		{"a LOGIN {5}x\r\n", -1, false},
 		{"a LOGIN 5}\r\n", -1, false},
-		{"a LOGIN {99999999999999999999}\r\n", -1, false},
+		{"a LOGIN {99999999999999999999}\r\n", sizeUnparsed, false},
+		{"a LOGIN {0000000000000000005}\r\n", sizeUnparsed, false}, // imapserver: 5
 		{"{5}", -1, false},
 	}
 	for _, tt := range tests {
@@ -147,6 +148,13 @@ func (d *fuzzDispatcher) refuse(tag string, lit literal) error {
 	}
 	d.keepBack(tag, "")
 	return nil
+}
+
+func (d *fuzzDispatcher) mark() int                { return 0 }
+func (d *fuzzDispatcher) settle(int) (bool, error) { return false, nil }
+func (d *fuzzDispatcher) refuseFraming(tag string, e *framingError) error {
+	d.keepBack(tag, "")
+	return e
 }
 
 func (d *fuzzDispatcher) invalid(line []byte, lit literal) error {

@@ -30,6 +30,7 @@ package imapext
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -142,6 +143,10 @@ type Options struct {
 
 	start    sync.Once
 	listener *listener
+	// onTagged, if set, is called with the first line of each tagged
+	// response of imapserver's and the passthrough command the layer
+	// expects it to answer (tests).
+	onTagged func(resp []byte, want pendingCmd)
 }
 
 func (o *Options) maxMetadataSize() int {
@@ -200,8 +205,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for c.current() && len(l.in) == 0 && len(l.inject) == 0 && !l.closed && !l.ended {
+		if !l.srvWaiting {
+			l.srvWaiting = true
+			l.cond.Broadcast() // settle
+		}
 		l.cond.Wait()
 	}
+	l.srvWaiting = false
 	switch {
 	case !c.current():
 		return 0, io.EOF // imapserver lets go of it: hibernation
@@ -369,7 +379,7 @@ func (pipeAddr) String() string  { return "imapext" }
 
 // The layer is the sink of its respFramer; these run in Conn.Write, under wmu.
 
-func (l *layer) respStart(kind respKind) bool {
+func (l *layer) respStart(kind respKind, first []byte) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch kind {
@@ -378,6 +388,22 @@ func (l *layer) respStart(kind respKind) bool {
 		l.swallow = false
 		return hide
 	case respTagged:
+		tag, _, _ := bytes.Cut(first, []byte(" "))
+		if l.opts.onTagged != nil && !l.replay {
+			var want pendingCmd
+			if len(l.pending) > 0 {
+				want = l.pending[0]
+			}
+			l.opts.onTagged(first, want)
+		}
+		if !l.replay && (len(l.pending) == 0 || string(tag) != l.pending[0].tag) {
+			// imapserver answers a command the layer did not pass, or not
+			// in the layer's order: the two framed the client's bytes
+			// differently. Nothing more of this connection can be trusted.
+			l.log.Warn("imap: imapserver answered a command the layer did not pass; closing")
+			l.werr = errDesync
+			return true
+		}
 		return l.replay || len(l.pending) > 0 && l.pending[0].internal
 	}
 	return l.replay
@@ -414,6 +440,7 @@ func (l *layer) respEnd(kind respKind, tagOK bool) {
 	case respContinuation:
 		l.conts++
 	case respTagged:
+		l.tagged++
 		if len(l.pending) > 0 {
 			p := l.pending[0]
 			if tagOK && p.name == "UNAUTHENTICATE" {
@@ -620,16 +647,20 @@ type layer struct {
 	// pipelines STARTTLS (or any command of ours) before reading the
 	// greeting must not get our answer first.
 	greeted bool
-	conts   int  // continuation requests seen from imapserver
-	swallow bool // hide the next continuation request from the client
-	closed  bool // imapserver closed the connection
-	ended   bool // the layer is done: imapserver reads EOF
-	user    string
-	tls     bool
-	in      []byte // command bytes imapserver is to read (send)
-	inject  []byte // an internal command imapserver is to read first
-	idle    idleState
-	enabled bool // the client ENABLEd something
+	conts   int // continuation requests seen from imapserver
+	tagged  int // tagged responses seen from imapserver
+	// srvWaiting: imapserver waits in Read for bytes the layer has not
+	// handed over yet.
+	srvWaiting bool
+	swallow    bool // hide the next continuation request from the client
+	closed     bool // imapserver closed the connection
+	ended      bool // the layer is done: imapserver reads EOF
+	user       string
+	tls        bool
+	in         []byte // command bytes imapserver is to read (send)
+	inject     []byte // an internal command imapserver is to read first
+	idle       idleState
+	enabled    bool // the client ENABLEd something
 	hibState
 }
 
@@ -642,7 +673,10 @@ type pendingCmd struct {
 	resume    bool // the last command of a resume's replay (hibernate.go)
 }
 
-var errClosed = errors.New("imapext: connection closed")
+var (
+	errClosed = errors.New("imapext: connection closed")
+	errDesync = errors.New("imapext: imapserver and the layer disagree on command framing")
+)
 
 // Serve handles one client connection until it ends. The connection is closed
 // when Serve returns. A client that disconnects or logs out is not an error.
@@ -736,6 +770,10 @@ func (l *layer) end(err error) error {
 			l.bye(textLineTooLong)
 		case errors.Is(err, errLiteralTooBig):
 			l.bye(textLiteralTooBig)
+		default:
+			if fe, ok := err.(*framingError); ok {
+				l.bye(fe.text)
+			}
 		}
 	}
 	l.mu.Lock()
@@ -917,6 +955,15 @@ func (l *layer) refuse(tag string, lit literal) error {
 	return l.replyStatus(tag, errTooBig)
 }
 
+func (l *layer) refuseFraming(tag string, e *framingError) error {
+	if err := l.waitIdle(); err != nil {
+		return err
+	}
+	l.log.Info("imap: command imapserver would frame differently", slog.String("reason", e.text))
+	l.replyStatus(tag, &imap.Error{Type: imap.StatusResponseTypeBad, Code: imap.ResponseCodeClientBug, Text: e.text})
+	return e
+}
+
 func (l *layer) begin(tag, name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -974,6 +1021,27 @@ func (l *layer) sendAwait(p []byte, lit literal) (bool, error) {
 	}
 	l.swallow = false
 	if l.conts != conts {
+		return true, nil
+	}
+	if l.closed {
+		return false, errClosed
+	}
+	return false, nil
+}
+
+func (l *layer) mark() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.tagged
+}
+
+func (l *layer) settle(mark int) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.tagged == mark && !(l.srvWaiting && len(l.in) == 0) && !l.closed {
+		l.cond.Wait()
+	}
+	if l.tagged != mark {
 		return true, nil
 	}
 	if l.closed {
@@ -1084,7 +1152,7 @@ func (l *layer) startTLS(tag string, a *args) error {
 	if l.cr.br.Buffered() > 0 {
 		// Cleartext pipelined after STARTTLS would be taken as sent under TLS
 		// (CVE-2011-0411); RFC 9051 section 6.2.1 forbids the client to send it.
-		l.log.Info("imap: data after STARTTLS", slog.String("remote", l.remote.String()))
+		l.log.Info("imap: data after STARTTLS")
 		return errors.New("imapext: " + textInjection)
 	}
 	l.wmu.Lock()

@@ -24,8 +24,9 @@ const respTail = 24
 // frameSink receives what respFramer finds in imapserver's responses.
 type frameSink interface {
 	// respStart is told the kind of each response as its first bytes
-	// arrive; the response is not sent on when it returns true.
-	respStart(kind respKind) (hide bool)
+	// arrive, with those bytes (at most a line); the response is not sent
+	// on when it returns true.
+	respStart(kind respKind, first []byte) (hide bool)
 	// firstLine gets the first line of a response when it is whole and at
 	// most maxRespLine long (where capability lists are fixed).
 	firstLine(b []byte)
@@ -95,7 +96,7 @@ func (f *respFramer) feed(p []byte, s frameSink) {
 				f.part = probe[:len(f.part)]
 			}
 			f.kind, f.tagOK = classify(probe)
-			f.hide = s.respStart(f.kind)
+			f.hide = s.respStart(f.kind, probe)
 		}
 
 		if !complete {

@@ -16,7 +16,7 @@ type recordSink struct {
 	hidden int
 }
 
-func (s *recordSink) respStart(kind respKind) bool {
+func (s *recordSink) respStart(kind respKind, _ []byte) bool {
 	s.events = append(s.events, fmt.Sprint("start ", kind))
 	return kind == respTagged && s.hidden >= 0
 }
@@ -125,10 +125,10 @@ func maxLineLen(b []byte) int {
 // countSink counts what respFramer passes on, keeping none of it.
 type countSink struct{ n, ends int64 }
 
-func (s *countSink) respStart(respKind) bool { return false }
-func (s *countSink) firstLine(b []byte)      { s.n += int64(len(b)) }
-func (s *countSink) out(b []byte)            { s.n += int64(len(b)) }
-func (s *countSink) respEnd(respKind, bool)  { s.ends++ }
+func (s *countSink) respStart(respKind, []byte) bool { return false }
+func (s *countSink) firstLine(b []byte)              { s.n += int64(len(b)) }
+func (s *countSink) out(b []byte)                    { s.n += int64(len(b)) }
+func (s *countSink) respEnd(respKind, bool)          { s.ends++ }
 
 // The layer relays a FETCH literal as it comes: every byte of it imapserver
 // wrote is passed on before the next write, whatever its size, and the

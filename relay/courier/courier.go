@@ -113,6 +113,15 @@ type Options struct {
 	// DATA (default 10m) and HTTPTimeout one /mxdeliv request (default
 	// 2m).
 	DialTimeout, CommandTimeout, DataTimeout, HTTPTimeout time.Duration
+	// AllowTargets are networks the courier may connect to although they
+	// are not public unicast (loopback, RFC 1918, ULA, link-local, CGNAT
+	// and the like) or are this machine's own addresses: private
+	// federations and tests. Every other such address, whether it comes
+	// from an MX, an address record or an address literal, is refused.
+	AllowTargets []netip.Prefix
+	// OwnAddrs are the relay's own addresses, refused like private ones
+	// (default: the addresses of the machine's interfaces).
+	OwnAddrs []netip.Addr
 	// Now is the clock; tests move it. Defaults to time.Now.
 	Now func() time.Time
 	// Logger defaults to slog.Default().
@@ -126,6 +135,8 @@ type Courier struct {
 	log     *slog.Logger
 	strict  *http.Client // verifies certificates
 	relaxed *http.Client // encrypts without verifying ([IP] and _ domains)
+
+	own []netip.Addr
 
 	mu       sync.Mutex
 	smtpOnly map[string]time.Time // host -> skip HTTPS until
@@ -171,7 +182,13 @@ func New(opts Options) *Courier {
 		routes[strings.ToLower(strings.TrimSuffix(d, "."))] = h
 	}
 	opts.StaticRoutes = routes
+	if opts.OwnAddrs == nil {
+		opts.OwnAddrs = InterfaceAddrs()
+	}
 	c := &Courier{opts: opts, log: opts.Logger.With("part", "courier"), smtpOnly: map[string]time.Time{}}
+	for _, ip := range opts.OwnAddrs {
+		c.own = append(c.own, ip.Unmap())
+	}
 	c.strict = c.newHTTPClient(false)
 	c.relaxed = c.newHTTPClient(true)
 	return c
@@ -216,6 +233,9 @@ func (c *Courier) Deliver(ctx context.Context, from, domain string, rcpts []stri
 	var (
 		lastErr error
 		verdict *smtp.SMTPError // an SMTP reply carried by an /mxdeliv refusal
+		// refusedAll: every host tried was refused as a target, which
+		// retrying will not change.
+		refusedAll = true
 	)
 	for _, t := range targets {
 		if ctx.Err() != nil {
@@ -232,6 +252,9 @@ func (c *Courier) Deliver(ctx context.Context, from, domain string, rcpts []stri
 			if errors.As(err, &se) && verdict == nil {
 				verdict = se
 			}
+			if !errors.As(err, new(refusedTargetError)) {
+				refusedAll = false
+			}
 			lastErr = err
 		}
 		results, err := c.smtpDeliver(ctx, t, from, rcpts, sig, body)
@@ -240,6 +263,9 @@ func (c *Courier) Deliver(ctx context.Context, from, domain string, rcpts []stri
 			// next time, then try the next host.
 			c.forgetSMTP(t.name)
 			c.log.Debug("SMTP delivery failed", "domain", domain, "host", t.name, "err", err)
+			if !errors.As(err, new(refusedTargetError)) {
+				refusedAll = false
+			}
 			lastErr = err
 			continue
 		}
@@ -256,6 +282,9 @@ func (c *Courier) Deliver(ctx context.Context, from, domain string, rcpts []stri
 	}
 	if lastErr == nil {
 		lastErr = errors.New("no host to deliver to")
+	}
+	if refusedAll && errors.As(lastErr, new(refusedTargetError)) {
+		return allFailed(rcpts, permanentError{fmt.Errorf("%s: %w", domain, lastErr)})
 	}
 	return allFailed(rcpts, fmt.Errorf("%s: %w", domain, lastErr))
 }
@@ -400,6 +429,13 @@ func (c *Courier) dial(ctx context.Context, host string, port int) (net.Conn, er
 		if ip == nil {
 			continue
 		}
+		if nip, _ := netip.AddrFromSlice(ip); !c.allowed(nip) {
+			if lastErr == nil || errors.As(lastErr, new(refusedTargetError)) {
+				lastErr = refusedTargetError{host: host, ip: nip.Unmap()}
+			}
+			c.log.Warn("refused delivery target: not a public address, or this relay's own", "host", host, "addr", nip.Unmap().String())
+			continue
+		}
 		if local != nil && (local.To4() == nil) != (ip.To4() == nil) {
 			lastErr = fmt.Errorf("%s: not reachable from %s", a, local)
 			continue
@@ -422,7 +458,7 @@ func (c *Courier) dial(ctx context.Context, host string, port int) (net.Conn, er
 func classify(err error) queue.Result {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		return queue.Result{Err: err, Permanent: se.Code >= 500 && se.Code < 600}
+		return queue.Result{Err: err, Permanent: se.Code >= 500 && se.Code < 600, Reply: replyCode(se)}
 	}
 	var pe permanentError
 	if errors.As(err, &pe) {
@@ -435,7 +471,7 @@ func allFailed(rcpts []string, err error) []queue.Result {
 	r := classify(err)
 	out := make([]queue.Result, len(rcpts))
 	for i, rcpt := range rcpts {
-		out[i] = queue.Result{Rcpt: rcpt, Err: r.Err, Permanent: r.Permanent}
+		out[i] = queue.Result{Rcpt: rcpt, Err: r.Err, Permanent: r.Permanent, Reply: r.Reply}
 	}
 	return out
 }
@@ -453,3 +489,18 @@ func anyOK(results []queue.Result) bool {
 }
 
 var _ queue.DeliverFunc = (*Courier)(nil).Deliver
+
+// replyCode is the reply code and, when the server gave a valid one, the
+// enhanced status code of se (RFC 3463): "550 5.1.1". Nothing of the
+// server's text is kept.
+func replyCode(se *smtp.SMTPError) string {
+	if se.Code < 200 || se.Code > 599 {
+		return ""
+	}
+	code := strconv.Itoa(se.Code)
+	ec := se.EnhancedCode
+	if ec[0] == se.Code/100 && ec[1] >= 0 && ec[1] <= 999 && ec[2] >= 0 && ec[2] <= 999 {
+		code += fmt.Sprintf(" %d.%d.%d", ec[0], ec[1], ec[2])
+	}
+	return code
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -79,6 +80,8 @@ func (f *fixture) courier(p *peer, edit func(*Options)) *Courier {
 		DataTimeout:    10 * time.Second,
 		HTTPTimeout:    10 * time.Second,
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// The test peers are on loopback.
+		AllowTargets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	}
 	if testing.Verbose() {
 		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -71,7 +71,7 @@ func (c *Courier) smtpDeliver(ctx context.Context, t target, from string, rcpts 
 			return allFailed(rcpts, fmt.Errorf("%s: RCPT TO: %w", t.name, err)), nil
 		}
 		res := classify(fmt.Errorf("%s: RCPT TO: %w", t.name, err))
-		results[i].Err, results[i].Permanent = res.Err, res.Permanent
+		results[i].Err, results[i].Permanent, results[i].Reply = res.Err, res.Permanent, res.Reply
 	}
 	if len(accepted) == 0 {
 		sc.Quit()
@@ -80,7 +80,7 @@ func (c *Courier) smtpDeliver(ctx context.Context, t target, from string, rcpts 
 	if err := c.smtpData(sc, sig, body); err != nil {
 		res := classify(fmt.Errorf("%s: DATA: %w", t.name, err))
 		for _, i := range accepted {
-			results[i].Err, results[i].Permanent = res.Err, res.Permanent
+			results[i].Err, results[i].Permanent, results[i].Reply = res.Err, res.Permanent, res.Reply
 		}
 		return results, nil
 	}

@@ -69,6 +69,10 @@ type Rcpt struct {
 	Addr      string `json:"addr"`
 	Status    Status `json:"status"`
 	LastError string `json:"last_error,omitempty"`
+	// Reply is the remote server's reply code and enhanced status code
+	// of the last failure ("550 5.1.1"), without its text; empty when the
+	// failure carried none. Bounces say this, never LastError.
+	Reply string `json:"reply,omitempty"`
 	// Bounced is set once the Bounce callback has taken a Failed recipient.
 	Bounced bool `json:"bounced,omitempty"`
 }
@@ -95,6 +99,10 @@ type Result struct {
 	// Permanent marks Err as final (an SMTP 5xx): the recipient is not
 	// tried again and the sender gets a bounce.
 	Permanent bool
+	// Reply is the reply code and enhanced status code the recipient's
+	// server refused with ("550 5.1.1"), without its text, which is the
+	// remote's to choose and must not reach the sender (see Rcpt.Reply).
+	Reply string
 }
 
 // DeliverFunc makes one attempt to deliver a message to the recipients of

@@ -372,17 +372,17 @@ func applyResults(it *Item, results []Result, shutdown bool) bool {
 		res, ok := byRcpt[r.Addr]
 		switch {
 		case ok && res.Err == nil:
-			r.Status, r.LastError = Sent, ""
+			r.Status, r.LastError, r.Reply = Sent, "", ""
 			changed = true
 		case shutdown:
 		case !ok:
-			r.LastError = "no delivery result"
+			r.LastError, r.Reply = "no delivery result", ""
 			lastErr = r.LastError
 		case res.Permanent:
-			r.Status, r.LastError = Failed, errSummary(res.Err)
+			r.Status, r.LastError, r.Reply = Failed, errSummary(res.Err), res.Reply
 			lastErr = r.LastError
 		default:
-			r.LastError = errSummary(res.Err)
+			r.LastError, r.Reply = errSummary(res.Err), res.Reply
 			lastErr = r.LastError
 		}
 	}
