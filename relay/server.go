@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,6 +75,8 @@ type Server struct {
 	inbound    *smtp.Server
 	https      *http.Server
 	httpSrv    *http.Server
+
+	proxy     *proxy // nil when off
 
 	conns     connSet
 	limits    *connLimits
@@ -155,6 +158,10 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 	}
 	s.SetInviteChecker(s.invites)
 	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: imapext.Hibernated})
+	if err := s.setupProxy(); err != nil {
+		store.Close()
+		return nil, err
+	}
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{
@@ -317,6 +324,11 @@ func (s *Server) Start() error {
 			s.closeListeners()
 			return fmt.Errorf("listen %s on %s: %w", e.name, e.addr, err)
 		}
+		if s.proxy != nil && slices.Contains(proxyTargets, e.name) {
+			inj := newInjectListener(ln)
+			s.proxy.inject[e.name] = inj
+			ln = inj
+		}
 		// Counted below TLS, so that a handshake already holds a slot.
 		ln = s.limitListener(e.name, ln)
 		if e.tls {
@@ -332,6 +344,10 @@ func (s *Server) Start() error {
 				s.log.Error("listener stopped", "listener", e.name, "err", err)
 			}
 		}(e, ln)
+	}
+	if err := s.startProxy(); err != nil {
+		s.closeListeners()
+		return err
 	}
 	stop, err := s.ServeControl(ControlSocketPath(s.cfg.DataDir), AdminOptions{Queue: s.Queue(), Invites: s.invites, RecentErrors: s.recent, Version: s.version})
 	if err != nil {
@@ -450,6 +466,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.inbound.Shutdown(ctx)
 	s.imap.Close()
 	s.conns.closeAll()
+	if s.proxy != nil {
+		s.proxy.ss.Close()
+	}
 	s.fed.stop()
 	if s.bgCancel != nil {
 		s.bgCancel()

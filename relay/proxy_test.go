@@ -1,0 +1,253 @@
+package relay_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/relaytest"
+	"github.com/chatrelay/chatrelay/relay/shadowsocks"
+)
+
+const proxyTimeout = 2 * time.Second
+
+func startProxyRelay(t *testing.T, edit func(*relay.Config)) *relaytest.Relay {
+	return relaytest.Start(t, func(c *relay.Config) {
+		c.Proxy.Listen = "127.0.0.1:0"
+		c.Proxy.HandshakeTimeout = proxyTimeout
+		if edit != nil {
+			edit(c)
+		}
+	})
+}
+
+// proxyDial opens a stream to target through the relay's proxy with the
+// key of url.
+func proxyDial(t *testing.T, r *relaytest.Relay, url string, host string, port int) net.Conn {
+	t.Helper()
+	k, phost, pport, err := shadowsocks.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if phost != "localhost" || strconv.Itoa(pport) != portOf(t, r.AddrOf("proxy")) {
+		t.Fatalf("URL %s does not name the proxy listener %s", url, r.AddrOf("proxy"))
+	}
+	c, err := net.Dial("tcp", r.AddrOf("proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	sc, err := shadowsocks.Client(c, k, shadowsocks.Target{Host: host, Port: uint16(port)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
+func portOf(t *testing.T, addr string) string {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func portNum(t *testing.T, addr string) int {
+	n, _ := strconv.Atoi(portOf(t, addr))
+	return n
+}
+
+func TestProxyReachesIMAPSubmissionAndHTTPS(t *testing.T) {
+	r := startProxyRelay(t, nil)
+	url := r.ProxyURL()
+	if !strings.HasPrefix(url, "ss://2022-blake3-aes-256-gcm:") {
+		t.Fatalf("URL %q: want the default 2022 method", url)
+	}
+	tlsConf := &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}
+
+	// IMAP over implicit TLS, with a login: the session is a real one.
+	imapConn := tls.Client(proxyDial(t, r, url, "localhost", portNum(t, r.AddrOf("imaps"))), tlsConf)
+	c := imapclient.New(imapConn, nil)
+	defer c.Close()
+	if err := c.Login("alicealic@localhost", password).Wait(); err != nil {
+		t.Fatalf("IMAP login through the proxy: %v", err)
+	}
+	if ok, _ := r.Store().AccountExists("alicealic@localhost"); !ok {
+		t.Fatal("no account made by the proxied login")
+	}
+
+	// Submission over implicit TLS: the greeting.
+	sub := tls.Client(proxyDial(t, r, url, "127.0.0.1", portNum(t, r.AddrOf("submissions"))), tlsConf)
+	line, err := bufio.NewReader(sub).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "220 ") {
+		t.Fatalf("submission greeting through the proxy: %q %v", line, err)
+	}
+
+	// STARTTLS IMAP (plain greeting first).
+	plain := proxyDial(t, r, url, "localhost", portNum(t, r.AddrOf("imap")))
+	// The server speaks first: the client sends its header with no payload.
+	plain.(shadowsocks.HeaderSender).SendHeader()
+	line, err = bufio.NewReader(plain).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "* OK") {
+		t.Fatalf("IMAP greeting through the proxy: %q %v", line, err)
+	}
+
+	// HTTPS: the web page.
+	web := tls.Client(proxyDial(t, r, url, "localhost", portNum(t, r.AddrOf("https"))), &tls.Config{InsecureSkipVerify: true, ServerName: "localhost", NextProtos: []string{"http/1.1"}})
+	io.WriteString(web, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+	line, err = bufio.NewReader(web).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("HTTPS through the proxy: %q %v", line, err)
+	}
+
+	page := scrape(t, r)
+	for _, want := range []string{
+		`chatrelay_proxy_sessions_total{target="imaps"} 1`,
+		`chatrelay_proxy_sessions_total{target="submissions"} 1`,
+		`chatrelay_proxy_sessions_total{target="imap"} 1`,
+		`chatrelay_proxy_sessions_total{target="https"} 1`,
+		`chatrelay_proxy_connections_total 4`,
+	} {
+		if metricLine(page, want) == "" {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if l := metricLine(page, `chatrelay_proxy_bytes_total{dir="in"}`); l == "" || strings.HasSuffix(l, " 0") {
+		t.Errorf("no proxied bytes counted: %q", l)
+	}
+}
+
+// Targets outside the relay's client listeners are dropped without a
+// byte: another loopback port, an external address, the metrics port,
+// port 25, a foreign name.
+func TestProxyRefusesOtherTargets(t *testing.T) {
+	r := startProxyRelay(t, nil)
+	url := r.ProxyURL()
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	imaps := portNum(t, r.AddrOf("imaps"))
+	targets := []struct {
+		name string
+		host string
+		port int
+	}{
+		{"another loopback port", "127.0.0.1", portNum(t, other.Addr().String())},
+		{"an external address", "192.0.2.1", imaps},
+		{"an external name", "example.org", imaps},
+		{"the metrics port", "127.0.0.1", portNum(t, r.MetricsAddr().String())},
+		{"inbound SMTP", "localhost", portNum(t, r.AddrOf("smtp"))},
+		{"the proxy itself", "127.0.0.1", portNum(t, r.AddrOf("proxy"))},
+	}
+	for i, tc := range targets {
+		t.Run(tc.name, func(t *testing.T) {
+			c := proxyDial(t, r, url, tc.host, tc.port)
+			start := time.Now()
+			c.Write([]byte("EHLO x\r\n"))
+			b := make([]byte, 16)
+			n, err := c.Read(b)
+			if n != 0 || err == nil {
+				t.Fatalf("got %d bytes %q, err %v: want silence and a close", n, b[:n], err)
+			}
+			if time.Since(start) < proxyTimeout/2 {
+				t.Fatalf("closed after %v: a refusal must wait out the handshake timeout", time.Since(start))
+			}
+			want := `chatrelay_proxy_refusals_total{reason="target"} ` + strconv.Itoa(i+1)
+			if metricLine(scrape(t, r), want) == "" {
+				t.Fatalf("metrics lack %q", want)
+			}
+		})
+	}
+	// Nothing reached the other listener.
+	other.(*net.TCPListener).SetDeadline(time.Now())
+	if c, err := other.Accept(); err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.Close()
+		t.Fatal("the proxy connected to another loopback port")
+	}
+	if l := metricLine(scrape(t, r), `chatrelay_proxy_sessions_total`); l != "" {
+		t.Fatalf("a refused target made a session: %q", l)
+	}
+}
+
+// A probe without the key gets silence, and a rotated key keeps working
+// through its grace period; the keys survive a restart.
+func TestProxyRotateAndProbe(t *testing.T) {
+	dir := t.TempDir()
+	cfg := relaytest.Config(dir)
+	cfg.Proxy.Listen = "127.0.0.1:0"
+	cfg.Proxy.HandshakeTimeout = proxyTimeout
+	r := relaytest.StartConfig(t, cfg)
+	oldURL := r.ProxyURL()
+	imaps := portNum(t, r.AddrOf("imaps"))
+
+	probe, err := net.Dial("tcp", r.AddrOf("proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	probe.SetDeadline(time.Now().Add(60 * time.Second))
+	probe.Write([]byte("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + strings.Repeat("A", 100)))
+	if n, err := probe.Read(make([]byte, 10)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("probe: %d bytes, %v", n, err)
+	}
+
+	if err := r.RotateProxyKey(); err != nil {
+		t.Fatal(err)
+	}
+	newURL := r.ProxyURL()
+	if newURL == oldURL {
+		t.Fatal("rotate kept the URL")
+	}
+	greet := func(url string) {
+		t.Helper()
+		c := tls.Client(proxyDial(t, r, url, "localhost", imaps), &tls.Config{InsecureSkipVerify: true})
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "* OK") {
+			t.Fatalf("greeting: %q %v", line, err)
+		}
+	}
+	greet(oldURL)
+	greet(newURL)
+	var f struct {
+		Keys []struct {
+			Expires time.Time `json:"expires"`
+		} `json:"keys"`
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, relay.ProxyKeysFile))
+	if err := json.Unmarshal(data, &f); err != nil || len(f.Keys) != 2 || !f.Keys[0].Expires.IsZero() || f.Keys[1].Expires.IsZero() {
+		t.Fatalf("key file: %s", data)
+	}
+	if page := scrape(t, r); metricLine(page, `chatrelay_proxy_refusals_total{reason="auth"} 1`) == "" {
+		t.Errorf("probe not counted as auth refusal")
+	}
+
+	// Past the grace period the old key is refused.
+	r.Clock.Advance(73 * time.Hour)
+	c := proxyDial(t, r, oldURL, "localhost", imaps)
+	c.Write([]byte("x"))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatal("old key still works after the grace period")
+	}
+	r.Stop()
+
+	// A restart keeps the current key.
+	r2 := relaytest.StartConfig(t, cfg)
+	if got := r2.ProxyURL(); strings.Split(got, "@")[0] != strings.Split(newURL, "@")[0] {
+		t.Fatalf("restart changed the key: %s vs %s", got, newURL)
+	}
+}
