@@ -76,7 +76,7 @@ type Server struct {
 	https      *http.Server
 	httpSrv    *http.Server
 
-	proxy     *proxy // nil when off
+	proxy *proxy // nil when off
 
 	conns     connSet
 	limits    *connLimits
