@@ -29,6 +29,8 @@ func serveCmd() *cobra.Command {
 	var f struct {
 		data, domain, ip, registration                                   string
 		imaps, imap, submissions, submission, smtp, https, http, metrics string
+		proxyListen                                                      string
+		proxy                                                            bool
 	}
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -37,8 +39,9 @@ func serveCmd() *cobra.Command {
 
 With --dev it runs on 127.0.0.1 (or --ip) on high ports without root:
 IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
-(STARTTLS), inbound SMTP 1025, HTTPS 1443; domain localhost, data in
-./chatrelay-data, a self-signed certificate; no config file needed.`,
+(STARTTLS), inbound SMTP 1025, HTTPS 1443 (and with --proxy the
+Shadowsocks proxy on 18388); domain localhost, data in ./chatrelay-data, a
+self-signed certificate; no config file needed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := relay.Default()
@@ -77,6 +80,13 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 			set("listen-https", &cfg.Listen.HTTPS, f.https)
 			set("listen-http", &cfg.Listen.HTTP, f.http)
 			set("listen-metrics", &cfg.MetricsListen, f.metrics)
+			if f.proxy && cfg.Proxy.Listen == "" {
+				cfg.Proxy.Listen = ":8388"
+				if dev {
+					cfg.Proxy.Listen = relay.DevProxyListen
+				}
+			}
+			set("listen-proxy", &cfg.Proxy.Listen, f.proxyListen)
 			return serve(cmd, cfg, logLevel)
 		},
 	}
@@ -96,6 +106,8 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 	fl.StringVar(&f.https, "listen-https", "", "HTTPS address")
 	fl.StringVar(&f.http, "listen-http", "", "HTTP address (ACME HTTP-01, redirect)")
 	fl.StringVar(&f.metrics, "listen-metrics", "", "Prometheus metrics address (loopback)")
+	fl.BoolVar(&f.proxy, "proxy", false, "run the Shadowsocks proxy (dev: on "+relay.DevProxyListen+", else :8388 unless [proxy] listen is set)")
+	fl.StringVar(&f.proxyListen, "listen-proxy", "", "Shadowsocks proxy address")
 	return cmd
 }
 
@@ -170,7 +182,7 @@ func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
 	out := cmd.OutOrStdout()
 	abs, _ := filepath.Abs(cfg.DataDir)
 	fmt.Fprintf(out, "chatrelay %s serving %s (data in %s)\n", version, cfg.MailDomain(), abs)
-	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https"} {
+	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https", "proxy"} {
 		if a := srv.Addr(name); a != nil {
 			fmt.Fprintf(out, "  %-12s %s\n", name, a)
 		}
@@ -180,5 +192,8 @@ func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
 	if a := srv.Addr("https"); a != nil {
 		host, port, _ := net.SplitHostPort(a.String())
 		fmt.Fprintf(out, "Or make one with: curl -k -X POST https://%s/new\n", net.JoinHostPort(host, port))
+	}
+	if u := srv.ProxyURL(); u != "" {
+		fmt.Fprintf(out, "\nShadowsocks proxy (Delta Chat: Settings -> Proxy, or scan it):\n\n  %s\n", u)
 	}
 }
