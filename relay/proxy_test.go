@@ -2,6 +2,10 @@ package relay_test
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/base64"
+	"html"
+	"image/png"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -17,6 +21,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/control"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 	"github.com/chatrelay/chatrelay/relay/shadowsocks"
 )
@@ -250,4 +255,76 @@ func TestProxyRotateAndProbe(t *testing.T) {
 	if got := r2.ProxyURL(); strings.Split(got, "@")[0] != strings.Split(newURL, "@")[0] {
 		t.Fatalf("restart changed the key: %s vs %s", got, newURL)
 	}
+}
+
+// The web page shows the ss:// URL and its QR code as proxy.publish says:
+// always ("page"), to holders of a valid invite ("invite"; the page may
+// spend the invite only after checking it), or never ("none").
+func TestProxyOnWebPage(t *testing.T) {
+	cases := []struct {
+		publish, registration, query string
+		shown                        bool
+	}{
+		{"page", "open", "", true},
+		{"none", "open", "", false},
+		{"invite", "open", "", false},
+		{"invite", "open", "?token=bad", false},
+		{"invite", "open", "?token=VALID", true},
+		{"invite", "invite", "?token=VALID", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.publish+"/"+tc.registration+tc.query, func(t *testing.T) {
+			r := startProxyRelay(t, func(c *relay.Config) {
+				c.Proxy.Publish = tc.publish
+				c.Registration = tc.registration
+			})
+			query := tc.query
+			if strings.Contains(query, "VALID") {
+				var inv control.Invite
+				if err := control.Call(t.Context(), relay.ControlSocketPath(r.Dir), control.CmdInviteCreate, control.InviteArgs{Uses: 1}, &inv, nil); err != nil {
+					t.Fatal(err)
+				}
+				query = strings.Replace(query, "VALID", inv.Token, 1)
+			}
+			resp, body := fetch(t, r, "/"+query)
+			doc := checkHTMLPage(t, resp, body)
+			url := r.ProxyURL()
+			if got := strings.Contains(body, html.EscapeString(url)); got != tc.shown {
+				t.Fatalf("page shows the proxy URL: %v, want %v", got, tc.shown)
+			}
+			if !tc.shown {
+				return
+			}
+			// The QR code on the page decodes to the URL.
+			var found bool
+			for _, img := range findAll(doc, "img") {
+				if attr(img, "alt") == url {
+					if got := qrOfSrc(t, attr(img, "src")); got != url {
+						t.Fatalf("proxy QR code reads %q, want %q", got, url)
+					}
+					found = true
+				}
+			}
+			if !found {
+				t.Fatal("no QR code for the proxy URL")
+			}
+		})
+	}
+}
+
+func qrOfSrc(t *testing.T, src string) string {
+	t.Helper()
+	b64, ok := strings.CutPrefix(src, "data:image/png;base64,")
+	if !ok {
+		t.Fatalf("QR src %.40q", src)
+	}
+	data, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decodeQR(t, img)
 }
