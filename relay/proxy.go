@@ -19,6 +19,9 @@ import (
 // ProxyKeysFile holds the Shadowsocks keys in the data directory.
 const ProxyKeysFile = "proxy-keys.json"
 
+// proxySaltsFile keeps the replay filter's salts across a restart.
+const proxySaltsFile = "proxy-salts"
+
 // proxyTargets are the listeners a proxied client may reach, by name.
 // Port 25 (other servers), port 80 and the metrics endpoint are not among
 // them: the proxy is a way to this relay's clients' ports only.
@@ -80,7 +83,34 @@ func (s *Server) setupProxy() error {
 		Logger:   s.log,
 	})
 	s.proxy = p
+	p.loadSalts()
 	return nil
+}
+
+// loadSalts restores the replay filter saved at the last shutdown, unless
+// it is older than the replay window (twice: what the filter keeps).
+func (p *proxy) loadSalts() {
+	path := filepath.Join(p.s.cfg.DataDir, proxySaltsFile)
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	window := 2 * time.Duration(p.s.cfg.Proxy.ReplayWindowMinutes) * time.Minute
+	if fi, err := f.Stat(); err != nil || time.Since(fi.ModTime()) > window {
+		return
+	}
+	if err := p.ss.LoadReplay(f); err != nil {
+		p.s.log.Warn("proxy replay filter not restored", "err", err)
+	}
+}
+
+// saveSalts keeps the replay filter for the next start.
+func (p *proxy) saveSalts() {
+	path := filepath.Join(p.s.cfg.DataDir, proxySaltsFile)
+	if err := safeio.WriteFrom(path, 0o600, p.ss.SaveReplay); err != nil {
+		p.s.log.Warn("proxy replay filter not saved", "err", err)
+	}
 }
 
 // load reads the key file, making a key when there is none for the

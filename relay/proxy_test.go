@@ -328,3 +328,55 @@ func qrOfSrc(t *testing.T, src string) string {
 	}
 	return decodeQR(t, img)
 }
+
+type recordingConn struct {
+	net.Conn
+	sent bytes.Buffer
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.sent.Write(p)
+	return c.Conn.Write(p)
+}
+
+// A recorded session replayed after a restart is refused: the replay
+// filter is saved at shutdown (SIP004 has no timestamps to fall back on).
+func TestProxyReplayAcrossRestart(t *testing.T) {
+	cfg := relaytest.Config(t.TempDir())
+	cfg.Proxy.Listen = "127.0.0.1:0"
+	cfg.Proxy.Method = shadowsocks.Chacha20
+	cfg.Proxy.HandshakeTimeout = proxyTimeout
+	r := relaytest.StartConfig(t, cfg)
+	k, _, _, err := shadowsocks.ParseURL(r.ProxyURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", r.AddrOf("proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.SetDeadline(time.Now().Add(60 * time.Second))
+	rec := &recordingConn{Conn: raw}
+	c, _ := shadowsocks.Client(rec, k, shadowsocks.Target{Host: "localhost", Port: uint16(portNum(t, r.AddrOf("imaps")))}, nil)
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+	if line, err := bufio.NewReader(tc).ReadString('\n'); err != nil || !strings.HasPrefix(line, "* OK") {
+		t.Fatalf("greeting: %q %v", line, err)
+	}
+	raw.Close()
+	r.Stop()
+	// The proxy listener's port changes with the restart; the key does not.
+	r2 := relaytest.StartConfig(t, cfg)
+	replay, err := net.Dial("tcp", r2.AddrOf("proxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replay.Close()
+	replay.SetDeadline(time.Now().Add(60 * time.Second))
+	replay.Write(rec.sent.Bytes())
+	if n, err := replay.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("replayed session answered: %d bytes, %v", n, err)
+	}
+	if metricLine(scrape(t, r2), `chatrelay_proxy_refusals_total{reason="replay"} 1`) == "" {
+		t.Fatal("replay after restart not refused as a replay")
+	}
+}

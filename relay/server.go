@@ -468,6 +468,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.conns.closeAll()
 	if s.proxy != nil {
 		s.proxy.ss.Close()
+		s.proxy.saveSalts()
 	}
 	s.fed.stop()
 	if s.bgCancel != nil {

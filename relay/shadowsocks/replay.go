@@ -1,6 +1,10 @@
 package shadowsocks
 
 import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
 	"sync"
 	"time"
 )
@@ -49,4 +53,62 @@ func (f *replayFilter) add(salt []byte) bool {
 	}
 	f.cur[k] = struct{}{}
 	return true
+}
+
+// salts returns every remembered salt.
+func (f *replayFilter) salts() [][saltSize]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([][saltSize]byte, 0, len(f.cur)+len(f.prev))
+	for k := range f.cur {
+		out = append(out, k)
+	}
+	for k := range f.prev {
+		out = append(out, k)
+	}
+	return out
+}
+
+// restore adds salts saved by an earlier run; they are kept for at least
+// another window.
+func (f *replayFilter) restore(salts [][saltSize]byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.prev == nil {
+		f.prev = map[[saltSize]byte]struct{}{}
+	}
+	for _, k := range salts {
+		if len(f.prev) >= maxSalts {
+			return
+		}
+		f.prev[k] = struct{}{}
+	}
+}
+
+// SaveReplay writes the replay filter's salts, so that a restart does not
+// open a window for replays (SIP004 has no timestamps to stop them).
+func (s *Server) SaveReplay(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	for _, k := range s.replay.salts() {
+		bw.Write(k[:])
+	}
+	return bw.Flush()
+}
+
+// LoadReplay reads salts written by SaveReplay.
+func (s *Server) LoadReplay(r io.Reader) error {
+	var salts [][saltSize]byte
+	br := bufio.NewReader(r)
+	for len(salts) < maxSalts {
+		var k [saltSize]byte
+		if _, err := io.ReadFull(br, k[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return fmt.Errorf("replay salts: %w", err)
+		}
+		salts = append(salts, k)
+	}
+	s.replay.restore(salts)
+	return nil
 }
