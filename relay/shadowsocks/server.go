@@ -124,7 +124,6 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.Close()
 			continue
 		}
-		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.handle(c, key)
@@ -158,6 +157,8 @@ func (s *Server) acquire(key string, c net.Conn) string {
 	s.n++
 	s.byIP[key]++
 	s.conns[c] = struct{}{}
+	// Under the lock that Close takes: no Add after Close's Wait began.
+	s.wg.Add(1)
 	return ""
 }
 
