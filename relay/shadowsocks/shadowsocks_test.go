@@ -121,9 +121,8 @@ type harness struct {
 	t       *testing.T
 	srv     *Server
 	addr    string
-	keys    []Key
 	mu      sync.Mutex
-	reasons []string
+	keys    []Key
 	refused chan string
 	now     func() time.Time
 }
@@ -131,7 +130,11 @@ type harness struct {
 func newHarness(t *testing.T, opts Options, keys ...Key) *harness {
 	h := &harness{t: t, keys: keys, refused: make(chan string, 100), now: time.Now}
 	if opts.Keys == nil {
-		opts.Keys = func() []Key { return h.keys }
+		opts.Keys = func() []Key {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return h.keys
+		}
 	}
 	if opts.Route == nil {
 		opts.Route = func(tg Target) func(net.Conn) {
@@ -240,7 +243,9 @@ func TestOldKeyDuringGrace(t *testing.T) {
 	h := newHarness(t, Options{}, newK, oldK)
 	roundTrip(t, h, oldK, []byte("old"))
 	roundTrip(t, h, newK, []byte("new"))
-	h.keys = []Key{newK} // grace over (the test's only writer, before the dial)
+	h.mu.Lock()
+	h.keys = []Key{newK} // grace over
+	h.mu.Unlock()
 	c, _ := Client(h.dial(), oldK, Target{Host: "echo.test", Port: 7}, nil)
 	start := time.Now()
 	c.Write([]byte("hello"))
