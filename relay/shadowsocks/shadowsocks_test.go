@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -377,5 +376,3 @@ func (r *recorder) Write(p []byte) (int, error) {
 	r.sent.Write(p)
 	return r.Conn.Write(p)
 }
-
-func TestMain(m *testing.M) { os.Exit(m.Run()) }
