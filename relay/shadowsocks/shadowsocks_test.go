@@ -353,7 +353,7 @@ func TestReplayFilterWindow(t *testing.T) {
 
 func TestPerIPCap(t *testing.T) {
 	k, _ := NewKey(AES2022)
-	h := newHarness(t, Options{MaxConnsPerIP: 2}, k)
+	h := newHarness(t, Options{MaxConnsPerIP: 2, HandshakeTimeout: 60 * time.Second}, k)
 	c1, c2 := h.dial(), h.dial()
 	_ = c1
 	_ = c2
