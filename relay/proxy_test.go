@@ -161,8 +161,8 @@ func TestProxyRefusesOtherTargets(t *testing.T) {
 	}
 	for i, tc := range targets {
 		t.Run(tc.name, func(t *testing.T) {
-			c := proxyDial(t, r, url, tc.host, tc.port)
 			start := time.Now()
+			c := proxyDial(t, r, url, tc.host, tc.port)
 			c.Write([]byte("EHLO x\r\n"))
 			b := make([]byte, 16)
 			n, err := c.Read(b)

@@ -245,8 +245,9 @@ func TestOldKeyDuringGrace(t *testing.T) {
 	h.mu.Lock()
 	h.keys = []Key{newK} // grace over
 	h.mu.Unlock()
-	c, _ := Client(h.dial(), oldK, Target{Host: "echo.test", Port: 7}, nil)
+	// Timed from before the dial: the server's clock starts at accept.
 	start := time.Now()
+	c, _ := Client(h.dial(), oldK, Target{Host: "echo.test", Port: 7}, nil)
 	c.Write([]byte("hello"))
 	h.wantRefused(RefusedAuth)
 	wantSilence(t, c, start, 500*time.Millisecond)
@@ -297,8 +298,8 @@ func TestProbesGetSilence(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := h.dial()
 			start := time.Now()
+			c := h.dial()
 			tc.send(c)
 			h.wantRefused(tc.reason)
 			wantSilence(t, c, start, timeout)
@@ -320,8 +321,8 @@ func TestReplayRefused(t *testing.T) {
 			if _, err := io.ReadFull(c, got); err != nil || string(got) != "once" {
 				t.Fatalf("first: %q %v", got, err)
 			}
-			replay := h.dial()
 			start := time.Now()
+			replay := h.dial()
 			replay.Write(rec.sent.Bytes())
 			h.wantRefused(RefusedReplay)
 			wantSilence(t, replay, start, 500*time.Millisecond)
