@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,6 +49,8 @@ type proxy struct {
 
 	mu   sync.Mutex
 	keys []proxyKey
+
+	saving sync.Mutex // one save of the replay filter at a time
 
 	// inject hands a decrypted stream to the relay's listener of that
 	// name, beneath its connection limits and TLS, as if accepted there:
@@ -107,6 +110,8 @@ func (p *proxy) loadSalts() {
 
 // saveSalts keeps the replay filter for the next start.
 func (p *proxy) saveSalts() {
+	p.saving.Lock()
+	defer p.saving.Unlock()
 	path := filepath.Join(p.s.cfg.DataDir, proxySaltsFile)
 	if err := safeio.WriteFrom(path, 0o600, p.ss.SaveReplay); err != nil {
 		p.s.log.Warn("proxy replay filter not saved", "err", err)
@@ -320,6 +325,24 @@ func (s *Server) startProxy() error {
 		}
 	}()
 	return nil
+}
+
+// saveSaltsLoop saves the replay filter every few minutes besides at
+// shutdown, so that a crash opens replays of only the last few minutes.
+func (s *Server) saveSaltsLoop(ctx context.Context) {
+	if s.proxy == nil {
+		return
+	}
+	t := time.NewTicker(5 * time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.proxy.saveSalts()
+		}
+	}
 }
 
 // injectListener is a listener that also accepts connections handed to

@@ -371,6 +371,8 @@ func (s *Server) Start() error {
 	go func() { defer s.bgDone.Done(); s.expireLoop(ctx) }()
 	s.bgDone.Add(1)
 	go func() { defer s.bgDone.Done(); memtrim.Run(ctx, 5*time.Second) }()
+	s.bgDone.Add(1)
+	go func() { defer s.bgDone.Done(); s.saveSaltsLoop(ctx) }()
 	return nil
 }
 
