@@ -16,6 +16,8 @@ type ConfigOptions struct {
 	IP        string
 	DataDir   string
 	ACMEEmail string
+	// ProxyPort turns the Shadowsocks proxy on at this port; 0: off.
+	ProxyPort int
 }
 
 // ConfigFile returns the TOML text of a new config: the keys install sets,
@@ -30,6 +32,9 @@ func ConfigFile(o ConfigOptions) []byte {
 		set["tls.mode"] = strconv.Quote("selfsigned")
 	} else {
 		set["domain"] = strconv.Quote(o.Domain)
+	}
+	if o.ProxyPort != 0 {
+		set["proxy.listen"] = strconv.Quote(":" + strconv.Itoa(o.ProxyPort))
 	}
 	if o.ACMEEmail != "" {
 		set["tls.acme_email"] = strconv.Quote(o.ACMEEmail)

@@ -15,11 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,6 +86,11 @@ type Options struct {
 	// FirewallUFW, FirewallFirewalld or FirewallNone. Empty: detected on
 	// a host install, none with Root.
 	Firewall string
+	// Proxy turns on the Shadowsocks proxy in a new config: "random" for
+	// a random free port, or a port number; empty leaves it off.
+	Proxy string
+
+	proxyPort int
 }
 
 // Result says what Install did.
@@ -94,6 +101,7 @@ type Result struct {
 	Commands   []Command // the host commands, recorded (with Root)
 	DKIM       string    // the DKIM TXT record value
 	JoinURL    string
+	ProxyURL   string // the proxy's ss:// URL, when it runs
 }
 
 // facts are what the planner needs to know about the target.
@@ -116,6 +124,20 @@ func (o *Options) defaults() error {
 		if strings.ContainsAny(o.Domain, "@/: ") || !strings.Contains(o.Domain, ".") && o.Domain != "localhost" {
 			return fmt.Errorf("--domain %q is not a domain name", o.Domain)
 		}
+	}
+	switch o.Proxy {
+	case "":
+	case "random":
+		o.proxyPort = randomFreePort()
+		if o.proxyPort == 0 {
+			return errors.New("--proxy: found no free port; give one (--proxy=PORT)")
+		}
+	default:
+		n, err := strconv.Atoi(o.Proxy)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("--proxy %q: give a port number, or no value for a random port", o.Proxy)
+		}
+		o.proxyPort = n
 	}
 	if o.Out == nil {
 		o.Out = io.Discard
@@ -262,6 +284,9 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 	ports := o.Ports
 	if ports == nil {
 		ports = Ports
+		if o.proxyPort != 0 {
+			ports = append(slices.Clone(Ports), o.proxyPort)
+		}
 	}
 	portStep := Step{
 		Title: "checking ports " + joinInts(ports),
@@ -306,7 +331,7 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 
 	cfg := File{
 		Path: ConfigPath, Mode: 0o640, Owner: "root:" + User, Keep: true,
-		Content: ConfigFile(ConfigOptions{Domain: o.Domain, IP: o.IP, DataDir: DataDir, ACMEEmail: o.Email}),
+		Content: ConfigFile(ConfigOptions{Domain: o.Domain, IP: o.IP, DataDir: DataDir, ACMEEmail: o.Email, ProxyPort: o.proxyPort}),
 	}
 	p.Steps = append(p.Steps, Step{
 		Title: "writing config " + ConfigPath,
@@ -480,6 +505,22 @@ func joinInts(ns []int) string {
 		s[i] = strconv.Itoa(n)
 	}
 	return strings.Join(s, ", ")
+}
+
+// randomFreePort picks a port in 20000-59999 that is free on all
+// addresses now; 0 if none of a few tries is. A random port is one thing
+// less for a censor to guess.
+func randomFreePort() int {
+	for range 50 {
+		n, err := rand.Int(rand.Reader, big.NewInt(40000))
+		if err != nil {
+			return 0
+		}
+		if p := 20000 + int(n.Int64()); len(BusyPorts([]int{p})) == 0 {
+			return p
+		}
+	}
+	return 0
 }
 
 // randomString returns n characters from alphabet (at most 256), uniformly.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -494,5 +495,44 @@ func TestInstallWaitsForTheRelay(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "journalctl -u chatrelay") {
 		t.Errorf("err = %v\n%s", err, buf.String())
+	}
+}
+
+// --proxy writes [proxy] listen into a new config (a random port, or the
+// one given), checks that port, and says how to get the ss:// URL.
+func TestInstallWithProxy(t *testing.T) {
+	for _, tc := range []struct{ flag, want string }{{"8443", ":8443"}, {"random", ""}} {
+		t.Run(tc.flag, func(t *testing.T) {
+			root := t.TempDir()
+			_, out := installRoot(t, root, Options{Domain: "chat.example.org", Binary: fakeBinary(t, "x"), Proxy: tc.flag})
+			cfg := relay.Default()
+			if err := cfg.LoadFile(filepath.Join(root, ConfigPath)); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			listen := cfg.Proxy.Listen
+			if tc.want != "" && listen != tc.want {
+				t.Fatalf("proxy.listen = %q, want %q", listen, tc.want)
+			}
+			port, err := strconv.Atoi(strings.TrimPrefix(listen, ":"))
+			if err != nil || port < 1 || tc.want == "" && (port < 20000 || port >= 60000) {
+				t.Fatalf("proxy.listen = %q: not a port of the random range", listen)
+			}
+			if !strings.Contains(out, "chatrelay proxy show") || !strings.Contains(out, strconv.Itoa(port)) {
+				t.Fatalf("install output does not say how to get the proxy URL:\n%s", out)
+			}
+		})
+	}
+	// Without --proxy there is none.
+	root := t.TempDir()
+	installRoot(t, root, Options{Domain: "chat.example.org", Binary: fakeBinary(t, "x")})
+	cfg := relay.Default()
+	if err := cfg.LoadFile(filepath.Join(root, ConfigPath)); err != nil || cfg.Proxy.Listen != "" {
+		t.Fatalf("proxy on without --proxy: %q %v", cfg.Proxy.Listen, err)
+	}
+	if _, err := Install(context.Background(), Options{Root: t.TempDir(), Domain: "chat.example.org", Binary: fakeBinary(t, "x"), Proxy: "http"}); err == nil || !strings.Contains(err.Error(), "--proxy") {
+		t.Fatalf("bad --proxy accepted: %v", err)
 	}
 }

@@ -1,12 +1,16 @@
 package install
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/control"
 	"github.com/chatrelay/chatrelay/relay/dkim"
 )
 
@@ -14,6 +18,7 @@ import (
 // --root), the DNS records and the code to join.
 func (o *Options) printSummary(res *Result) {
 	w := o.Out
+	defer o.printProxy(res)
 	fmt.Fprintln(w)
 	if res.ConfigKept {
 		fmt.Fprintf(w, "Kept the existing config %s; the data in %s is untouched.\n", ConfigPath, DataDir)
@@ -66,6 +71,33 @@ func (o *Options) printSummary(res *Result) {
 	res.JoinURL = "DCACCOUNT:https://" + o.Domain + "/new"
 	fmt.Fprintf(w, "\nOnce DNS works, people join by scanning this in Delta Chat (or at https://%s/):\n\n", o.Domain)
 	o.printQR(res.JoinURL)
+}
+
+// printProxy ends the summary with the proxy's ss:// URL, asked of the
+// running relay (which made the key at its start).
+func (o *Options) printProxy(res *Result) {
+	w := o.Out
+	if o.Root != "" {
+		if o.proxyPort != 0 {
+			fmt.Fprintf(w, "\nThe Shadowsocks proxy listens on port %d: once the relay runs, `chatrelay proxy show` prints its ss:// URL.\n", o.proxyPort)
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var p control.Proxy
+	err := control.Call(ctx, relay.ControlSocketPath(DataDir), control.CmdProxyShow, nil, &p, nil)
+	switch {
+	case err == nil:
+		res.ProxyURL = p.URL
+		fmt.Fprintf(w, "\nWhere the relay is blocked, Delta Chat reaches it through its Shadowsocks proxy (%s):\n", p.Listen)
+		fmt.Fprintf(w, "scan this in Delta Chat, or set it under Settings -> Advanced -> Proxy. `chatrelay proxy show` prints it again.\n\n")
+		o.printQR(p.URL)
+	case o.proxyPort != 0 && res.ConfigKept:
+		fmt.Fprintf(w, "\nThe existing config has no proxy: add\n\n  [proxy]\n  listen = \":%d\"\n\nto %s, then `systemctl restart chatrelay` and `chatrelay proxy show`.\n", o.proxyPort, ConfigPath)
+	case o.proxyPort != 0:
+		fmt.Fprintf(w, "\nThe proxy's URL could not be read (%v); `chatrelay proxy show` prints it.\n", err)
+	}
 }
 
 func (o *Options) printQR(text string) {

@@ -96,6 +96,8 @@ func (s *Server) ServeControl(path string, opts AdminOptions) (stop func(), err 
 		control.CmdQueueRetry:    a.queueRetry,
 		control.CmdQueueDrop:     a.queueDrop,
 		control.CmdBackup:        a.runBackup,
+		control.CmdProxyShow:     a.proxyShow,
+		control.CmdProxyRotate:   a.proxyRotate,
 	} {
 		cs.Handle(cmd, h)
 	}
@@ -1119,4 +1121,32 @@ func linkTree(src, dst string) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+func (a *admin) proxyInfo() (any, error) {
+	p := a.s.proxy
+	if p == nil {
+		return nil, control.Errorf(control.CodeNotFound, "the proxy is off: set [proxy] listen in the config (or install --proxy, serve --dev --proxy)")
+	}
+	keys := p.current()
+	info := control.Proxy{URL: p.url(), Method: a.s.cfg.Proxy.Method, Listen: a.s.Listeners()["proxy"]}
+	if len(keys) > 0 {
+		info.OldKeys = len(keys) - 1
+	}
+	return info, nil
+}
+
+func (a *admin) proxyShow(context.Context, json.RawMessage, func(control.Progress)) (any, error) {
+	return a.proxyInfo()
+}
+
+func (a *admin) proxyRotate(context.Context, json.RawMessage, func(control.Progress)) (any, error) {
+	if a.s.proxy == nil {
+		return a.proxyInfo()
+	}
+	if err := a.s.proxy.rotate(); err != nil {
+		return nil, control.Errorf(control.CodeInternal, "rotate the proxy key: %v", err)
+	}
+	a.s.log.Info("proxy key rotated", "grace_hours", a.s.cfg.Proxy.RotateGraceHours)
+	return a.proxyInfo()
 }

@@ -105,6 +105,9 @@ type Config struct {
 	// A missing or empty folder hides the page.
 	DownloadsDir string `toml:"downloads_dir"`
 
+	// Proxy is the Shadowsocks listener (SPEC section 12).
+	Proxy ProxyConfig `toml:"proxy"`
+
 	// Limits
 
 	// Limits caps simultaneous connections per protocol, in total and per
@@ -227,6 +230,43 @@ func (t *TURNConfig) BuiltIn() bool {
 	return !t.External() && (t.ListenUDP != "" || t.ListenTCP != "")
 }
 
+// ProxyConfig is the Shadowsocks listener: a way in for clients whose
+// network blocks the mail ports or the relay's TLS. It forwards only to
+// this relay's IMAP, submission and HTTPS listeners.
+type ProxyConfig struct {
+	// Listen is the TCP address; empty (the default) turns the proxy off.
+	Listen string `toml:"listen"`
+	// Method is "2022-blake3-aes-256-gcm" (the default) or
+	// "chacha20-ietf-poly1305". The key is random per relay, kept in
+	// DATA/proxy-keys.json; changing the method makes a new key.
+	Method string `toml:"method"`
+	// Host and Port go in the ss:// URL; empty and 0 mean the relay's
+	// domain (or IP) and the port of Listen.
+	Host string `toml:"host"`
+	Port int    `toml:"port"`
+	// Publish is where the ss:// URL and its QR code are shown: "page"
+	// (the web page), "invite" (only the page of a valid invite link) or
+	// "none" (only `chatrelay proxy show`).
+	Publish string `toml:"publish"`
+	// RotateGraceHours: after `chatrelay proxy rotate` the old key stays
+	// valid this long, so clients can pick up the new URL.
+	RotateGraceHours int `toml:"rotate_grace_hours"`
+	// ReplayWindowMinutes: request salts are remembered at least this
+	// long (and up to twice); a replayed one is refused. At least 1.
+	ReplayWindowMinutes int `toml:"replay_window_minutes"`
+	// MaxConns and MaxConnsPerIP cap simultaneous proxy connections in
+	// total and per client address (IPv6 per /64); 0 means no cap.
+	MaxConns      int `toml:"max_conns"`
+	MaxConnsPerIP int `toml:"max_conns_per_ip"`
+	// HandshakeTimeout is how long the first packet may take; refused
+	// connections are read until then and closed. 0 means 60 seconds.
+	// Not in the config file; tests set it.
+	HandshakeTimeout time.Duration `toml:"-"`
+}
+
+// DevProxyListen is where `serve --dev --proxy` listens.
+const DevProxyListen = "127.0.0.1:18388"
+
 // TLSConfig chooses where certificates come from.
 type TLSConfig struct {
 	// Mode is "auto" (ACME with a self-signed fallback), "selfsigned" or
@@ -277,6 +317,10 @@ func Default() Config {
 		},
 		NotifyURL: "https://notifications.delta.chat/notify",
 		Limits:    DefaultConnLimits(),
+		Proxy: ProxyConfig{
+			Method: "2022-blake3-aes-256-gcm", Publish: "page", RotateGraceHours: 72,
+			ReplayWindowMinutes: 60, MaxConns: 5000, MaxConnsPerIP: 50,
+		},
 	}
 }
 
@@ -402,7 +446,10 @@ func (c *Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		return err
 	}
-	return c.TURN.validate()
+	if err := c.TURN.validate(); err != nil {
+		return err
+	}
+	return c.Proxy.validate()
 }
 
 func (t *TURNConfig) validate() error {
@@ -430,6 +477,31 @@ func (t *TURNConfig) validate() error {
 		if _, err := netip.ParsePrefix(p); err != nil {
 			return fmt.Errorf("config: turn.allow_peers: %q is not an address prefix like 127.0.0.0/8", p)
 		}
+	}
+	return nil
+}
+
+func (p ProxyConfig) validate() error {
+	switch p.Method {
+	case "2022-blake3-aes-256-gcm", "chacha20-ietf-poly1305":
+	default:
+		return fmt.Errorf("config: proxy.method must be 2022-blake3-aes-256-gcm or chacha20-ietf-poly1305, not %q", p.Method)
+	}
+	switch p.Publish {
+	case "page", "invite", "none":
+	default:
+		return fmt.Errorf("config: proxy.publish must be page, invite or none, not %q", p.Publish)
+	}
+	if p.Listen != "" {
+		if _, port, err := net.SplitHostPort(p.Listen); err != nil || port == "" {
+			return fmt.Errorf("config: proxy.listen %q is not host:port", p.Listen)
+		}
+	}
+	if p.Port < 0 || p.Port > 65535 {
+		return fmt.Errorf("config: proxy.port %d is not a port", p.Port)
+	}
+	if p.RotateGraceHours < 0 || p.ReplayWindowMinutes < 1 || p.MaxConns < 0 || p.MaxConnsPerIP < 0 {
+		return fmt.Errorf("config: proxy.rotate_grace_hours, max_conns and max_conns_per_ip must not be negative, proxy.replay_window_minutes at least 1")
 	}
 	return nil
 }

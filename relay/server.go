@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,6 +83,8 @@ type Server struct {
 	inbound    *smtp.Server
 	https      *http.Server
 	httpSrv    *http.Server
+
+	proxy *proxy // nil when off
 
 	conns     connSet
 	limits    *connLimits
@@ -169,6 +172,10 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		}
 	}
 	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: imapext.Hibernated})
+	if err := s.setupProxy(); err != nil {
+		store.Close()
+		return nil, err
+	}
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{
@@ -335,6 +342,11 @@ func (s *Server) Start() error {
 			s.closeListeners()
 			return fmt.Errorf("listen %s on %s: %w", e.name, e.addr, err)
 		}
+		if s.proxy != nil && slices.Contains(proxyTargets, e.name) {
+			inj := newInjectListener(ln)
+			s.proxy.inject[e.name] = inj
+			ln = inj
+		}
 		// Counted below TLS, so that a handshake already holds a slot.
 		ln = s.limitListener(e.name, ln)
 		if e.tls {
@@ -350,6 +362,10 @@ func (s *Server) Start() error {
 				s.log.Error("listener stopped", "listener", e.name, "err", err)
 			}
 		}(e, ln)
+	}
+	if err := s.startProxy(); err != nil {
+		s.closeListeners()
+		return err
 	}
 	stop, err := s.ServeControl(ControlSocketPath(s.cfg.DataDir), AdminOptions{Queue: s.Queue(), Invites: s.invites, RecentErrors: s.recent, Version: s.version})
 	if err != nil {
@@ -373,6 +389,8 @@ func (s *Server) Start() error {
 	go func() { defer s.bgDone.Done(); s.expireLoop(ctx) }()
 	s.bgDone.Add(1)
 	go func() { defer s.bgDone.Done(); memtrim.Run(ctx, 5*time.Second) }()
+	s.bgDone.Add(1)
+	go func() { defer s.bgDone.Done(); s.saveSaltsLoop(ctx) }()
 	return nil
 }
 
@@ -472,6 +490,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.inbound.Shutdown(ctx)
 	s.imap.Close()
 	s.conns.closeAll()
+	if s.proxy != nil {
+		s.proxy.ss.Close()
+		s.proxy.saveSalts()
+	}
 	s.fed.stop()
 	if s.bgCancel != nil {
 		s.bgCancel()

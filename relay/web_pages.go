@@ -171,6 +171,7 @@ type pageData struct {
 	Limits       limits
 
 	Join      joinCode
+	Proxy     joinCode // the ss:// URL, when published on this page
 	Info      infoData
 	Privacy   privacyData
 	Downloads []download
@@ -248,6 +249,8 @@ func (w *web) handleIndex(rw http.ResponseWriter, r *http.Request) {
 	d := w.pageData(p, r)
 	selfSigned := w.s.certs.SelfSigned()
 	token := r.URL.Query().Get("token")
+	// Before the switch below may spend the invite.
+	showProxy := w.proxyShown(token)
 	var code string
 	switch w.s.cfg.Registration {
 	case "open":
@@ -285,11 +288,38 @@ func (w *web) handleIndex(rw http.ResponseWriter, r *http.Request) {
 			SelfSigned: selfSigned,
 		}
 	}
+	if u := w.s.ProxyURL(); u != "" && showProxy {
+		png, size, err := qrPNG(u)
+		if err != nil {
+			w.s.log.Error("proxy QR code", "err", err)
+			http.Error(rw, "internal error", http.StatusInternalServerError)
+			return
+		}
+		d.Proxy = joinCode{
+			Text:   u,
+			QR:     template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(png)),
+			QRSize: size,
+		}
+	}
 	if selfSigned || token != "" {
 		// A code with credentials or an invite in it is for one reader.
 		rw.Header().Set("Cache-Control", "no-store")
 	}
 	w.render(rw, p, d)
+}
+
+// proxyShown tells whether the page shows the proxy's URL: always with
+// proxy.publish "page", with "invite" only to holders of a valid invite
+// (checked, not spent).
+func (w *web) proxyShown(token string) bool {
+	switch w.s.cfg.Proxy.Publish {
+	case "page":
+		return true
+	case "invite":
+		ic, ok := w.inviteChecker().(interface{ Valid(string) bool })
+		return token != "" && ok && ic.Valid(token)
+	}
+	return false
 }
 
 // qrPNG draws code as a PNG with whole pixels per module, about 300 px

@@ -22,7 +22,7 @@ import (
 // adminCmds are the commands that talk to the running relay through its
 // control socket (SPEC section 10), and restore, which needs it stopped.
 func adminCmds() []*cobra.Command {
-	return []*cobra.Command{statusCmd(), accountCmd(), inviteCmd(), queueCmd(), backupCmd(), restoreCmd()}
+	return []*cobra.Command{statusCmd(), accountCmd(), inviteCmd(), queueCmd(), backupCmd(), restoreCmd(), proxyCmd()}
 }
 
 // target finds the relay's data directory the way serve does: --data,

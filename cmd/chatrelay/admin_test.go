@@ -285,3 +285,31 @@ func TestAdminCLINoRelayRunning(t *testing.T) {
 		t.Fatalf("status --dev: %v", err)
 	}
 }
+
+// proxy show prints the ss:// URL as its last line; rotate prints a new
+// one and the old key stays valid; with the proxy off both say so.
+func TestAdminCLIProxy(t *testing.T) {
+	r := relaytest.Start(t, func(c *relay.Config) { c.Proxy.Listen = "127.0.0.1:0" })
+	data := "--data=" + r.Dir
+	lastLine := func(s string) string {
+		lines := strings.Split(strings.TrimSpace(s), "\n")
+		return lines[len(lines)-1]
+	}
+	out, _, err := cli(t, "", "proxy", "show", data)
+	if err != nil || lastLine(out) != r.ProxyURL() || !strings.HasPrefix(r.ProxyURL(), "ss://") {
+		t.Fatalf("proxy show: %v, last line %q, want %q", err, lastLine(out), r.ProxyURL())
+	}
+	if !strings.Contains(out, "█") {
+		t.Error("proxy show printed no QR code")
+	}
+	old := r.ProxyURL()
+	out, errOut, err := cli(t, "", "proxy", "rotate", "--no-qr", data)
+	if err != nil || strings.TrimSpace(out) != r.ProxyURL() || r.ProxyURL() == old || !strings.Contains(errOut, "1 older key") {
+		t.Fatalf("proxy rotate: %v, %q / %q; old %q, now %q", err, out, errOut, old, r.ProxyURL())
+	}
+
+	off := startAdminRelay(t)
+	if _, _, err := cli(t, "", "proxy", "show", "--data="+off.Dir); err == nil || !strings.Contains(err.Error(), "proxy is off") {
+		t.Fatalf("proxy show with the proxy off: %v", err)
+	}
+}

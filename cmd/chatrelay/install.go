@@ -21,7 +21,7 @@ user chatrelay, ` + install.ConfigPath + `, the data directory
 ` + install.DataDir + ` with a new DKIM key, the binary at
 ` + install.BinaryPath + ` and a sandboxed systemd unit; then start it,
 wait until it answers, and print the DNS records to publish and a QR code
-to join.
+to join. With --proxy also the Shadowsocks proxy and its ss:// URL.
 
 Running it again upgrades in place: the binary and unit are replaced, the
 config file, the DKIM key and all data are kept.
@@ -47,6 +47,8 @@ printed instead.`,
 	fl.StringVar(&o.Root, "root", "", "lay everything out under this directory and run nothing on the host")
 	fl.StringVar(&o.PublicIPv4, "public-ip", "", "this server's public IPv4 address, for the DNS records shown (guessed when not given)")
 	fl.StringVar(&o.PublicIPv6, "public-ipv6", "", "this server's public IPv6 address, for the DNS records shown")
+	fl.StringVar(&o.Proxy, "proxy", "", "turn on the Shadowsocks proxy: --proxy for a random port, --proxy=PORT for a fixed one")
+	fl.Lookup("proxy").NoOptDefVal = "random"
 	return cmd
 }
 

@@ -30,6 +30,8 @@ func serveCmd() *cobra.Command {
 		data, domain, ip, registration                                   string
 		imaps, imap, submissions, submission, smtp, https, http, metrics string
 		turn                                                             string
+		proxyListen                                                      string
+		proxy                                                            bool
 	}
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -40,7 +42,8 @@ With --dev it runs on 127.0.0.1 (or --ip) on high ports without root:
 IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 (STARTTLS), inbound SMTP 1025, HTTPS 1443, TURN 3478 (UDP and TCP, relay
 ports 49152-49251, relaying to loopback allowed, so calls work between
-accounts on this machine); domain localhost, data in ./chatrelay-data, a
+accounts on this machine), and with --proxy the Shadowsocks proxy on 18388;
+domain localhost, data in ./chatrelay-data, a
 self-signed certificate; no config file needed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -83,6 +86,13 @@ self-signed certificate; no config file needed.`,
 			set("listen-metrics", &cfg.MetricsListen, f.metrics)
 			set("listen-turn", &cfg.TURN.ListenUDP, f.turn)
 			set("listen-turn", &cfg.TURN.ListenTCP, f.turn)
+			if f.proxy && cfg.Proxy.Listen == "" {
+				cfg.Proxy.Listen = ":8388"
+				if dev {
+					cfg.Proxy.Listen = relay.DevProxyListen
+				}
+			}
+			set("listen-proxy", &cfg.Proxy.Listen, f.proxyListen)
 			return serve(cmd, cfg, logLevel)
 		},
 	}
@@ -103,6 +113,8 @@ self-signed certificate; no config file needed.`,
 	fl.StringVar(&f.http, "listen-http", "", "HTTP address (ACME HTTP-01, redirect)")
 	fl.StringVar(&f.metrics, "listen-metrics", "", "Prometheus metrics address (loopback)")
 	fl.StringVar(&f.turn, "listen-turn", "", "TURN address, UDP and TCP (empty: no built-in TURN)")
+	fl.BoolVar(&f.proxy, "proxy", false, "run the Shadowsocks proxy (dev: on "+relay.DevProxyListen+", else :8388 unless [proxy] listen is set)")
+	fl.StringVar(&f.proxyListen, "listen-proxy", "", "Shadowsocks proxy address")
 	return cmd
 }
 
@@ -192,7 +204,7 @@ func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
 	out := cmd.OutOrStdout()
 	abs, _ := filepath.Abs(cfg.DataDir)
 	fmt.Fprintf(out, "chatrelay %s serving %s (data in %s)\n", version, cfg.MailDomain(), abs)
-	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https"} {
+	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https", "proxy"} {
 		if a := srv.Addr(name); a != nil {
 			fmt.Fprintf(out, "  %-12s %s\n", name, a)
 		}
@@ -209,5 +221,8 @@ func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
 	if a := srv.Addr("https"); a != nil {
 		host, port, _ := net.SplitHostPort(a.String())
 		fmt.Fprintf(out, "Or make one with: curl -k -X POST https://%s/new\n", net.JoinHostPort(host, port))
+	}
+	if u := srv.ProxyURL(); u != "" {
+		fmt.Fprintf(out, "\nShadowsocks proxy (Delta Chat: Settings -> Proxy, or scan it):\n\n  %s\n", u)
 	}
 }

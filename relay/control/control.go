@@ -91,7 +91,19 @@ const (
 	CmdQueueRetry    = "queue.retry"
 	CmdQueueDrop     = "queue.drop"
 	CmdBackup        = "backup"
+	CmdProxyShow     = "proxy.show"
+	CmdProxyRotate   = "proxy.rotate"
 )
+
+// Proxy is the answer to CmdProxyShow and CmdProxyRotate: the ss:// URL
+// of the current key.
+type Proxy struct {
+	URL    string `json:"url"`
+	Method string `json:"method"`
+	Listen string `json:"listen"`
+	// OldKeys is how many rotated keys are still in their grace period.
+	OldKeys int `json:"old_keys"`
+}
 
 // Status is the answer to CmdStatus.
 type Status struct {

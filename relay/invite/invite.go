@@ -174,5 +174,22 @@ func (s *Store) Use(token string) error {
 	})
 }
 
+// Valid tells whether token could be used now, without using it.
+func (s *Store) Valid(token string) bool {
+	token = normToken(token)
+	if token == "" {
+		return false
+	}
+	var ok bool
+	s.db.View(func(tx *bolt.Tx) error {
+		var inv Invite
+		if v := tx.Bucket(bucket).Get([]byte(token)); v != nil && json.Unmarshal(v, &inv) == nil {
+			ok = inv.Check(s.now()) == nil
+		}
+		return nil
+	})
+	return ok
+}
+
 // UseInvite is Use under the name the web side's interface asks for.
 func (s *Store) UseInvite(token string) error { return s.Use(token) }

@@ -46,6 +46,7 @@ type Metrics struct {
 	refusals   *prometheus.CounterVec
 	imapConns  prometheus.Gauge
 	idle       prometheus.Gauge
+	proxy      *Proxy
 
 	protos  *vocab
 	kinds   *vocab
@@ -84,6 +85,7 @@ func New(opts Options) *Metrics {
 		reasons: newVocab(64),
 	}
 	m.reg.MustRegister(m.logins, m.deliveries, m.latency, m.refusals, m.imapConns, m.idle)
+	m.proxy = newProxy(m.reg)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "chatrelay_build_info", Help: "Always 1; the version is a label.", ConstLabels: prometheus.Labels{"version": opts.Version},
