@@ -431,9 +431,20 @@ func checkConfig(path string, o Options) (string, error) {
 func imapsAddr(configPath string) string {
 	cfg := relay.Default()
 	_ = cfg.LoadFile(configPath) // checked in an earlier step
-	host, port, err := net.SplitHostPort(cfg.Listen.IMAPS)
+	return localAddr(cfg.Listen.IMAPS, "993")
+}
+
+// HealthAddrs are where a relay with cfg answers IMAP and submission
+// (both with implicit TLS), as seen from the same machine.
+func HealthAddrs(cfg relay.Config) (imap, submission string) {
+	return localAddr(cfg.Listen.IMAPS, "993"), localAddr(cfg.Listen.Submissions, "465")
+}
+
+// localAddr turns a listen address into one to dial on this machine.
+func localAddr(listen, defPort string) string {
+	host, port, err := net.SplitHostPort(listen)
 	if err != nil || port == "" {
-		return "127.0.0.1:993"
+		return "127.0.0.1:" + defPort
 	}
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"

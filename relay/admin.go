@@ -158,6 +158,8 @@ func (a *admin) status(context.Context, json.RawMessage, func(control.Progress))
 	if a.opts.RecentErrors != nil {
 		st.RecentErrors = a.opts.RecentErrors.Lines()
 	}
+	st.Schema = mailbox.SchemaVersion
+	st.LastUpgrade = control.ReadUpgrade(s.cfg.DataDir)
 	return st, nil
 }
 

@@ -265,3 +265,35 @@ func Words(hexSum string) []string {
 	}
 	return lines
 }
+
+// Key returns the key a command should verify with: the file given
+// (--key), else the one compiled in. source says which, for the report.
+func Key(path string) (key minisign.PublicKey, source string, err error) {
+	if path != "" {
+		k, err := LoadKey(path)
+		return k, "the key in " + path, err
+	}
+	k, err := CompiledKey()
+	return k, "the release key built into this chatrelay", err
+}
+
+// Print writes what a person checks: the signer, what the file is, and
+// its SHA-256 spelled for reading aloud.
+func (v *Verified) Print(w io.Writer, keySource string) {
+	fmt.Fprintf(w, "good signature by key %s (%s)\n", v.KeyID, keySource)
+	if v.Name != "" {
+		fmt.Fprintf(w, "signed as: %s\n", v.Name)
+	}
+	fmt.Fprintf(w, "version:   %s\n", v.Version)
+	if v.Target != "" {
+		fmt.Fprintf(w, "target:    %s\n", v.Target)
+	}
+	if v.Schema != 0 {
+		fmt.Fprintf(w, "schema:    %d (index layout)\n", v.Schema)
+	}
+	fmt.Fprintf(w, "sha256:    %s\n", v.SHA256)
+	fmt.Fprintln(w, "read aloud to compare by phone (the other side runs `chatrelay verify` or sha256sum):")
+	for _, l := range Words(v.SHA256) {
+		fmt.Fprintf(w, "  %s\n", l)
+	}
+}
