@@ -202,7 +202,7 @@ func ForEachFile(tx *bolt.Tx, f func(accountID uint64, file string) error) error
 // SchemaVersion is the index layout this chatrelay reads and writes. A
 // release records it beside its version (release.Meta), so an upgrade can
 // tell an index conversion before it runs the new binary.
-const SchemaVersion = schemaVersion
+const SchemaVersion uint64 = schemaVersion
 
 // IndexFile is the index's name in the data directory.
 const IndexFile = "index.db"
