@@ -65,6 +65,11 @@ type UpgradeOptions struct {
 
 	Binary  string // the installed binary, replaced; BinaryPath when empty
 	DataDir string // the relay's data directory (index and upgrade record)
+	// ReleasesDir gets the installed release file and its signature (and
+	// SHA256SUMS with its signature when beside File) once the new version
+	// runs, for /downloads; the previous version's files there go. Empty:
+	// nothing is copied.
+	ReleasesDir string
 	Service Service
 
 	// IMAPAddr and SubmissionAddr must greet over TLS within Timeout
@@ -248,6 +253,49 @@ func (u *upgrade) run(ctx context.Context) error {
 		return u.rollback(ctx, fmt.Errorf("version %s did not come up: %w", v.Version, err))
 	}
 	u.step("version %s answers on IMAP %s and submission %s", v.Version, o.IMAPAddr, o.SubmissionAddr)
+	if o.ReleasesDir != "" {
+		if err := u.offer(v); err != nil {
+			u.step("could not offer the release under /downloads: %v", err)
+		} else {
+			u.step("offered under /downloads from %s", o.ReleasesDir)
+		}
+	}
+	return nil
+}
+
+// offer copies the release file, its signature and the SHA256SUMS beside
+// it into ReleasesDir, and removes release files of other versions.
+func (u *upgrade) offer(v *release.Verified) error {
+	o := u.o
+	if err := os.MkdirAll(o.ReleasesDir, 0o755); err != nil {
+		return err
+	}
+	name := v.Name
+	if name == "" {
+		name = release.BinaryName(v.Version, v.Target)
+	}
+	sig := o.SigFile
+	if sig == "" {
+		sig = o.File + release.SigSuffix
+	}
+	keep := map[string]bool{name: true, name + release.SigSuffix: true}
+	copies := [][2]string{{o.File, name}, {sig, name + release.SigSuffix}}
+	sums := filepath.Join(filepath.Dir(o.File), release.SumsFile)
+	if _, err := os.Stat(sums + release.SigSuffix); err == nil {
+		copies = append(copies, [2]string{sums, release.SumsFile}, [2]string{sums + release.SigSuffix, release.SumsFile + release.SigSuffix})
+		keep[release.SumsFile], keep[release.SumsFile+release.SigSuffix] = true, true
+	}
+	for _, c := range copies {
+		if err := copyFile(c[0], filepath.Join(o.ReleasesDir, c[1]), 0o644); err != nil {
+			return err
+		}
+	}
+	old, _ := filepath.Glob(filepath.Join(o.ReleasesDir, "chatrelay-*"))
+	for _, f := range old {
+		if base := filepath.Base(f); !keep[base] && !strings.HasPrefix(base, "chatrelay-"+v.Version+"-") {
+			os.Remove(f)
+		}
+	}
 	return nil
 }
 

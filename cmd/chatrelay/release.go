@@ -71,7 +71,7 @@ start that. The outcome shows in ` + "`chatrelay status`" + `.`,
 			imapAddr, subAddr := install.HealthAddrs(cfg)
 			o := install.UpgradeOptions{
 				File: args[0], SigFile: sigPath, Key: key,
-				Binary: binary, DataDir: cfg.DataDir,
+				Binary: binary, DataDir: cfg.DataDir, ReleasesDir: cfg.ReleasesFolder(),
 				Service:  install.Systemd{},
 				IMAPAddr: imapAddr, SubmissionAddr: subAddr,
 				Timeout: timeout, AllowDowngrade: allowDowngrade,

@@ -14,6 +14,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -108,9 +110,11 @@ type Host interface {
 	Status(ctx context.Context) (string, error)
 	// Version runs `chatrelay version` with the installed binary.
 	Version(ctx context.Context) (string, error)
-	// IMAPAddr is the relay's IMAP (implicit TLS) address, reachable
-	// from the test; Domain is its mail domain ("[IP]" in IP mode).
+	// IMAPAddr and HTTPSAddr are the relay's IMAP (implicit TLS) and
+	// HTTPS addresses, reachable from the test; Domain is its mail
+	// domain ("[IP]" in IP mode).
 	IMAPAddr() string
+	HTTPSAddr() string
 	Domain() string
 }
 
@@ -159,6 +163,9 @@ func RunUpgradeScenario(t *testing.T, h Host, r Releases) {
 		t.Errorf("status after the upgrade to v2 does not say %q ... upgraded:\n%s", want, st)
 	}
 
+	// The relay offers the release it runs, with its signature.
+	wantOffered(t, h, r.V2, true)
+
 	// v2 -> v3, which exits at start: back on v2 by itself.
 	out, err = h.Upgrade(ctx, r.V3, r.PubKey)
 	t.Logf("upgrade to v3:\n%s", out)
@@ -179,6 +186,33 @@ func RunUpgradeScenario(t *testing.T, h Host, r Releases) {
 	if want := "last upgrade: " + r.Versions[1] + " -> " + r.Versions[2]; !strings.Contains(st, want) || !strings.Contains(st, ": rolled back") ||
 		!strings.Contains(st, "chatrelay "+r.Versions[1]+" serving") {
 		t.Errorf("status after the failed upgrade to v3 does not say %q ... rolled back, on %s:\n%s", want, r.Versions[1], st)
+	}
+	wantOffered(t, h, r.V2, true)
+	wantOffered(t, h, r.V3, false)
+}
+
+// wantOffered checks that /downloads offers the release file and its
+// signature byte for byte, or offers neither.
+func wantOffered(t *testing.T, h Host, file string, offered bool) {
+	t.Helper()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, f := range []string{file, file + release.SigSuffix} {
+		want, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Get("https://" + h.HTTPSAddr() + "/downloads/" + filepath.Base(f))
+		if err != nil {
+			t.Fatalf("GET /downloads: %v", err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case offered && (resp.StatusCode != 200 || !bytes.Equal(got, want)):
+			t.Errorf("/downloads/%s: %d, %d bytes, want the %d bytes of the release", filepath.Base(f), resp.StatusCode, len(got), len(want))
+		case !offered && resp.StatusCode != 404:
+			t.Errorf("/downloads/%s: %d, want 404", filepath.Base(f), resp.StatusCode)
+		}
 	}
 }
 

@@ -125,7 +125,8 @@ func (h *localHost) Upgrade(ctx context.Context, file, pubKey string) (string, e
 	var out bytes.Buffer
 	o := install.UpgradeOptions{
 		File: file, Key: key, Binary: h.svc.bin, DataDir: h.svc.data, Service: h.svc,
-		IMAPAddr: h.svc.ports["imaps"], SubmissionAddr: h.svc.ports["submissions"],
+		ReleasesDir: filepath.Join(h.svc.data, "releases"),
+		IMAPAddr:    h.svc.ports["imaps"], SubmissionAddr: h.svc.ports["submissions"],
 		Timeout: 30 * time.Second, Out: &out,
 	}
 	var st control.Status
@@ -146,6 +147,7 @@ func (h *localHost) Status(ctx context.Context) (string, error) {
 }
 func (h *localHost) Version(ctx context.Context) (string, error) { return h.run(ctx, "version") }
 func (h *localHost) IMAPAddr() string                            { return h.svc.ports["imaps"] }
+func (h *localHost) HTTPSAddr() string                           { return h.svc.ports["https"] }
 func (h *localHost) Domain() string                              { return "localhost" }
 
 // TestUpgradeAndRollBack runs the upgrade scenario with the relay as a
