@@ -435,9 +435,16 @@ func imapsAddr(configPath string) string {
 }
 
 // HealthAddrs are where a relay with cfg answers IMAP and submission
-// (both with implicit TLS), as seen from the same machine.
+// (both with implicit TLS), as seen from the same machine; "" for a
+// listener the config turns off.
 func HealthAddrs(cfg relay.Config) (imap, submission string) {
-	return localAddr(cfg.Listen.IMAPS, "993"), localAddr(cfg.Listen.Submissions, "465")
+	if cfg.Listen.IMAPS != "" {
+		imap = localAddr(cfg.Listen.IMAPS, "993")
+	}
+	if cfg.Listen.Submissions != "" {
+		submission = localAddr(cfg.Listen.Submissions, "465")
+	}
+	return imap, submission
 }
 
 // localAddr turns a listen address into one to dial on this machine.

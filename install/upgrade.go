@@ -70,10 +70,11 @@ type UpgradeOptions struct {
 	// runs, for /downloads; the previous version's files there go. Empty:
 	// nothing is copied.
 	ReleasesDir string
-	Service Service
+	Service     Service
 
 	// IMAPAddr and SubmissionAddr must greet over TLS within Timeout
-	// (90s when zero) after the start, else the upgrade is rolled back.
+	// (90s when zero) after the start, else the upgrade is rolled back;
+	// "" skips that check (the listener is off).
 	IMAPAddr, SubmissionAddr string
 	Timeout                  time.Duration
 
@@ -178,8 +179,12 @@ func (u *upgrade) run(ctx context.Context) error {
 	if v.Schema == 0 {
 		return fmt.Errorf("%s names no index schema: it is not a chatrelay binary", filepath.Base(o.File))
 	}
+	if o.IMAPAddr == "" && o.SubmissionAddr == "" {
+		return errors.New("neither IMAP (listen.imaps) nor submission (listen.submissions) is on: an upgrade could not tell whether the new version is up")
+	}
 
-	// What runs now.
+	// What runs now. A relay from before status reported its schema
+	// says 0: the index file tells, once the relay has stopped.
 	if o.Running != nil {
 		u.rec.From = o.Running.Version
 		u.fromSchema = o.Running.Schema
@@ -190,25 +195,8 @@ func (u *upgrade) run(ctx context.Context) error {
 		}
 	}
 	u.step("installed: version %s, index schema %d", u.rec.From, u.fromSchema)
-
-	var restore string // the index backup a downgrade restores
-	switch {
-	case u.fromSchema != 0 && v.Schema < u.fromSchema:
-		bak := u.newestBackup(v.Schema)
-		if !o.AllowDowngrade {
-			hint := "no index backup of that schema is kept here, so going back needs a `chatrelay backup` made under that version"
-			if bak != "" {
-				hint = "--allow-downgrade puts back the index backup " + bak + " (taken before the upgrade from it); mail and accounts changed since then are lost"
-			}
-			return fmt.Errorf("version %s reads index schema %d, but the index is at schema %d and an older chatrelay cannot read it: %s", v.Version, v.Schema, u.fromSchema, hint)
-		}
-		if bak == "" {
-			return fmt.Errorf("no index backup of schema %d in %s: restore a `chatrelay backup` made under version %s instead", v.Schema, u.backupDir, v.Version)
-		}
-		restore = bak
-		u.step("downgrade asked for: the index goes back to %s", bak)
-	case v.Schema > u.fromSchema && u.fromSchema != 0:
-		u.step("version %s converts the index from schema %d to %d at its first start; the backup keeps schema %d", v.Version, u.fromSchema, v.Schema, u.fromSchema)
+	if _, err := u.checkSchema(v, false); err != nil {
+		return err
 	}
 
 	// Stage the new binary beside the old one, so the swap is a rename
@@ -225,15 +213,33 @@ func (u *upgrade) run(ctx context.Context) error {
 		u.rec.Outcome = ""
 		return fmt.Errorf("stop the relay: %w", err)
 	}
+	// Nothing has changed yet: on a refusal from here the previous
+	// version starts again.
+	undo := func(err error) error {
+		os.Remove(u.next)
+		u.step("%v; starting the previous version again", err)
+		if serr := o.Service.Start(ctx); serr != nil {
+			return fmt.Errorf("%w; and the relay did not start again: %v", err, serr)
+		}
+		u.rec.Outcome = ""
+		return err
+	}
+	// The index file is the truth, now that no relay holds it.
+	disk, err := mailbox.IndexSchema(o.DataDir, 5*time.Second)
+	if err != nil {
+		return undo(fmt.Errorf("read the index schema: %w", err))
+	}
+	if disk != u.fromSchema {
+		u.step("the index is at schema %d", disk)
+		u.fromSchema = disk
+	}
+	restore, err := u.checkSchema(v, true)
+	if err != nil {
+		return undo(err)
+	}
 	if u.fromSchema != 0 {
 		if u.rec.IndexBak, err = u.backupIndex(); err != nil {
-			u.step("index backup failed: %v; starting the previous version again", err)
-			os.Remove(u.next)
-			if serr := o.Service.Start(ctx); serr != nil {
-				return fmt.Errorf("back up the index: %w; and the relay did not start again: %v", err, serr)
-			}
-			u.rec.Outcome = ""
-			return fmt.Errorf("back up the index: %w", err)
+			return undo(fmt.Errorf("back up the index: %w", err))
 		}
 		u.step("index backed up to %s", u.rec.IndexBak)
 	}
@@ -299,6 +305,34 @@ func (u *upgrade) offer(v *release.Verified) error {
 	return nil
 }
 
+// checkSchema refuses a downgrade across an index schema change unless
+// AllowDowngrade, and then returns the index backup to put back. say
+// prints what it decided (once, on the final check).
+func (u *upgrade) checkSchema(v *release.Verified, say bool) (restore string, err error) {
+	o := u.o
+	switch {
+	case u.fromSchema != 0 && v.Schema < u.fromSchema:
+		bak := u.newestBackup(v.Schema)
+		if !o.AllowDowngrade {
+			hint := "no index backup of that schema is kept here, so going back needs a `chatrelay backup` made under that version"
+			if bak != "" {
+				hint = "--allow-downgrade puts back the index backup " + bak + " (taken before the upgrade from it); mail and accounts changed since then are lost"
+			}
+			return "", fmt.Errorf("version %s reads index schema %d, but the index is at schema %d and an older chatrelay cannot read it: %s", v.Version, v.Schema, u.fromSchema, hint)
+		}
+		if bak == "" {
+			return "", fmt.Errorf("no index backup of schema %d in %s: restore a `chatrelay backup` made under version %s instead", v.Schema, u.backupDir, v.Version)
+		}
+		if say {
+			u.step("downgrade asked for: the index goes back to %s", bak)
+		}
+		return bak, nil
+	case u.fromSchema != 0 && v.Schema > u.fromSchema && say:
+		u.step("version %s converts the index from schema %d to %d at its first start; the backup keeps schema %d", v.Version, u.fromSchema, v.Schema, u.fromSchema)
+	}
+	return "", nil
+}
+
 // swap keeps the installed binary as Binary.prev (a hard link, so the
 // binary is in place at every moment) and renames the new one over it.
 func (u *upgrade) swap() error {
@@ -320,10 +354,18 @@ func (u *upgrade) startAndWait(ctx context.Context) error {
 	if err := u.o.Service.Start(ctx); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
-	if err := WaitIMAP(ctx, u.o.IMAPAddr, "", time.Second); err != nil {
-		return err
+	if u.o.IMAPAddr == "" && u.o.SubmissionAddr == "" {
+		return errors.New("neither IMAP (listen.imaps) nor submission (listen.submissions) is on: nothing to tell whether the relay is up")
 	}
-	return WaitSubmission(ctx, u.o.SubmissionAddr, "", time.Second)
+	if u.o.IMAPAddr != "" {
+		if err := WaitIMAP(ctx, u.o.IMAPAddr, "", time.Second); err != nil {
+			return err
+		}
+	}
+	if u.o.SubmissionAddr != "" {
+		return WaitSubmission(ctx, u.o.SubmissionAddr, "", time.Second)
+	}
+	return nil
 }
 
 // rollback stops the failed version, puts the previous binary back and,

@@ -237,3 +237,26 @@ func TestUpgradeDowngradeRestoresBackup(t *testing.T) {
 		t.Errorf("after the rollback the index is at schema %d, want %d", s, next)
 	}
 }
+
+// A running relay that does not report its schema: the index file is
+// read once the relay stopped, and a downgrade found then is refused with
+// the previous version started again, its binary untouched.
+func TestUpgradeChecksIndexAfterStop(t *testing.T) {
+	f := newUpgradeFixture(t)
+	setSchema(t, f.data, mailbox.SchemaVersion+1)
+	o := f.options(f.release(t, meta("2.0.0", mailbox.SchemaVersion)))
+	o.Running = &control.Status{Version: "1.5.0"} // no schema
+	err := Upgrade(context.Background(), o)
+	if err == nil || !strings.Contains(err.Error(), "an older chatrelay cannot read it") {
+		t.Fatalf("err %v", err)
+	}
+	if f.svc.stops != 1 || f.svc.starts != 1 || f.binary(t) != "old binary" {
+		t.Errorf("%d stops, %d starts, binary %q", f.svc.stops, f.svc.starts, f.binary(t))
+	}
+	if _, err := os.Stat(f.bin + ".new"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staged binary left: %v", err)
+	}
+	if rec := control.ReadUpgrade(f.data); rec == nil || rec.Outcome != control.UpgradeRefused {
+		t.Errorf("record %+v", rec)
+	}
+}
