@@ -260,3 +260,18 @@ func TestUpgradeChecksIndexAfterStop(t *testing.T) {
 		t.Errorf("record %+v", rec)
 	}
 }
+
+func TestSystemdService(t *testing.T) {
+	rec := &Recorder{}
+	s := Systemd{Runner: rec}
+	s.Stop(context.Background())
+	s.Start(context.Background())
+	var got []string
+	for _, c := range rec.Commands {
+		got = append(got, strings.Join(c.Args, " "))
+	}
+	want := "systemctl stop chatrelay.service|systemctl reset-failed chatrelay.service|systemctl start chatrelay.service"
+	if strings.Join(got, "|") != want {
+		t.Errorf("commands %q, want %q", got, want)
+	}
+}

@@ -6,7 +6,20 @@
 //
 // The scenario runs on a local child process (this package's test) and is
 // meant to run unchanged on a booted systemd host: implement Host there
-// and call RunUpgradeScenario.
+// and call RunUpgradeScenario. For a guest with systemd as PID 1:
+//
+//	r := releasetest.Build(t, t.TempDir(), "linux", "amd64") // the key is compiled in
+//	releasetest.RunUpgradeScenario(t, guestHost, r)
+//
+// where guestHost
+//   - Install: copies the file into the guest and runs, as root,
+//     `chatrelay install --ip GUEST_IP` with it (the unit then runs
+//     /usr/local/bin/chatrelay);
+//   - Upgrade: copies FILE, FILE.minisig and the key into the guest and
+//     runs `chatrelay upgrade FILE --key PUB` there, returning its output
+//     (a non-zero exit is the error);
+//   - Status, Version: `chatrelay status`, `chatrelay version` in the guest;
+//   - IMAPAddr, HTTPSAddr: GUEST_IP:993, GUEST_IP:443; Domain: "[GUEST_IP]".
 package releasetest
 
 import (
