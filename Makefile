@@ -6,7 +6,7 @@ export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rp
 .PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench clean release release-check
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/chatrelay ./cmd/chatrelay
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev) -X github.com/chatrelay/chatrelay/release.compiledKey=$(RELEASE_PUB)" -o bin/chatrelay ./cmd/chatrelay
 
 # A relay on loopback high ports: no root, no domain, data in ./chatrelay-data.
 run:

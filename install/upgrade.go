@@ -276,10 +276,7 @@ func (u *upgrade) offer(v *release.Verified) error {
 	if err := os.MkdirAll(o.ReleasesDir, 0o755); err != nil {
 		return err
 	}
-	name := v.Name
-	if name == "" {
-		name = release.BinaryName(v.Version, v.Target)
-	}
+	name := v.FileName()
 	sig := o.SigFile
 	if sig == "" {
 		sig = o.File + release.SigSuffix

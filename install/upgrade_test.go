@@ -275,3 +275,45 @@ func TestSystemdService(t *testing.T) {
 		t.Errorf("commands %q, want %q", got, want)
 	}
 }
+
+// install offers a release file carried in with its signature, under the
+// name it was signed with; a file that does not verify is not offered.
+func TestInstallOffersVerifiedRelease(t *testing.T) {
+	f := newUpgradeFixture(t)
+	m := meta("2.0.0", mailbox.SchemaVersion)
+	m.Name = "chatrelay-2.0.0-linux-amd64"
+	file := f.release(t, m)
+	carried := filepath.Join(f.dir, "chatrelay") // renamed on the way
+	os.Rename(file, carried)
+	os.Rename(file+release.SigSuffix, carried+release.SigSuffix)
+	dir := filepath.Join(f.dir, "releases")
+	key := func() (minisign.PublicKey, error) { return f.pub, nil }
+
+	msg, err := offerRelease(carried, dir, key)
+	if err != nil || !strings.Contains(msg, m.Name) {
+		t.Fatalf("offer: %q %v", msg, err)
+	}
+	for _, n := range []string{m.Name, m.Name + release.SigSuffix} {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("%s not offered: %v", n, err)
+		}
+	}
+	if _, err := release.VerifyFile(f.pub, filepath.Join(dir, m.Name), ""); err != nil {
+		t.Errorf("the offered copy does not verify: %v", err)
+	}
+
+	b, _ := os.ReadFile(carried)
+	os.WriteFile(carried, append(b, 'x'), 0o755)
+	os.RemoveAll(dir)
+	msg, err = offerRelease(carried, dir, key)
+	if err != nil || !strings.HasPrefix(msg, "not offered") {
+		t.Errorf("tampered: %q %v", msg, err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a tampered file was offered")
+	}
+	msg, _ = offerRelease(carried, dir, release.CompiledKey)
+	if !strings.Contains(msg, "no release key") {
+		t.Errorf("without a key: %q", msg)
+	}
+}

@@ -88,3 +88,14 @@ func fileSHA256(path string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// FileName is the name to store a verified release binary under: the
+// name it was signed with, when that is a plain chatrelay-* file name,
+// else the one BinaryName makes.
+func (v *Verified) FileName() string {
+	n := v.Name
+	if strings.HasPrefix(n, "chatrelay-") && !strings.ContainsAny(n, "/\\\x00") && filepath.IsLocal(n) && n != SumsFile {
+		return n
+	}
+	return BinaryName(v.Version, v.Target)
+}
