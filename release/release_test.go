@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -196,5 +197,40 @@ func TestWords(t *testing.T) {
 	}
 	if want := "2. 89abcdef  eight nine alfa bravo / charlie delta echo foxtrot"; lines[1] != want {
 		t.Errorf("line 2 %q, want %q", lines[1], want)
+	}
+}
+
+func TestLoadSecretKey(t *testing.T) {
+	_, priv := testKey(t)
+	dir := t.TempDir()
+	plain, _ := priv.MarshalText()
+	os.WriteFile(filepath.Join(dir, "plain.key"), plain, 0o600)
+	if k, err := LoadSecretKey(filepath.Join(dir, "plain.key")); err != nil || !k.Equal(priv) {
+		t.Errorf("plain key: %v", err)
+	}
+	// An encrypted key, as minisign -G writes it: encrypting costs as
+	// much as decrypting, so this is one by its header only.
+	enc := []byte("untrusted comment: minisign encrypted secret key\n" + base64.StdEncoding.EncodeToString(append([]byte("EdSc"), make([]byte, 154)...)) + "\n")
+	os.WriteFile(filepath.Join(dir, "enc.key"), enc, 0o600)
+	t.Setenv("RELEASE_KEY_PASSWORD", "")
+	if _, err := LoadSecretKey(filepath.Join(dir, "enc.key")); err == nil || !strings.Contains(err.Error(), "RELEASE_KEY_PASSWORD") {
+		t.Errorf("encrypted key without password: %v", err)
+	}
+	// Decrypting runs scrypt at minisign's cost (1 GiB): left to
+	// minisign's own tests.
+}
+
+func TestFileName(t *testing.T) {
+	for name, want := range map[string]string{
+		"chatrelay-1.0.0-linux-amd64": "chatrelay-1.0.0-linux-amd64",
+		"../chatrelay-x":              "chatrelay-1.0.0-linux-amd64",
+		"chatrelay-/../../etc/passwd": "chatrelay-1.0.0-linux-amd64",
+		"index.db":                    "chatrelay-1.0.0-linux-amd64",
+		"":                            "chatrelay-1.0.0-linux-amd64",
+	} {
+		v := &Verified{Meta: Meta{Name: name, Version: "1.0.0", Target: "linux/amd64"}}
+		if got := v.FileName(); got != want {
+			t.Errorf("%q: %q, want %q", name, got, want)
+		}
 	}
 }
