@@ -103,7 +103,6 @@ type upgrade struct {
 	prev, next       string // Binary.prev, Binary.new
 	index, backupDir string
 	fromSchema       uint64
-	newSchema        uint64
 }
 
 // Upgrade replaces the installed relay binary by a verified release file
@@ -171,7 +170,6 @@ func (u *upgrade) run(ctx context.Context) error {
 		return err
 	}
 	u.rec.To = v.Version
-	u.newSchema = v.Schema
 	u.step("verified %s: version %s, %s, index schema %d, sha256 %s", filepath.Base(o.File), v.Version, v.Target, v.Schema, v.SHA256)
 	if v.Target != o.Target {
 		return fmt.Errorf("%s is built for %s, this machine is %s", filepath.Base(o.File), v.Target, o.Target)
@@ -413,16 +411,25 @@ func (u *upgrade) backupIndex() (string, error) {
 	if err := copyFile(u.index, dst, 0o600); err != nil {
 		return "", err
 	}
-	old, _ := filepath.Glob(filepath.Join(u.backupDir, "index-schema*.db"))
-	slices.Sort(old)
-	if len(old) > 3 {
-		for _, f := range old[:len(old)-3] {
-			if f != dst {
-				os.Remove(f)
-			}
-		}
-	}
+	u.pruneBackups()
 	return dst, nil
+}
+
+// pruneBackups keeps the three newest index backups and the newest of
+// each schema, which a downgrade to that schema needs.
+func (u *upgrade) pruneBackups() {
+	files, _ := filepath.Glob(filepath.Join(u.backupDir, "index-schema*-*.db"))
+	stamp := func(f string) string { return f[strings.LastIndex(f, "-")+1:] }
+	slices.SortFunc(files, func(a, b string) int { return strings.Compare(stamp(b), stamp(a)) }) // newest first
+	seen := map[string]bool{}
+	for i, f := range files {
+		schema := strings.TrimPrefix(filepath.Base(f), "index-schema")
+		schema = schema[:strings.Index(schema, "-")]
+		if i >= 3 && seen[schema] {
+			os.Remove(f)
+		}
+		seen[schema] = true
+	}
 }
 
 // newestBackup is the newest index backup of schema, "" if none.
@@ -431,7 +438,7 @@ func (u *upgrade) newestBackup(schema uint64) string {
 	if len(files) == 0 {
 		return ""
 	}
-	slices.Sort(files)
+	slices.Sort(files) // same schema: by time
 	return files[len(files)-1]
 }
 

@@ -317,3 +317,28 @@ func TestInstallOffersVerifiedRelease(t *testing.T) {
 		t.Errorf("without a key: %q", msg)
 	}
 }
+
+func TestPruneBackupsKeepsNewestOfEachSchema(t *testing.T) {
+	dir := t.TempDir()
+	u := &upgrade{backupDir: dir}
+	for _, n := range []string{
+		"index-schema1-20250101T000000Z.db", "index-schema1-20250201T000000Z.db",
+		"index-schema2-20250301T000000Z.db", "index-schema2-20250401T000000Z.db",
+		"index-schema2-20250501T000000Z.db", "index-schema2-20250601T000000Z.db",
+		"index-schema10-20250701T000000Z.db",
+	} {
+		os.WriteFile(filepath.Join(dir, n), nil, 0o600)
+	}
+	u.pruneBackups()
+	got, _ := filepath.Glob(filepath.Join(dir, "*.db"))
+	for i := range got {
+		got[i] = filepath.Base(got[i])
+	}
+	want := "index-schema1-20250201T000000Z.db index-schema10-20250701T000000Z.db index-schema2-20250501T000000Z.db index-schema2-20250601T000000Z.db"
+	if strings.Join(got, " ") != want {
+		t.Errorf("kept %v, want %s", got, want)
+	}
+	if u.newestBackup(2) != filepath.Join(dir, "index-schema2-20250601T000000Z.db") {
+		t.Errorf("newest schema 2: %s", u.newestBackup(2))
+	}
+}
