@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -79,9 +81,13 @@ type localHost struct {
 
 func newLocalHost(t *testing.T) *localHost {
 	dir := t.TempDir()
+	// The relay restarts minutes after its ports were picked: on an
+	// address of its own in 127/8, no outgoing connection (whose source
+	// is 127.0.0.1) can take one of them meanwhile.
+	ip := fmt.Sprintf("127.%d.%d.%d", 100+rand.IntN(100), 1+rand.IntN(250), 1+rand.IntN(250))
 	ports := map[string]string{}
 	for _, n := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https", "http", "metrics"} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := net.Listen("tcp", ip+":0")
 		if err != nil {
 			t.Fatal(err)
 		}
