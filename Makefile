@@ -3,10 +3,10 @@ GO ?= go
 DELTACHAT_DIR ?= $(CURDIR)/.cache/deltachat
 export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rpc-server-linux-x64/deltachat-rpc-server
 
-.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench clean
+.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench clean release release-check
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/chatrelay ./cmd/chatrelay
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev) -X github.com/chatrelay/chatrelay/release.compiledKey=$(RELEASE_PUB)" -o bin/chatrelay ./cmd/chatrelay
 
 # A relay on loopback high ports: no root, no domain, data in ./chatrelay-data.
 run:
@@ -66,5 +66,38 @@ crashtest:
 bench:
 	QUICK="$(QUICK)" SERVERS="$(SERVERS)" ONLY="$(ONLY)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
 
+# Release files in $(DIST): static binaries for linux/amd64 and linux/arm64,
+# SHA256SUMS and, with RELEASE_KEY (a minisign secret key file, kept out
+# of the repository), a .minisig signature beside each. The release public
+# key compiled in comes from RELEASE_PUB (the one-line key) or release.pub.
+# Two builds of one commit give the same bytes: make release-check.
+VERSION ?=
+RELEASE_KEY ?=
+RELEASE_PUB ?= $(shell test -f release.pub && tail -n 1 release.pub)
+DIST ?= dist
+RELEASE_TARGETS ?= linux/amd64 linux/arm64
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+RELEASE_LDFLAGS = -s -w -buildid= -X main.version=$(VERSION) -X github.com/chatrelay/chatrelay/release.compiledKey=$(RELEASE_PUB)
+release:
+	@test -n "$(VERSION)" || { echo "usage: make release VERSION=x.y.z [RELEASE_KEY=FILE]"; exit 1; }
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	@for t in $(RELEASE_TARGETS); do \
+	  os=$${t%/*}; arch=$${t#*/}; echo "build $$t"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOAMD64=v1 GOARM64=v8.0 GOFLAGS= \
+	    $(GO) build -trimpath -buildvcs=false -ldflags "$(RELEASE_LDFLAGS)" \
+	    -o $(DIST)/chatrelay-$(VERSION)-$$os-$$arch ./cmd/chatrelay || exit 1; \
+	done
+	$(GO) run ./cmd/mkrelease finish --dir $(DIST) --version $(VERSION) --time $(SOURCE_DATE_EPOCH) \
+	  --targets "$$(echo $(RELEASE_TARGETS) | tr ' ' ,)" $(if $(RELEASE_KEY),--key $(RELEASE_KEY))
+	@cat $(DIST)/SHA256SUMS
+
+# Build the release twice, each with a build cache of its own, and compare
+# every byte.
+release-check:
+	@tmp=$$(mktemp -d) && trap 'chmod -R u+w $$tmp; rm -rf $$tmp' EXIT && \
+	$(MAKE) --no-print-directory release VERSION=$(or $(VERSION),0.0.0-check) DIST=$$tmp/a GOCACHE=$$tmp/cache-a >/dev/null && \
+	$(MAKE) --no-print-directory release VERSION=$(or $(VERSION),0.0.0-check) DIST=$$tmp/b GOCACHE=$$tmp/cache-b >/dev/null && \
+	diff -r $$tmp/a $$tmp/b && cat $$tmp/a/SHA256SUMS && echo "release-check: two builds are identical"
+
 clean:
-	rm -rf bin
+	rm -rf bin dist

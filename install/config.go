@@ -64,6 +64,11 @@ func writeTable(b *strings.Builder, prefix string, v reflect.Value, set map[stri
 			tables = append(tables, i)
 			continue
 		}
+		if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+			// An array of tables has no one-line default.
+			fmt.Fprintf(b, "# %s: none; add [[%s]] tables at the end (docs/CONFIG.md)\n", key, prefix+key)
+			continue
+		}
 		full := prefix + key
 		if val, ok := set[full]; ok {
 			fmt.Fprintf(b, "%s = %s\n", key, val)

@@ -14,9 +14,19 @@ import (
 // trying every interval until ctx ends. The certificate is not checked:
 // a fresh relay serves a self-signed one until ACME has a real one.
 func WaitIMAP(ctx context.Context, addr, serverName string, interval time.Duration) error {
+	return waitGreeting(ctx, "IMAP", "* OK", addr, serverName, interval)
+}
+
+// WaitSubmission waits until addr (submission with implicit TLS) answers
+// with an SMTP greeting ("220"), as WaitIMAP.
+func WaitSubmission(ctx context.Context, addr, serverName string, interval time.Duration) error {
+	return waitGreeting(ctx, "submission", "220", addr, serverName, interval)
+}
+
+func waitGreeting(ctx context.Context, proto, want, addr, serverName string, interval time.Duration) error {
 	var last error
 	for {
-		err := imapGreeting(ctx, addr, serverName)
+		err := tlsGreeting(ctx, addr, serverName, want)
 		if err == nil {
 			return nil
 		}
@@ -27,13 +37,13 @@ func WaitIMAP(ctx context.Context, addr, serverName string, interval time.Durati
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("no IMAP greeting on %s: %w", addr, last)
+			return fmt.Errorf("no %s greeting on %s: %w", proto, addr, last)
 		case <-time.After(interval):
 		}
 	}
 }
 
-func imapGreeting(ctx context.Context, addr, serverName string) error {
+func tlsGreeting(ctx context.Context, addr, serverName, want string) error {
 	d := tls.Dialer{
 		NetDialer: &net.Dialer{Timeout: 5 * time.Second},
 		Config: &tls.Config{
@@ -53,7 +63,7 @@ func imapGreeting(ctx context.Context, addr, serverName string) error {
 	if err != nil {
 		return err
 	}
-	if !strings.HasPrefix(line, "* OK") {
+	if !strings.HasPrefix(line, want) {
 		return fmt.Errorf("unexpected greeting %q", strings.TrimSpace(line))
 	}
 	return nil

@@ -26,8 +26,11 @@ import (
 	"strings"
 	"time"
 
+	"aead.dev/minisign"
+
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/dkim"
+	"github.com/chatrelay/chatrelay/release"
 )
 
 // Where things go on the target system.
@@ -374,6 +377,18 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 	}
 	p.Steps = append(p.Steps, bin)
 
+	// A release file carried here with its signature seeds the next
+	// relay: offer both under /downloads (SPEC section 13).
+	if _, err := os.Stat(o.Binary + release.SigSuffix); err == nil {
+		src := o.Binary
+		p.Steps = append(p.Steps, Step{
+			Title: "offering this release under /downloads",
+			Action: func(_ context.Context, root string) (string, error) {
+				return offerRelease(src, hostPath(root, filepath.Join(DataDir, "releases")), release.CompiledKey)
+			},
+		})
+	}
+
 	p.Steps = append(p.Steps, Step{
 		Title: "writing systemd unit " + UnitPath,
 		Files: []File{{
@@ -465,6 +480,32 @@ func checkPorts(ports []int, installed string) (string, error) {
 	return "", nil
 }
 
+// offerRelease copies a release binary and its signature into dir under
+// the name they were signed with, when the signature checks out under
+// the release key compiled in; otherwise it says why not, which is no
+// reason to stop an install.
+func offerRelease(binary, dir string, releaseKey func() (minisign.PublicKey, error)) (string, error) {
+	key, err := releaseKey()
+	if err != nil {
+		return "not offered: this build has no release key", nil
+	}
+	v, err := release.VerifyFile(key, binary, "")
+	if err != nil {
+		return "not offered: " + err.Error(), nil
+	}
+	name := v.FileName()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := copyFile(binary, filepath.Join(dir, name), 0o644); err != nil {
+		return "", err
+	}
+	if err := copyFile(binary+release.SigSuffix, filepath.Join(dir, name+release.SigSuffix), 0o644); err != nil {
+		return "", err
+	}
+	return name + " and its signature", nil
+}
+
 // checkConfig reads the config as the server will and notes when it is
 // not for the domain asked for.
 func checkConfig(path string, o Options) (string, error) {
@@ -489,9 +530,27 @@ func checkConfig(path string, o Options) (string, error) {
 func imapsAddr(configPath string) string {
 	cfg := relay.Default()
 	_ = cfg.LoadFile(configPath) // checked in an earlier step
-	host, port, err := net.SplitHostPort(cfg.Listen.IMAPS)
+	return localAddr(cfg.Listen.IMAPS, "993")
+}
+
+// HealthAddrs are where a relay with cfg answers IMAP and submission
+// (both with implicit TLS), as seen from the same machine; "" for a
+// listener the config turns off.
+func HealthAddrs(cfg relay.Config) (imap, submission string) {
+	if cfg.Listen.IMAPS != "" {
+		imap = localAddr(cfg.Listen.IMAPS, "993")
+	}
+	if cfg.Listen.Submissions != "" {
+		submission = localAddr(cfg.Listen.Submissions, "465")
+	}
+	return imap, submission
+}
+
+// localAddr turns a listen address into one to dial on this machine.
+func localAddr(listen, defPort string) string {
+	host, port, err := net.SplitHostPort(listen)
 	if err != nil || port == "" {
-		return "127.0.0.1:993"
+		return "127.0.0.1:" + defPort
 	}
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"

@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	bolt "go.etcd.io/bbolt"
@@ -194,4 +197,36 @@ func ForEachFile(tx *bolt.Tx, f func(accountID uint64, file string) error) error
 			return m.forEach(func(uid imap.UID, v []byte) error { return file(m.name, uid, v) })
 		})
 	})
+}
+
+// SchemaVersion is the index layout this chatrelay reads and writes. A
+// release records it beside its version (release.Meta), so an upgrade can
+// tell an index conversion before it runs the new binary.
+const SchemaVersion uint64 = schemaVersion
+
+// IndexFile is the index's name in the data directory.
+const IndexFile = "index.db"
+
+// IndexSchema reads the schema version of the index in dataDir without
+// opening the store: read-only, waiting at most timeout for a running
+// relay's lock. A data directory without an index says 0.
+func IndexSchema(dataDir string, timeout time.Duration) (uint64, error) {
+	path := filepath.Join(dataDir, IndexFile)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: timeout})
+	if err != nil {
+		return 0, fmt.Errorf("open index %s: %w", path, err)
+	}
+	defer db.Close()
+	var v uint64
+	err = db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketMeta) == nil {
+			return fmt.Errorf("index %s has no meta bucket", path)
+		}
+		v, err = schemaOf(tx)
+		return err
+	})
+	return v, err
 }

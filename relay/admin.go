@@ -162,6 +162,8 @@ func (a *admin) status(context.Context, json.RawMessage, func(control.Progress))
 		st.RecentErrors = a.opts.RecentErrors.Lines()
 	}
 	st.TURN = s.turnStatus()
+	st.Schema = mailbox.SchemaVersion
+	st.LastUpgrade = control.ReadUpgrade(s.cfg.DataDir)
 	return st, nil
 }
 

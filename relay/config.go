@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -104,6 +105,16 @@ type Config struct {
 	// /downloads with their SHA-256 sums; empty means DataDir/downloads.
 	// A missing or empty folder hides the page.
 	DownloadsDir string `toml:"downloads_dir"`
+	// ReleasesDir holds this relay's own signed release files (binaries,
+	// their .minisig signatures, SHA256SUMS), offered under /downloads
+	// beside the client apps so that one relay can seed the next;
+	// `chatrelay upgrade` puts the release it installs there. Empty
+	// means DataDir/releases.
+	ReleasesDir string `toml:"releases_dir"`
+	// AppVersions fills METADATA /shared/vendor/deltachat/appversions,
+	// from which Delta Chat apps learn of updates they can download here.
+	// Empty: the entry is not offered.
+	AppVersions []AppVersion `toml:"app_versions"`
 
 	// Proxy is the Shadowsocks listener (SPEC section 12).
 	Proxy ProxyConfig `toml:"proxy"`
@@ -113,6 +124,26 @@ type Config struct {
 	// Limits caps simultaneous connections per protocol, in total and per
 	// client address (see ConnLimits); 0 means no cap.
 	Limits ConnLimits `toml:"limits"`
+}
+
+// AppVersion is one app build offered to Delta Chat clients (SPEC
+// section 2, appversions).
+type AppVersion struct {
+	// ClientID names the app, as the app knows itself
+	// ("deltachat-android", ...).
+	ClientID string `toml:"client_id"`
+	// SourceID names where the build comes from; "relay" when empty.
+	SourceID string `toml:"source_id"`
+	// VersionInteger is the app's build number (Android versionCode).
+	VersionInteger int64 `toml:"version_integer"`
+	// VersionString is the version people read ("2.62.0").
+	VersionString string `toml:"version_string"`
+	// File is the app's file in the downloads folder; DownloadURL
+	// defaults to it on this relay's /downloads, and the entry is left
+	// out while the file is not there.
+	File string `toml:"file"`
+	// DownloadURL is where the app downloads the build.
+	DownloadURL string `toml:"download_url"`
 }
 
 // Listen holds the listener addresses; an empty string disables one.
@@ -446,6 +477,17 @@ func (c *Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		return err
 	}
+	for i, a := range c.AppVersions {
+		if a.ClientID == "" || a.VersionString == "" {
+			return fmt.Errorf("config: app_versions[%d] needs client_id and version_string", i)
+		}
+		if a.File == "" && a.DownloadURL == "" {
+			return fmt.Errorf("config: app_versions[%d] (%s) needs file or download_url", i, a.ClientID)
+		}
+		if a.File != "" && !validDownloadName(a.File) {
+			return fmt.Errorf("config: app_versions[%d] file %q must be a plain file name in the downloads folder", i, a.File)
+		}
+	}
 	if err := c.TURN.validate(); err != nil {
 		return err
 	}
@@ -504,4 +546,13 @@ func (p ProxyConfig) validate() error {
 		return fmt.Errorf("config: proxy.rotate_grace_hours, max_conns and max_conns_per_ip must not be negative, proxy.replay_window_minutes at least 1")
 	}
 	return nil
+}
+
+// ReleasesFolder is where this relay offers its own release files:
+// ReleasesDir, or DataDir/releases.
+func (c *Config) ReleasesFolder() string {
+	if c.ReleasesDir != "" {
+		return c.ReleasesDir
+	}
+	return filepath.Join(c.DataDir, "releases")
 }

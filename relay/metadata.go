@@ -1,9 +1,12 @@
 package relay
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +25,7 @@ const (
 	entryIrohRelay     = "/shared/vendor/deltachat/irohrelay"
 	entryTURN          = "/shared/vendor/deltachat/turn"
 	entryMaxRecipients = "/shared/vendor/deltachat/maxsmtprecipients"
+	entryAppVersions   = "/shared/vendor/deltachat/appversions"
 	entryDeviceToken   = "/private/devicetoken"
 )
 
@@ -49,7 +53,59 @@ func (m metadata) serverEntries() map[string]string {
 	if t := m.turnCredentials(); t != "" {
 		e[entryTURN] = t
 	}
+	if a := m.appVersions(); a != "" {
+		e[entryAppVersions] = a
+	}
 	return e
+}
+
+// appVersions is the JSON Delta Chat reads for app updates (SPEC section
+// 2): {"clients":[{"clientId","sources":[{"sourceId","versionInteger",
+// "versionString","downloadUrl"}]}]}, from config. An entry for a file
+// of the downloads folder points at it on this relay and is left out
+// while the file is not there; "" when nothing is on offer.
+func (m metadata) appVersions() string {
+	type source struct {
+		SourceID       string `json:"sourceId"`
+		VersionInteger int64  `json:"versionInteger"`
+		VersionString  string `json:"versionString"`
+		DownloadURL    string `json:"downloadUrl"`
+	}
+	type client struct {
+		ClientID string   `json:"clientId"`
+		Sources  []source `json:"sources"`
+	}
+	var clients []client
+	for _, a := range m.s.cfg.AppVersions {
+		src := source{SourceID: a.SourceID, VersionInteger: a.VersionInteger, VersionString: a.VersionString, DownloadURL: a.DownloadURL}
+		if src.SourceID == "" {
+			src.SourceID = "relay"
+		}
+		if a.File != "" {
+			if !m.s.web.dl.has(a.File) {
+				continue
+			}
+			if src.DownloadURL == "" {
+				src.DownloadURL = m.s.web.baseURL() + "/downloads/" + url.PathEscape(a.File)
+			}
+		}
+		i := slices.IndexFunc(clients, func(c client) bool { return c.ClientID == a.ClientID })
+		if i < 0 {
+			clients = append(clients, client{ClientID: a.ClientID})
+			i = len(clients) - 1
+		}
+		clients[i].Sources = append(clients[i].Sources, src)
+	}
+	if len(clients) == 0 {
+		return ""
+	}
+	b, err := json.Marshal(struct {
+		Clients []client `json:"clients"`
+	}{clients})
+	if err != nil {
+		return ""
+	}
+	return string(b)
 }
 
 // turnCredentials is host:port:expiry:password (SPEC section 2), where

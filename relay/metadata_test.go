@@ -4,6 +4,9 @@ import (
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
+	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
 
@@ -107,5 +111,65 @@ func TestPushTokenAndQuota(t *testing.T) {
 	used, _, _ := r.Store().Quota(user)
 	if st.Usage != (used+1023)/1024 || st.Limit != 500*1024 || used < 5000 {
 		t.Fatalf("STORAGE %d/%d KiB, store says %d bytes", st.Usage, st.Limit, used)
+	}
+}
+
+// appversions comes from config; an entry for a file in the downloads
+// folder points at this relay and shows only while the file is there.
+func TestMetadataAppVersions(t *testing.T) {
+	dir := t.TempDir()
+	r := relaytest.Start(t, func(c *relaytest.Cfg) {
+		c.DownloadsDir = dir
+		c.AppVersions = []relay.AppVersion{
+			{ClientID: "deltachat-android", VersionInteger: 3062, VersionString: "2.62.0", File: "deltachat-2.62.0.apk"},
+			{ClientID: "deltachat-android", SourceID: "mirror", VersionInteger: 3062, VersionString: "2.62.0", DownloadURL: "https://mirror.test/dc.apk"},
+			{ClientID: "deltachat-desktop", VersionInteger: 262, VersionString: "2.62.0", File: "deltachat-desktop.AppImage"},
+		}
+	})
+	const entry = "/shared/vendor/deltachat/appversions"
+	get := func() string {
+		t.Helper()
+		c := login(t, r, "abcdefghi@localhost")
+		defer c.Close()
+		data, err := c.GetMetadata("", []string{entry}, nil).Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := data.Entries[entry]; v != nil {
+			return string(*v)
+		}
+		return ""
+	}
+	if got, want := get(), `{"clients":[{"clientId":"deltachat-android","sources":[{"sourceId":"mirror","versionInteger":3062,"versionString":"2.62.0","downloadUrl":"https://mirror.test/dc.apk"}]}]}`; got != want {
+		t.Errorf("without the files:\n got %s\nwant %s", got, want)
+	}
+	os.WriteFile(filepath.Join(dir, "deltachat-2.62.0.apk"), []byte("apk"), 0o644)
+	os.WriteFile(filepath.Join(dir, "deltachat-desktop.AppImage"), []byte("appimage"), 0o644)
+	var got struct {
+		Clients []struct {
+			ClientID string `json:"clientId"`
+			Sources  []struct {
+				SourceID       string `json:"sourceId"`
+				VersionInteger int64  `json:"versionInteger"`
+				VersionString  string `json:"versionString"`
+				DownloadURL    string `json:"downloadUrl"`
+			} `json:"sources"`
+		} `json:"clients"`
+	}
+	if err := json.Unmarshal([]byte(get()), &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Clients) != 2 || got.Clients[0].ClientID != "deltachat-android" || len(got.Clients[0].Sources) != 2 ||
+		got.Clients[1].ClientID != "deltachat-desktop" {
+		t.Fatalf("appversions %+v", got)
+	}
+	s := got.Clients[0].Sources[0]
+	if s.SourceID != "relay" || s.VersionInteger != 3062 || s.VersionString != "2.62.0" || !strings.HasPrefix(s.DownloadURL, "https://") || !strings.HasSuffix(s.DownloadURL, "/downloads/deltachat-2.62.0.apk") {
+		t.Errorf("android from the relay: %+v", s)
+	}
+	// The URL is one the relay serves.
+	resp, body := fetch(t, r, s.DownloadURL[strings.Index(s.DownloadURL, "/downloads/"):])
+	if resp.StatusCode != 200 || body != "apk" {
+		t.Errorf("download of the advertised file: %d %q", resp.StatusCode, body)
 	}
 }

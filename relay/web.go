@@ -44,7 +44,7 @@ func newWeb(s *Server) *web {
 	if dir == "" {
 		dir = filepath.Join(s.cfg.DataDir, "downloads")
 	}
-	w.dl = newDownloads(dir)
+	w.dl = newDownloads(dir, s.cfg.ReleasesFolder())
 	return w
 }
 

@@ -12,21 +12,24 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
 // downloads is the operator's folder of client app files, for places
-// where the app stores are gone (SPEC section 9). Only regular files
-// directly in the folder are served, never dotfiles, and every open goes
-// through an os.Root, so neither "..", nor an encoded variant of it, nor a
-// symlink can reach outside.
+// where the app stores are gone (SPEC section 9), and the folder of this
+// relay's own signed release files. Only regular files directly in a
+// folder are served, never dotfiles, and every open goes through an
+// os.Root, so neither "..", nor an encoded variant of it, nor a symlink
+// can reach outside. A name in the first folder hides the same name in
+// the second.
 type downloads struct {
-	dir string
+	dirs []string
 
 	mu   sync.Mutex
-	sums map[string]fileSum // by name
+	sums map[string]fileSum // by folder and name
 }
 
 // fileSum is a SHA-256 computed once for a file's size and mtime.
@@ -38,13 +41,20 @@ type fileSum struct {
 
 // download is one row of the /downloads page.
 type download struct {
-	Name   string
-	Size   string
-	SHA256 string
+	Name    string
+	Size    string
+	SHA256  string
+	Release bool // one of this relay's own release files
 }
 
-func newDownloads(dir string) *downloads {
-	return &downloads{dir: dir, sums: map[string]fileSum{}}
+// dlFile is a file on offer and the folder it is in.
+type dlFile struct {
+	fs.FileInfo
+	dir int // index into downloads.dirs
+}
+
+func newDownloads(dirs ...string) *downloads {
+	return &downloads{dirs: dirs, sums: map[string]fileSum{}}
 }
 
 // validDownloadName accepts a plain file name: one path element, not
@@ -54,22 +64,21 @@ func validDownloadName(name string) bool {
 		!strings.ContainsAny(name, "/\\\x00") && filepath.IsLocal(name)
 }
 
-// list returns the files on offer, sorted by name.
-func (d *downloads) list() ([]fs.FileInfo, *os.Root, error) {
-	root, err := os.OpenRoot(d.dir)
+// listDir returns the files on offer in one folder.
+func listDir(dir string) ([]fs.FileInfo, error) {
+	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
+	defer root.Close()
 	f, err := root.Open(".")
 	if err != nil {
-		root.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	entries, err := f.ReadDir(-1)
 	f.Close()
 	if err != nil {
-		root.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	var files []fs.FileInfo
 	for _, e := range entries {
@@ -84,30 +93,70 @@ func (d *downloads) list() ([]fs.FileInfo, *os.Root, error) {
 		}
 		files = append(files, fi)
 	}
-	slices.SortFunc(files, func(a, b fs.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
-	return files, root, nil
+	return files, nil
+}
+
+// list returns the files on offer in every folder, sorted by name. A
+// folder that is not there offers nothing; other errors are returned
+// with what the other folders offer.
+func (d *downloads) list() ([]dlFile, error) {
+	var out []dlFile
+	var firstErr error
+	seen := map[string]bool{}
+	for i, dir := range d.dirs {
+		files, err := listDir(dir)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) && firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		for _, fi := range files {
+			if !seen[fi.Name()] {
+				seen[fi.Name()] = true
+				out = append(out, dlFile{fi, i})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b dlFile) int { return strings.Compare(a.Name(), b.Name()) })
+	return out, firstErr
 }
 
 // any reports whether there is at least one file to offer.
 func (d *downloads) any() bool {
-	files, root, err := d.list()
+	files, _ := d.list()
+	return len(files) > 0
+}
+
+// has reports whether name is on offer.
+func (d *downloads) has(name string) bool {
+	if !validDownloadName(name) {
+		return false
+	}
+	f, _, err := d.open(name)
 	if err != nil {
 		return false
 	}
-	root.Close()
-	return len(files) > 0
+	f.Close()
+	return true
 }
 
 // sha256 returns the file's SHA-256, from the cache while its size and
 // mtime are unchanged.
-func (d *downloads) sha256(root *os.Root, fi fs.FileInfo) (string, error) {
+func (d *downloads) sha256(fi dlFile) (string, error) {
 	name := fi.Name()
+	key := strconv.Itoa(fi.dir) + "/" + name
 	d.mu.Lock()
-	c, ok := d.sums[name]
+	c, ok := d.sums[key]
 	d.mu.Unlock()
 	if ok && c.size == fi.Size() && c.mtime.Equal(fi.ModTime()) {
 		return c.sum, nil
 	}
+	root, err := os.OpenRoot(d.dirs[fi.dir])
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
 	f, err := root.Open(name)
 	if err != nil {
 		return "", err
@@ -119,34 +168,56 @@ func (d *downloads) sha256(root *os.Root, fi fs.FileInfo) (string, error) {
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	d.mu.Lock()
-	d.sums[name] = fileSum{size: fi.Size(), mtime: fi.ModTime(), sum: sum}
+	d.sums[key] = fileSum{size: fi.Size(), mtime: fi.ModTime(), sum: sum}
 	d.mu.Unlock()
 	return sum, nil
 }
 
+// open opens name from the first folder that has it as a regular file.
+func (d *downloads) open(name string) (*os.File, fs.FileInfo, error) {
+	for _, dir := range d.dirs {
+		root, err := os.OpenRoot(dir)
+		if err != nil {
+			continue
+		}
+		f, err := root.Open(name)
+		root.Close()
+		if err != nil {
+			continue
+		}
+		fi, err := f.Stat()
+		if err != nil || !fi.Mode().IsRegular() {
+			f.Close()
+			continue
+		}
+		return f, fi, nil
+	}
+	return nil, nil, fs.ErrNotExist
+}
+
 func (w *web) handleDownloads(rw http.ResponseWriter, r *http.Request) {
-	files, root, err := w.dl.list()
-	if err != nil || len(files) == 0 {
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			w.s.log.Warn("downloads folder", "err", err)
-		}
-		if root != nil {
-			root.Close()
-		}
+	files, err := w.dl.list()
+	if err != nil {
+		w.s.log.Warn("downloads folder", "err", err)
+	}
+	if len(files) == 0 {
 		http.NotFound(rw, r)
 		return
 	}
-	defer root.Close()
 	p := pages["downloads"]
 	d := w.pageData(p, r)
 	d.HasDownloads = true
 	for _, fi := range files {
-		sum, err := w.dl.sha256(root, fi)
+		sum, err := w.dl.sha256(fi)
 		if err != nil {
 			w.s.log.Warn("downloads: hash", "err", err)
 			continue
 		}
-		d.Downloads = append(d.Downloads, download{Name: fi.Name(), Size: humanSize(fi.Size()), SHA256: sum})
+		dl := download{Name: fi.Name(), Size: humanSize(fi.Size()), SHA256: sum, Release: fi.dir == 1}
+		if dl.Release {
+			d.HasReleases = true
+		}
+		d.Downloads = append(d.Downloads, dl)
 	}
 	w.render(rw, p, d)
 }
@@ -163,23 +234,12 @@ func (w *web) serveDownload(rw http.ResponseWriter, r *http.Request, name string
 		http.NotFound(rw, r)
 		return
 	}
-	root, err := os.OpenRoot(w.dl.dir)
-	if err != nil {
-		http.NotFound(rw, r)
-		return
-	}
-	defer root.Close()
-	f, err := root.Open(name)
+	f, fi, err := w.dl.open(name)
 	if err != nil {
 		http.NotFound(rw, r)
 		return
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() {
-		http.NotFound(rw, r)
-		return
-	}
 	ctype := mime.TypeByExtension(filepath.Ext(name))
 	if ctype == "" || strings.HasPrefix(ctype, "text/html") {
 		ctype = "application/octet-stream"

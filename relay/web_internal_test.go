@@ -82,12 +82,11 @@ func TestDownloadsSumCachedBySizeAndMtime(t *testing.T) {
 	d := newDownloads(dir)
 	sum := func() string {
 		t.Helper()
-		files, root, err := d.list()
+		files, err := d.list()
 		if err != nil || len(files) != 1 {
 			t.Fatalf("list: %v %v", files, err)
 		}
-		defer root.Close()
-		s, err := d.sha256(root, files[0])
+		s, err := d.sha256(files[0])
 		if err != nil {
 			t.Fatal(err)
 		}

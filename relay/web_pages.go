@@ -168,6 +168,7 @@ type pageData struct {
 	Admin        string
 	Registration string
 	HasDownloads bool
+	HasReleases  bool // the relay's own release files are among Downloads
 	Limits       limits
 
 	Join      joinCode

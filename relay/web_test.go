@@ -1109,3 +1109,50 @@ func TestDCLoginUsesHTTPSPortWhenOthersAreOff(t *testing.T) {
 		t.Fatalf("dclogin %s, want both ports %s", u, port)
 	}
 }
+
+// The relay's own release files are offered beside the client apps, with
+// their signatures, and a note on checking them.
+func TestDownloadsOffersReleases(t *testing.T) {
+	apps, rels := t.TempDir(), t.TempDir()
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.DownloadsDir = apps; c.ReleasesDir = rels })
+	bin := []byte("a chatrelay binary")
+	os.WriteFile(filepath.Join(rels, "chatrelay-1.0.0-linux-amd64"), bin, 0o755)
+	os.WriteFile(filepath.Join(rels, "chatrelay-1.0.0-linux-amd64.minisig"), []byte("sig"), 0o644)
+	os.WriteFile(filepath.Join(rels, "same.txt"), []byte("from releases"), 0o644)
+	os.WriteFile(filepath.Join(apps, "same.txt"), []byte("from apps"), 0o644)
+	os.WriteFile(filepath.Join(apps, "deltachat.apk"), []byte("apk"), 0o644)
+
+	resp, body := fetch(t, r, "/downloads")
+	doc := checkHTMLPage(t, resp, body)
+	var names []string
+	for _, a := range findAll(doc, "a") {
+		if href := attr(a, "href"); strings.HasPrefix(href, "/downloads/") {
+			names = append(names, href)
+		}
+	}
+	want := "/downloads/chatrelay-1.0.0-linux-amd64 /downloads/chatrelay-1.0.0-linux-amd64.minisig /downloads/deltachat.apk /downloads/same.txt"
+	if got := strings.Join(names, " "); got != want {
+		t.Errorf("listed %q, want %q", got, want)
+	}
+	sum := sha256.Sum256(bin)
+	if !strings.Contains(body, hex.EncodeToString(sum[:])) || !strings.Contains(body, "chatrelay verify") {
+		t.Errorf("/downloads lacks the release's sum or the note on verifying:\n%s", body)
+	}
+	if resp, got := fetch(t, r, "/downloads/chatrelay-1.0.0-linux-amd64"); resp.StatusCode != 200 || got != string(bin) {
+		t.Errorf("release download: %d %q", resp.StatusCode, got)
+	}
+	if resp, got := fetch(t, r, "/downloads/chatrelay-1.0.0-linux-amd64.minisig"); resp.StatusCode != 200 || got != "sig" {
+		t.Errorf("signature download: %d %q", resp.StatusCode, got)
+	}
+	// The operator's folder comes first.
+	if _, got := fetch(t, r, "/downloads/same.txt"); got != "from apps" {
+		t.Errorf("same.txt: %q", got)
+	}
+	// No note without release files.
+	os.Remove(filepath.Join(rels, "chatrelay-1.0.0-linux-amd64"))
+	os.Remove(filepath.Join(rels, "chatrelay-1.0.0-linux-amd64.minisig"))
+	os.Remove(filepath.Join(rels, "same.txt"))
+	if _, body := fetch(t, r, "/downloads"); strings.Contains(body, "chatrelay verify") {
+		t.Error("note on release files without any")
+	}
+}

@@ -83,6 +83,13 @@ func statusCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var st control.Status
 			if err := t.call(cmd, control.CmdStatus, nil, &st, nil); err != nil {
+				// A relay that is down may be so after an upgrade:
+				// say what that did.
+				if dir, derr := t.dataDir(cmd); derr == nil {
+					if u := control.ReadUpgrade(dir); u != nil {
+						printUpgrade(cmd.ErrOrStderr(), u)
+					}
+				}
 				return err
 			}
 			printStatus(cmd.OutOrStdout(), &st, time.Now())
@@ -131,6 +138,9 @@ func printStatus(out io.Writer, st *control.Status, now time.Time) {
 		}
 	}
 	printTURN(out, st.TURN)
+	if st.LastUpgrade != nil {
+		printUpgrade(out, st.LastUpgrade)
+	}
 	if len(st.RecentErrors) == 0 {
 		fmt.Fprintln(out, "recent errors: none")
 	} else {
@@ -138,6 +148,18 @@ func printStatus(out io.Writer, st *control.Status, now time.Time) {
 		for _, l := range st.RecentErrors {
 			fmt.Fprintf(out, "  %s\n", l)
 		}
+	}
+}
+
+// printUpgrade shows the last upgrade's outcome, with the reason when it
+// did not end on the new version.
+func printUpgrade(out io.Writer, u *control.Upgrade) {
+	fmt.Fprintf(out, "last upgrade: %s -> %s on %s: %s\n", u.From, u.To, u.Time.UTC().Format("2006-01-02 15:04 UTC"), u.Outcome)
+	if u.Reason != "" {
+		fmt.Fprintf(out, "              %s\n", u.Reason)
+	}
+	if u.IndexBak != "" && u.Outcome != control.UpgradeRefused {
+		fmt.Fprintf(out, "              index backup: %s\n", u.IndexBak)
 	}
 }
 

@@ -23,7 +23,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), versionCmd())
+	root.AddCommand(serveCmd(), versionCmd(), verifyCmd(), upgradeCmd())
 	root.AddCommand(installCmd(), uninstallCmd(), dnsCmd())
 	root.AddCommand(adminCmds()...)
 	if err := root.Execute(); err != nil {

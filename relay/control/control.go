@@ -122,6 +122,34 @@ type Status struct {
 	DiskFree     int64        `json:"disk_free"` // bytes available in the data dir, -1 unknown
 	RecentErrors []string     `json:"recent_errors,omitempty"`
 	TURN         *TURNStatus  `json:"turn,omitempty"` // nil: no TURN offered
+	// Schema is the index schema version the relay reads and writes.
+	Schema uint64 `json:"schema,omitempty"`
+	// LastUpgrade is what the last `chatrelay upgrade` did, nil if none.
+	LastUpgrade *Upgrade `json:"last_upgrade,omitempty"`
+}
+
+// UpgradeFile is where `chatrelay upgrade` records its outcome, in the
+// data directory; `status` shows it.
+const UpgradeFile = "upgrade-status.json"
+
+// Upgrade outcomes.
+const (
+	UpgradeDone       = "upgraded"
+	UpgradeRolledBack = "rolled back"
+	UpgradeFailed     = "failed" // and the rollback failed too: see Reason
+	UpgradeRefused    = "refused"
+	UpgradeRunning    = "in progress"
+)
+
+// Upgrade is the record of one `chatrelay upgrade`.
+type Upgrade struct {
+	Time     time.Time `json:"time"`
+	From     string    `json:"from"`
+	To       string    `json:"to"`
+	Outcome  string    `json:"outcome"`
+	Reason   string    `json:"reason,omitempty"`
+	Steps    []string  `json:"steps,omitempty"`
+	IndexBak string    `json:"index_backup,omitempty"`
 }
 
 // TURNStatus is TURN for calls: an external server, or the built-in one
