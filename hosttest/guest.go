@@ -38,8 +38,14 @@ type Guest struct {
 	exitErr error
 }
 
-// HostIf is the host side of the guest's veth pair.
-func (g *Guest) HostIf() string { return "ve-" + g.Name }
+// HostIf is the host side of the guest's veth pair (on a bridge, the
+// port systemd-nspawn adds to it).
+func (g *Guest) HostIf() string {
+	if g.Bridge != "" {
+		return "vb-" + g.Name
+	}
+	return "ve-" + g.Name
+}
 
 // NewGuest unpacks the image into dir and writes the guest's network
 // configuration.
@@ -309,13 +315,11 @@ func (g *Guest) waitExit(ctx context.Context, verb string) error {
 // and its mount propagation folder.
 func (g *Guest) Destroy() error {
 	err := g.Stop()
-	if g.Bridge == "" {
-		if _, lerr := os.Stat("/sys/class/net/" + g.HostIf()); lerr == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if _, lerr := output(ctx, "ip", "link", "del", g.HostIf()); err == nil {
-				err = lerr
-			}
+	if _, lerr := os.Stat("/sys/class/net/" + g.HostIf()); lerr == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, lerr := output(ctx, "ip", "link", "del", g.HostIf()); err == nil {
+			err = lerr
 		}
 	}
 	os.RemoveAll("/run/systemd/nspawn/propagate/" + g.Name)
