@@ -86,7 +86,8 @@ func setupEnv() (*env, error) {
 	}
 	fmt.Printf("guest image %s ready in %s\n", filepath.Base(image), time.Since(start).Round(time.Second))
 
-	work, err := os.MkdirTemp(cache, "run-")
+	sweepStale(cache)
+	work, err := os.MkdirTemp(cache, fmt.Sprintf("run-%d-", os.Getpid()))
 	if err != nil {
 		return nil, err
 	}
@@ -106,6 +107,55 @@ func setupEnv() (*env, error) {
 		}
 	}
 	return e, nil
+}
+
+// sweepStale removes what a run killed before its cleanup (a test binary
+// past its -timeout) left behind: its guest folders and the host ends of
+// its links. Names carry the run's process id; only runs whose process is
+// gone are swept.
+func sweepStale(cache string) {
+	alive := func(pid int) bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+		return err == nil
+	}
+	dirs, _ := filepath.Glob(filepath.Join(cache, "run-*-*"))
+	for _, d := range dirs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(d), "run-%d-", &pid); err == nil && pid != os.Getpid() && !alive(pid) {
+			os.RemoveAll(d)
+		}
+	}
+	links, _ := filepath.Glob("/sys/class/net/*")
+	for _, l := range links {
+		name := filepath.Base(l)
+		var pid int
+		var ok bool
+		for _, pat := range []string{"ve-cr%05d", "vb-cr%05d", "crb%05d"} {
+			if _, err := fmt.Sscanf(name, pat, &pid); err == nil {
+				ok = true
+				break
+			}
+		}
+		// Only five digits of the id are in the name: sweep only when no
+		// process ends in them.
+		if !ok || pid == os.Getpid()%100000 || anyPIDEndsIn(pid) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		output(ctx, "ip", "link", "del", name)
+		cancel()
+	}
+}
+
+func anyPIDEndsIn(suffix int) bool {
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(p), "%d", &pid); err == nil && pid%100000 == suffix {
+			return true
+		}
+	}
+	return false
 }
 
 func tail(s string, n int) string {
