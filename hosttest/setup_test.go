@@ -76,13 +76,18 @@ func setupEnv() (*env, error) {
 			return nil, fmt.Errorf("%w (set %s)", err, MirrorEnv)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	start := time.Now()
 	log := &lockedBuffer{}
 	image, err := Image(ctx, cache, mirror, log)
 	if err != nil {
 		return nil, fmt.Errorf("%w\n%s", err, tail(log.String(), 40))
+	}
+	for _, l := range strings.Split(log.String(), "\n") {
+		if strings.HasPrefix(l, "debootstrap took") {
+			fmt.Println(l)
+		}
 	}
 	fmt.Printf("guest image %s ready in %s\n", filepath.Base(image), time.Since(start).Round(time.Second))
 

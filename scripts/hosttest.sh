@@ -54,8 +54,8 @@ cd "$root"
 CHATRELAY_HOSTTEST=1 timeout --kill-after=30s 25m \
   "$GO" test -count=1 -v -timeout 20m ./hosttest/ >"$log" 2>&1
 rc=$?
-grep -E -- '^ *--- (PASS|FAIL|SKIP)|^(guest image|host tests:)|^(ok|FAIL|panic)' "$log" |
-  sed -E 's/^( *)--- /\1/'
+grep -E -- '^ *--- (PASS|FAIL|SKIP)|^(guest image|debootstrap took|host tests:)|^(ok|FAIL|panic)|: systemd-analyze security chatrelay.service: ' "$log" |
+  sed -E 's/^( *)--- /\1/; s/^ +[a-z_]+_test.go:[0-9]+: /    measured: /'
 if [ $rc -ne 0 ]; then
   echo "hosttest: FAIL (exit $rc); the log's failures:"
   grep -E -B2 -A20 -- '--- FAIL' "$log" | grep -vE '^ *--- (PASS|SKIP)' | head -150
