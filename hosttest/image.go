@@ -8,7 +8,6 @@
 package hosttest
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -147,7 +146,7 @@ func Image(ctx context.Context, cacheDir, mirror string, log io.Writer) (string,
 	start := time.Now()
 	args := []string{"--variant=minbase", "--include=" + strings.Join(GuestPackages, ","), Suite, root, mirror}
 	if err := run(ctx, log, "debootstrap", args...); err != nil {
-		return "", fmt.Errorf("debootstrap (log: %s): %w", filepath.Join(work, "root", "debootstrap", "debootstrap.log"), err)
+		return "", fmt.Errorf("debootstrap from %s: %w", mirror, err)
 	}
 	fmt.Fprintf(log, "debootstrap took %s\n", time.Since(start).Round(time.Second))
 	if err := prepareRoot(ctx, root, log); err != nil {
@@ -211,15 +210,6 @@ func Missing() []string {
 		}
 	}
 	return miss
-}
-
-// firstLine is the first line of s, for short messages.
-func firstLine(s string) string {
-	sc := bufio.NewScanner(strings.NewReader(s))
-	if sc.Scan() {
-		return sc.Text()
-	}
-	return ""
 }
 
 var errStopped = errors.New("guest stopped")
