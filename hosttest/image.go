@@ -17,7 +17,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -141,7 +143,9 @@ func Image(ctx context.Context, cacheDir, mirror string, log io.Writer) (string,
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(work)
+	// A debootstrap cut short leaves /proc and /sys mounted in the root:
+	// unmount them before removing anything.
+	defer removeUnmounted(work, log)
 	root := filepath.Join(work, "root")
 	start := time.Now()
 	args := []string{"--variant=minbase", "--include=" + strings.Join(GuestPackages, ","), Suite, root, mirror}
@@ -179,10 +183,39 @@ func prepareRoot(ctx context.Context, root string, log io.Writer) error {
 	return os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("guest\n"), 0o644)
 }
 
-// run runs a host command with its output into log.
+// removeUnmounted unmounts every mount under dir, deepest first, and
+// removes dir; it leaves dir in place when something stays mounted.
+func removeUnmounted(dir string, log io.Writer) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		fmt.Fprintf(log, "not removing %s: %v\n", dir, err)
+		return
+	}
+	var mounts []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			mounts = append(mounts, f[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
+	for _, m := range mounts {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			fmt.Fprintf(log, "not removing %s: unmount %s: %v\n", dir, m, err)
+			return
+		}
+	}
+	os.RemoveAll(dir)
+}
+
+// run runs a host command with its output into log. When ctx ends the
+// command's whole process group is killed (debootstrap runs dpkg and
+// maintainer scripts under it).
 func run(ctx context.Context, log io.Writer, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)

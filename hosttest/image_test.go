@@ -3,6 +3,8 @@ package hosttest
 import (
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -44,5 +46,29 @@ func TestImageNameFollowsThePackageList(t *testing.T) {
 	GuestPackages = append(append([]string(nil), saved...), "extra")
 	if ImageName() == a {
 		t.Error("a changed package list keeps the image name: the cached image would be reused")
+	}
+}
+
+// What a killed debootstrap leaves mounted is unmounted, then removed; a
+// plain RemoveAll would walk into the mounted /proc.
+func TestRemoveUnmountedUnmountsFirst(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	dir := filepath.Join(t.TempDir(), "debootstrap-x")
+	inner := filepath.Join(dir, "root", "proc")
+	os.MkdirAll(inner, 0o755)
+	if err := syscall.Mount("tmpfs", inner, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount tmpfs here: %v", err)
+	}
+	os.WriteFile(filepath.Join(inner, "f"), []byte("x"), 0o644)
+	var log strings.Builder
+	removeUnmounted(dir, &log)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		syscall.Unmount(inner, syscall.MNT_DETACH)
+		t.Fatalf("%s still there (%v); log: %s", dir, err, log.String())
+	}
+	if m, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(m), inner) {
+		t.Errorf("%s still mounted", inner)
 	}
 }
