@@ -3,7 +3,7 @@ GO ?= go
 DELTACHAT_DIR ?= $(CURDIR)/.cache/deltachat
 export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rpc-server-linux-x64/deltachat-rpc-server
 
-.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench clean release release-check
+.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench clean release release-check hosttest
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev) -X github.com/chatrelay/chatrelay/release.compiledKey=$(RELEASE_PUB)" -o bin/chatrelay ./cmd/chatrelay
@@ -38,6 +38,14 @@ check:
 
 test: deltachat tools check
 	$(GO) test -race -timeout 25m ./...
+	GO="$(GO)" scripts/hosttest.sh --optional
+
+# Real Debian hosts (TESTING.md layer 8): install, reboot, upgrade,
+# uninstall and the no-outside-world drill in systemd-nspawn guests. Needs
+# root; installs debootstrap, systemd-container and nftables with apt-get.
+# CHATRELAY_HOSTTEST_CACHE keeps the guest image (default .cache/hosttest).
+hosttest: deltachat
+	GO="$(GO)" scripts/hosttest.sh
 
 FUZZTIME ?= 30s
 fuzz:

@@ -3,6 +3,7 @@ package install
 import (
 	"fmt"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -119,6 +120,18 @@ func tomlValue(v reflect.Value) string {
 			parts[i] = tomlValue(v.Index(i))
 		}
 		return "[" + strings.Join(parts, ", ") + "]"
+	case reflect.Map:
+		// An inline table, keys sorted so the file is the same every time.
+		keys := v.MapKeys()
+		sort.Slice(keys, func(i, j int) bool { return fmt.Sprint(keys[i]) < fmt.Sprint(keys[j]) })
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = strconv.Quote(fmt.Sprint(k)) + " = " + tomlValue(v.MapIndex(k))
+		}
+		if len(parts) == 0 {
+			return "{}"
+		}
+		return "{ " + strings.Join(parts, ", ") + " }"
 	default:
 		return fmt.Sprintf("%q", fmt.Sprint(v.Interface()))
 	}

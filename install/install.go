@@ -111,6 +111,7 @@ type Result struct {
 type facts struct {
 	userExists   bool
 	configExists bool
+	unitExists   bool
 	upgrade      bool
 	sameBinary   bool
 }
@@ -232,7 +233,10 @@ func (o *Options) gatherFacts() facts {
 		return err == nil
 	}
 	f.configExists = exists(ConfigPath)
-	f.upgrade = exists(UnitPath) || exists(BinaryPath)
+	f.unitExists = exists(UnitPath)
+	// Data kept by a plain uninstall makes this an upgrade too: the
+	// accounts, key and config are picked up again.
+	f.upgrade = f.unitExists || exists(BinaryPath) || exists(DataDir) || f.configExists
 	f.sameBinary = sameFile(o.Binary, hostPath(o.Root, BinaryPath))
 	if o.Root != "" {
 		f.userExists = userExists(hostPath(o.Root, "/etc/passwd"), User)
@@ -265,7 +269,7 @@ func mailDomain(o Options) string {
 }
 
 // checkSteps is how many steps at the start of an install plan only look.
-const checkSteps = 2
+const checkSteps = 3
 
 func planInstall(o *Options, f facts, res *Result) *Plan {
 	rootMode := o.Root != ""
@@ -305,6 +309,16 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 	}
 	p.Steps = append(p.Steps, portStep)
 
+	// The config is the operator's: it is checked before anything
+	// changes, and never replaced.
+	p.Steps = append(p.Steps, Step{
+		Title: "checking the existing config",
+		Action: func(_ context.Context, root string) (string, error) {
+			return checkConfig(hostPath(root, ConfigPath), *o)
+		},
+		Hint: "fix the config file (or move it away to get a fresh one) and run chatrelay install again",
+	})
+
 	userStep := Step{
 		Title: "creating system user " + User,
 		Hint:  "check that useradd (package passwd) is installed and /etc/passwd is writable",
@@ -339,11 +353,7 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 	p.Steps = append(p.Steps, Step{
 		Title: "writing config " + ConfigPath,
 		Files: []File{cfg},
-		// The config is the operator's: check what is there, never replace it.
-		Action: func(_ context.Context, root string) (string, error) {
-			return checkConfig(hostPath(root, ConfigPath), *o)
-		},
-		Hint: "fix the config file (or move it away to get a fresh one) and run chatrelay install again",
+		Hint:  "check that " + ConfigDir + " is writable and that the disk is not full",
 	})
 
 	keyPath := DKIMKeyPath(DataDir)
@@ -398,14 +408,26 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 	})
 
 	// Ownership last: the key was made by root inside the data directory.
-	p.Steps = append(p.Steps, Step{
-		Title: "setting owners",
-		Commands: []Command{
-			{Args: []string{"chown", "root:" + User, ConfigDir, ConfigPath}},
-			{Args: []string{"chown", "-R", User + ":" + User, DataDir, BackupDir}},
-		},
-		Hint: "check that the user " + User + " exists (getent passwd " + User + ")",
-	})
+	owners := Step{
+		Title:    "setting owners",
+		Commands: []Command{{Args: []string{"chown", "root:" + User, ConfigDir, ConfigPath}}},
+		Hint:     "check that the user " + User + " exists (getent passwd " + User + ")",
+	}
+	if _, rec := o.Runner.(*Recorder); rec {
+		// The target's user is not this host's: say what to run there.
+		owners.Commands = append(owners.Commands, Command{Args: []string{"chown", "-R", User + ":" + User, DataDir, BackupDir}})
+	} else {
+		// On a big relay a chown -R would rewrite every message file's
+		// inode on every upgrade: change only the owners that are wrong.
+		owners.Action = func(_ context.Context, root string) (string, error) {
+			n, err := FixOwners(User, hostPath(root, DataDir), hostPath(root, BackupDir))
+			if n > 0 {
+				return fmt.Sprintf("%d owner(s) fixed", n), err
+			}
+			return "", err
+		}
+	}
+	p.Steps = append(p.Steps, owners)
 
 	fw := Step{
 		Title:    "opening the relay's ports in the firewall (" + o.Firewall + ")",
@@ -428,7 +450,7 @@ func planInstall(o *Options, f facts, res *Result) *Plan {
 		},
 		Hint: "see why with `systemctl status chatrelay` and `journalctl -u chatrelay -n 50 --no-pager`",
 	}
-	if f.upgrade {
+	if f.unitExists {
 		// enable --now leaves a running service alone; the new binary and
 		// unit take effect on restart.
 		svc.Commands = append(svc.Commands, Command{Args: []string{"systemctl", "restart", UnitName}})
@@ -506,9 +528,13 @@ func offerRelease(binary, dir string, releaseKey func() (minisign.PublicKey, err
 	return name + " and its signature", nil
 }
 
-// checkConfig reads the config as the server will and notes when it is
-// not for the domain asked for.
+// checkConfig reads an existing config as the server will and refuses
+// one that is not for the relay the flags ask for: its accounts would not
+// be the ones the printed join code makes, so nothing could log in.
 func checkConfig(path string, o Options) (string, error) {
+	if _, err := os.Lstat(path); os.IsNotExist(err) {
+		return "none yet", nil
+	}
 	cfg := relay.Default()
 	if err := cfg.LoadFile(path); err != nil {
 		return "", err
@@ -516,13 +542,20 @@ func checkConfig(path string, o Options) (string, error) {
 	if err := cfg.Validate(); err != nil {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
-	switch {
-	case o.Domain != "" && !strings.EqualFold(cfg.Domain, o.Domain):
-		return fmt.Sprintf("note: it says domain %q, not %q; edit it if that is wrong", cfg.Domain, o.Domain), nil
-	case o.IP != "" && cfg.IP != o.IP:
-		return fmt.Sprintf("note: it says ip %q, not %q; edit it if that is wrong", cfg.IP, o.IP), nil
+	if cfg.IP == o.IP && strings.EqualFold(cfg.Domain, o.Domain) {
+		return "kept, for " + relayFlag(cfg.Domain, cfg.IP), nil
 	}
-	return "", nil
+	return "", fmt.Errorf("%s is for %s, not %s: the accounts there and the join code for %s would not match. "+
+		"To keep that relay, run the install with %s; to change the relay's address, edit the file or move it away",
+		path, relayFlag(cfg.Domain, cfg.IP), relayFlag(o.Domain, o.IP), relayFlag(o.Domain, o.IP), relayFlag(cfg.Domain, cfg.IP))
+}
+
+// relayFlag is the install flag for a config's mode: --domain D or --ip A.
+func relayFlag(domain, ip string) string {
+	if ip != "" {
+		return "--ip " + ip
+	}
+	return "--domain " + domain
 }
 
 // imapsAddr is where the installed relay answers IMAP over TLS: the

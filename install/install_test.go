@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -177,7 +178,7 @@ func TestInstallIntoRootLaysOutEveryFile(t *testing.T) {
 	if res.Upgrade || res.ConfigKept {
 		t.Errorf("fresh install reported upgrade=%v configKept=%v", res.Upgrade, res.ConfigKept)
 	}
-	if !strings.Contains(out, "[1/12] checking the system ... skipped (--root)") || !strings.Contains(out, "[5/12] writing config /etc/chatrelay/chatrelay.toml ... ok") {
+	if !strings.Contains(out, "[1/13] checking the system ... skipped (--root)") || !strings.Contains(out, "[6/13] writing config /etc/chatrelay/chatrelay.toml ... ok") {
 		t.Errorf("progress lines missing:\n%s", out)
 	}
 }
@@ -219,7 +220,7 @@ func TestInstallAgainKeepsConfigAndKey(t *testing.T) {
 	}
 	key, _ := os.ReadFile(keyPath)
 
-	res, out := installRoot(t, root, Options{Domain: "other.example", Email: "x@y.z", Binary: fakeBinary(t, "v2")})
+	res, out := installRoot(t, root, Options{Domain: "example.org", Email: "x@y.z", Binary: fakeBinary(t, "v2")})
 
 	if got, _ := os.ReadFile(cfgPath); !bytes.Equal(got, edited) {
 		t.Errorf("config changed by the second install:\n%s", got)
@@ -238,7 +239,7 @@ func TestInstallAgainKeepsConfigAndKey(t *testing.T) {
 	}
 	for _, want := range []string{
 		"kept existing /etc/chatrelay/chatrelay.toml",
-		`it says domain "example.org", not "other.example"`,
+		"checking the existing config ... kept, for --domain example.org",
 		"kept existing key",
 		"Kept the existing config",
 	} {
@@ -300,7 +301,7 @@ func TestInstallStopsAtBusyPort(t *testing.T) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
 	}
-	if !strings.Contains(out.String(), "[2/12] checking ports "+itoa(l.port)+" ... failed") {
+	if !strings.Contains(out.String(), "[2/13] checking ports "+itoa(l.port)+" ... failed") {
 		t.Errorf("progress:\n%s", out.String())
 	}
 	if _, err := os.Stat(filepath.Join(root, ConfigPath)); err == nil {
@@ -320,7 +321,7 @@ func TestUninstallKeepsDataUnlessPurge(t *testing.T) {
 		gone := []string{UnitPath, BinaryPath}
 		kept := []string{ConfigPath, DKIMKeyPath(DataDir)}
 		if purge {
-			gone, kept = append(gone, DataDir, ConfigDir), nil
+			gone, kept = append(gone, DataDir, BackupDir, ConfigDir), nil
 		}
 		for _, p := range gone {
 			if _, err := os.Lstat(filepath.Join(root, p)); !os.IsNotExist(err) {
@@ -406,8 +407,34 @@ func TestConfigFileDefaultsParse(t *testing.T) {
 	}
 	want := relay.Default()
 	want.Domain, want.DataDir = "example.org", DataDir
+	if len(cfg.Federation.StaticRoutes) == 0 && len(want.Federation.StaticRoutes) == 0 {
+		cfg.Federation.StaticRoutes, want.Federation.StaticRoutes = nil, nil // {} reads as empty, not nil
+	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("uncommented defaults give\n%+v\nwant\n%+v", cfg, want)
+	}
+}
+
+// Maps are TOML inline tables (a Go "map[]" string would be read as
+// nothing at all).
+func TestConfigFileRendersMapsAsTables(t *testing.T) {
+	text := string(ConfigFile(ConfigOptions{Domain: "example.org", DataDir: DataDir}))
+	if !strings.Contains(text, "\n# static_routes = {}\n") {
+		t.Errorf("static_routes not rendered as an empty table:\n%s", text)
+	}
+	routes := map[string]string{"b.example": "10.0.0.2:25", "a.example": "10.0.0.1"}
+	line := "static_routes = " + tomlValue(reflect.ValueOf(routes))
+	if want := `static_routes = { "a.example" = "10.0.0.1", "b.example" = "10.0.0.2:25" }`; line != want {
+		t.Errorf("got %s, want %s", line, want)
+	}
+	p := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(p, []byte("domain = \"example.org\"\n[federation]\n"+line+"\n"), 0o600)
+	cfg := relay.Default()
+	if err := cfg.LoadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg.Federation.StaticRoutes, routes) {
+		t.Errorf("read back %v, want %v", cfg.Federation.StaticRoutes, routes)
 	}
 }
 
@@ -466,7 +493,7 @@ func TestHostPlan(t *testing.T) {
 		t.Errorf("host install runs commands with %T", o.Runner)
 	}
 	p := planInstall(&o, facts{userExists: true}, &Result{})
-	if len(p.Steps) != 12 || p.Steps[1].Title != "checking ports 25, 143, 465, 587, 993, 443, 80, 3478" {
+	if len(p.Steps) != 13 || p.Steps[1].Title != "checking ports 25, 143, 465, 587, 993, 443, 80, 3478" {
 		t.Errorf("steps: %d, port step %q", len(p.Steps), p.Steps[1].Title)
 	}
 	for _, c := range argv(p.Commands()) {
@@ -483,7 +510,7 @@ func TestInstallWaitsForTheRelay(t *testing.T) {
 	up := imapServer(t, "* OK chatrelay ready\r\n")
 	root := t.TempDir()
 	_, out := installRoot(t, root, Options{Domain: "example.org", Binary: fakeBinary(t, "x"), HealthAddr: up})
-	if !strings.Contains(out, "[12/12] waiting for the relay to answer IMAP ... ok ("+up+")") {
+	if !strings.Contains(out, "[13/13] waiting for the relay to answer IMAP ... ok ("+up+")") {
 		t.Errorf("output:\n%s", out)
 	}
 
@@ -534,5 +561,90 @@ func TestInstallWithProxy(t *testing.T) {
 	}
 	if _, err := Install(context.Background(), Options{Root: t.TempDir(), Domain: "chat.example.org", Binary: fakeBinary(t, "x"), Proxy: "http"}); err == nil || !strings.Contains(err.Error(), "--proxy") {
 		t.Fatalf("bad --proxy accepted: %v", err)
+	}
+}
+
+// An install whose flags are not the existing config's would print a join
+// code for a relay that does not exist: refused, before anything changes.
+func TestInstallRefusesAConfigOfAnotherRelay(t *testing.T) {
+	for _, tc := range []struct {
+		first, again Options
+		want         string
+	}{
+		{Options{IP: "203.0.113.7"}, Options{Domain: "example.org"}, "is for --ip 203.0.113.7, not --domain example.org"},
+		{Options{Domain: "example.org"}, Options{IP: "203.0.113.7"}, "is for --domain example.org, not --ip 203.0.113.7"},
+		{Options{IP: "203.0.113.7"}, Options{IP: "203.0.113.8"}, "run the install with --ip 203.0.113.7"},
+		{Options{Domain: "example.org"}, Options{Domain: "other.example"}, "run the install with --domain example.org"},
+	} {
+		root := t.TempDir()
+		tc.first.Binary = fakeBinary(t, "v1")
+		installRoot(t, root, tc.first)
+		// Take the user away: a refused install must not add it back.
+		os.Remove(filepath.Join(root, "etc/passwd"))
+		cfg, _ := os.ReadFile(filepath.Join(root, ConfigPath))
+		var out bytes.Buffer
+		tc.again.Root, tc.again.Out, tc.again.Binary = root, &out, fakeBinary(t, "v2")
+		_, err := Install(context.Background(), tc.again)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v over %+v: err = %v, want %q", tc.again.IP+tc.again.Domain, tc.first.IP+tc.first.Domain, err, tc.want)
+		}
+		if !strings.Contains(out.String(), "[3/13] checking the existing config ... failed") {
+			t.Errorf("progress:\n%s", out.String())
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, ConfigPath)); !bytes.Equal(got, cfg) {
+			t.Error("config changed by a refused install")
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, BinaryPath)); string(got) != "v1" {
+			t.Errorf("binary replaced by a refused install: %q", got)
+		}
+	}
+}
+
+// After a plain uninstall the data and config are still there: installing
+// again is an upgrade of that relay, and says so.
+func TestInstallOverKeptDataIsAnUpgrade(t *testing.T) {
+	root := t.TempDir()
+	installRoot(t, root, Options{IP: "203.0.113.7", Binary: fakeBinary(t, "v1")})
+	if _, _, err := Uninstall(context.Background(), UninstallOptions{Root: root}); err != nil {
+		t.Fatal(err)
+	}
+	res, out := installRoot(t, root, Options{IP: "203.0.113.7", Binary: fakeBinary(t, "v1")})
+	if !res.Upgrade || !res.ConfigKept {
+		t.Errorf("upgrade=%v configKept=%v after uninstall, want both", res.Upgrade, res.ConfigKept)
+	}
+	if !strings.Contains(out, "kept existing key") {
+		t.Errorf("output:\n%s", out)
+	}
+	// The unit was gone: nothing to restart, enable --now starts it.
+	if cmds := argv(res.Commands); slices.Contains(cmds, "systemctl restart chatrelay.service") {
+		t.Errorf("commands %q restart a service that was not installed", cmds)
+	}
+}
+
+func TestFixOwnersChangesOnlyWrongOwners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("changing owners needs root")
+	}
+	dir := t.TempDir()
+	for _, p := range []string{"a/1", "a/2", "b/3"} {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o700)
+		os.WriteFile(filepath.Join(dir, p), []byte("x"), 0o600)
+	}
+	const nobody = 65534
+	// dir, a, b and three files: six entries owned by root.
+	n, err := fixOwners(nobody, nobody, dir, filepath.Join(dir, "missing"))
+	if err != nil || n != 6 {
+		t.Fatalf("first run changed %d (%v), want 6", n, err)
+	}
+	os.Lchown(filepath.Join(dir, "b/3"), 0, 0)
+	if n, err := fixOwners(nobody, nobody, dir); err != nil || n != 1 {
+		t.Errorf("second run changed %d (%v), want only the one wrong file", n, err)
+	}
+	if n, err := fixOwners(nobody, nobody, dir); err != nil || n != 0 {
+		t.Errorf("third run changed %d (%v), want none", n, err)
+	}
+	fi, _ := os.Lstat(filepath.Join(dir, "b/3"))
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody || st.Gid != nobody {
+		t.Errorf("b/3 owned by %d:%d", st.Uid, st.Gid)
 	}
 }

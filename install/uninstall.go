@@ -34,7 +34,7 @@ func Uninstall(ctx context.Context, o UninstallOptions) (*Plan, []Command, error
 	if o.Confirm != nil && (o.Root == "" || o.Purge) {
 		q := "Stop chatrelay and remove " + UnitPath + " and " + BinaryPath + "?"
 		if o.Purge {
-			q = fmt.Sprintf("Stop chatrelay and remove it with ALL its data: every account and message in %s, the DKIM key, and %s?", DataDir, ConfigDir)
+			q = fmt.Sprintf("Stop chatrelay and remove it with ALL its data: every account and message in %s, the DKIM key, the backups in %s, and %s?", DataDir, BackupDir, ConfigDir)
 		}
 		if !o.Confirm(q) {
 			return nil, nil, errors.New("nothing done (answer y, or run with --yes)")
@@ -94,8 +94,10 @@ func planUninstall(purge, unitInstalled bool) *Plan {
 	)
 	if purge {
 		p.Steps = append(p.Steps, Step{
-			Title:    "removing data, config and user " + User,
-			Remove:   []string{DataDir, ConfigDir},
+			Title: "removing data, backups, config and user " + User,
+			// The backups folder too: left behind it would belong to a
+			// user that no longer exists (and to the next one with its id).
+			Remove:   []string{DataDir, BackupDir, ConfigDir},
 			Commands: []Command{{Args: []string{"userdel", User}, MayFail: true}},
 		})
 	}

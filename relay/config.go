@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -401,12 +402,47 @@ func (c *Config) LoadFile(path string) error {
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
+	if err := checkTables(md, reflect.TypeOf(*c), nil); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
 	if undec := md.Undecoded(); len(undec) > 0 {
 		keys := make([]string, len(undec))
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
 		return fmt.Errorf("config %s: unknown key(s): %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// checkTables fails when a key that is a table in Config (a Go map) is
+// given as anything else: the TOML decoder leaves such a map empty without
+// a word, so `static_routes = "x"` would silently route nothing.
+func checkTables(md toml.MetaData, t reflect.Type, prefix []string) error {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		key := strings.Split(f.Tag.Get("toml"), ",")[0]
+		if !f.IsExported() || key == "" || key == "-" {
+			continue
+		}
+		path := append(append([]string(nil), prefix...), key)
+		switch f.Type.Kind() {
+		case reflect.Struct:
+			if f.Type == reflect.TypeOf(time.Duration(0)) {
+				continue
+			}
+			if err := checkTables(md, f.Type, path); err != nil {
+				return err
+			}
+		case reflect.Map:
+			if !md.IsDefined(path...) {
+				continue
+			}
+			if typ := md.Type(path...); typ != "Hash" && typ != "Inline Table" {
+				return fmt.Errorf("%s must be a table, like %s = { \"key\" = \"value\" }, not a %s",
+					strings.Join(path, "."), key, strings.ToLower(typ))
+			}
+		}
 	}
 	return nil
 }

@@ -105,3 +105,29 @@ func TestTURNConfigDefaultsAndMistakes(t *testing.T) {
 		}
 	}
 }
+
+// A table key given as a string (the old `static_routes = "map[]"`) is
+// an error, not an empty table.
+func TestConfigFileTableOfWrongTypeIsAnError(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "c.toml")
+	for _, bad := range []string{`"map[]"`, `"b.test=10.0.0.1"`, `5`, `["b.test"]`} {
+		os.WriteFile(p, []byte("domain = \"x.test\"\n[federation]\nstatic_routes = "+bad+"\n"), 0o600)
+		cfg := Default()
+		err := cfg.LoadFile(p)
+		if err == nil || !strings.Contains(err.Error(), "federation.static_routes must be a table") {
+			t.Errorf("static_routes = %s: err = %v", bad, err)
+		}
+	}
+	for _, good := range []string{`{}`, `{ "b.test" = "10.0.0.1" }`} {
+		os.WriteFile(p, []byte("domain = \"x.test\"\n[federation]\nstatic_routes = "+good+"\n"), 0o600)
+		cfg := Default()
+		if err := cfg.LoadFile(p); err != nil {
+			t.Errorf("static_routes = %s: %v", good, err)
+		}
+	}
+	os.WriteFile(p, []byte("domain = \"x.test\"\n[federation.static_routes]\n\"b.test\" = \"10.0.0.1\"\n"), 0o600)
+	cfg := Default()
+	if err := cfg.LoadFile(p); err != nil || cfg.Federation.StaticRoutes["b.test"] != "10.0.0.1" {
+		t.Errorf("[federation.static_routes] table: %v, %v", err, cfg.Federation.StaticRoutes)
+	}
+}

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -79,15 +81,36 @@ unless --purge: then they are deleted too, with the system user.`,
 	return cmd
 }
 
-// confirm asks on the command's input; anything but y or yes is no.
+// confirm asks on the command's input; anything but y or yes is no. A
+// piped answer is not echoed, so the prompt's line is ended here; no
+// answer at all (no terminal, empty input) says to use --yes.
 func confirm(cmd *cobra.Command) func(string) bool {
 	return func(q string) bool {
-		fmt.Fprintf(cmd.OutOrStdout(), "%s [y/N] ", q)
-		line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+		out := cmd.OutOrStdout()
+		fmt.Fprintf(out, "%s [y/N] ", q)
+		line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+		if !isTerminal(cmd.InOrStdin()) {
+			if line == "" && err != nil {
+				fmt.Fprintln(out, "\nno answer: standard input is not a terminal; run with --yes to go ahead without asking")
+				return false
+			}
+			fmt.Fprintln(out)
+		}
 		switch strings.ToLower(strings.TrimSpace(line)) {
 		case "y", "yes":
 			return true
 		}
 		return false
 	}
+}
+
+// isTerminal reports whether r is a character device (a terminal echoes
+// what is typed, a pipe or file does not).
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -50,8 +50,8 @@ func TestInstallCommandIntoRoot(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	for _, want := range []string{
-		"[1/12] checking the system ... skipped (--root)",
-		"[6/12] making the DKIM key /var/lib/chatrelay/dkim/private.pem ... created",
+		"[1/13] checking the system ... skipped (--root)",
+		"[7/13] making the DKIM key /var/lib/chatrelay/dkim/private.pem ... created",
 		" 1. useradd --system --user-group",
 		" 5. systemctl enable --now chatrelay.service",
 		"DCACCOUNT:https://example.org/new",
@@ -115,5 +115,29 @@ func TestInstallCommandNeedsDomainOrIP(t *testing.T) {
 	out, code := runMain(t, "install", "--root", t.TempDir(), "--yes")
 	if code == 0 || !strings.Contains(out, "give --domain D") {
 		t.Errorf("exit %d:\n%s", code, out)
+	}
+}
+
+func TestConfirmEndsThePromptLineWhenPiped(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		yes  bool
+		want string
+	}{
+		{"y\n", true, "Go on? [y/N] \n"},
+		{"yes\n", true, "Go on? [y/N] \n"},
+		{"n\n", false, "Go on? [y/N] \n"},
+		{"", false, "Go on? [y/N] \nno answer: standard input is not a terminal; run with --yes to go ahead without asking\n"},
+	} {
+		cmd := &cobra.Command{}
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetIn(strings.NewReader(tc.in))
+		if got := confirm(cmd)("Go on?"); got != tc.yes {
+			t.Errorf("answer %q: confirm %v, want %v", tc.in, got, tc.yes)
+		}
+		if out.String() != tc.want {
+			t.Errorf("answer %q: output %q, want %q", tc.in, out.String(), tc.want)
+		}
 	}
 }
