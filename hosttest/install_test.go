@@ -384,9 +384,7 @@ func TestInstallOnHost(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	t.Run("upgrade-rollback", func(t *testing.T) {
-		t.Skip("waits for releases and upgrades (SPEC section 13): `chatrelay upgrade` and its rollback do not exist yet")
-	})
+	t.Run("upgrade-rollback", func(t *testing.T) { upgradeOnGuest(t, g, ip) })
 }
 
 // relaxLoadGuard edits the installed config as an operator may: the
