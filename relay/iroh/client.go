@@ -22,8 +22,20 @@ type Client struct {
 // (Upgrade: iroh derp http, no Connection header) and sends ClientInfo
 // signed by priv. version is normally ProtocolVersion.
 func Handshake(conn net.Conn, host string, priv ed25519.PrivateKey, version uint64) (*Client, error) {
-	c := &Client{conn: conn, r: bufio.NewReader(conn)}
+	c, err := upgrade(conn, host)
+	if err != nil {
+		return nil, err
+	}
 	copy(c.Key[:], priv.Public().(ed25519.PublicKey))
+	if err := c.Write(FrameClientInfo, MarshalClientInfo(priv, version)); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// upgrade does the HTTP part of Handshake.
+func upgrade(conn net.Conn, host string) (*Client, error) {
+	c := &Client{conn: conn, r: bufio.NewReader(conn)}
 	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: %s\r\n\r\n", RelayPath, host, upgradeNative); err != nil {
 		return nil, err
 	}
@@ -34,9 +46,6 @@ func Handshake(conn net.Conn, host string, priv ed25519.PrivateKey, version uint
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		resp.Body.Close()
 		return nil, fmt.Errorf("iroh relay upgrade: %s", resp.Status)
-	}
-	if err := c.Write(FrameClientInfo, MarshalClientInfo(priv, version)); err != nil {
-		return nil, err
 	}
 	return c, nil
 }
