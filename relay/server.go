@@ -28,6 +28,7 @@ import (
 	"github.com/chatrelay/chatrelay/policy"
 	"github.com/chatrelay/chatrelay/relay/courier"
 	"github.com/chatrelay/chatrelay/relay/invite"
+	"github.com/chatrelay/chatrelay/relay/iroh"
 	"github.com/chatrelay/chatrelay/relay/metrics"
 	"github.com/chatrelay/chatrelay/relay/push"
 )
@@ -73,6 +74,7 @@ type Server struct {
 	submission *smtp.Server
 	inbound    *smtp.Server
 	https      *http.Server
+	iroh       *iroh.Server // nil when iroh_relay is "off"
 	httpSrv    *http.Server
 
 	conns     connSet
@@ -155,6 +157,16 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 	}
 	s.SetInviteChecker(s.invites)
 	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: imapext.Hibernated})
+	if cfg.IrohRelay != IrohRelayOff {
+		s.iroh = iroh.New(iroh.Options{
+			MaxClients:      cfg.Iroh.MaxClients,
+			MaxClientsPerIP: cfg.Iroh.MaxClientsPerIP,
+			BytesPerSecond:  cfg.Iroh.BytesPerSecond,
+			IdleTimeout:     time.Duration(cfg.Iroh.IdleTimeoutSeconds) * time.Second,
+			Metrics:         iroh.NewMetrics(s.metrics.Registry()),
+			Logger:          s.log,
+		})
+	}
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{
@@ -287,6 +299,12 @@ func (s *Server) httpsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/mxdeliv", s.handleMXDeliv)
 	mux.HandleFunc(dkimKeyPath, s.handleDKIMKey)
+	if s.iroh != nil {
+		// webxdc realtime (SPEC section 12): the paths of iroh-relay.
+		for _, p := range []string{iroh.RelayPath, "/derp", iroh.PingPath, iroh.NoContentPath} {
+			mux.Handle(p, s.iroh)
+		}
+	}
 	mux.Handle("/", site)
 	return mux
 }
@@ -446,6 +464,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.httpSrv.Shutdown(ctx)
 	}
 	s.mu.Unlock()
+	if s.iroh != nil {
+		// Relay connections are hijacked: the HTTPS server's Shutdown
+		// does not see them.
+		s.iroh.Close()
+	}
 	s.submission.Shutdown(ctx)
 	s.inbound.Shutdown(ctx)
 	s.imap.Close()

@@ -109,6 +109,20 @@ type Status struct {
 	Accounts     int          `json:"accounts"`
 	DiskFree     int64        `json:"disk_free"` // bytes available in the data dir, -1 unknown
 	RecentErrors []string     `json:"recent_errors,omitempty"`
+	Iroh         IrohStatus   `json:"iroh"`
+}
+
+// IrohStatus is the webxdc realtime relay at a glance.
+type IrohStatus struct {
+	// Served: the built-in iroh relay answers on the HTTPS listener.
+	Served bool `json:"served"`
+	// Announced is the URL given to Delta Chat in METADATA; empty: none
+	// (core then uses n0's public relays).
+	Announced string `json:"announced,omitempty"`
+	// Nodes is how many iroh nodes are connected to the built-in relay.
+	Nodes int `json:"nodes"`
+	// Note says why realtime through this relay cannot work, when so.
+	Note string `json:"note,omitempty"`
 }
 
 // CertStatus describes the certificate served.
