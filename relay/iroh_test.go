@@ -160,3 +160,24 @@ func TestIrohRelayConfigRejectsBadURL(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSHandshakeFailuresCounted: a client that refuses the relay's
+// certificate (as core's iroh refuses a self-signed one) shows in the
+// metrics, by the alert it sent.
+func TestTLSHandshakeFailuresCounted(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	// The system's roots do not include the relay's self-signed
+	// certificate: Go's client refuses it with a bad_certificate alert.
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 30 * time.Second}, "tcp", r.AddrOf("https"), &tls.Config{ServerName: "localhost"})
+	if err == nil {
+		conn.Close()
+		t.Fatal("the self-signed certificate was trusted")
+	}
+	want := `chatrelay_tls_handshake_failures_total{reason="bad_certificate"} 1`
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(metricsText(t, r), want); {
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %q", want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

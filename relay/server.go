@@ -380,6 +380,7 @@ func (s *Server) Start() error {
 // protocol to IMAP ("imap"), submission ("smtp") or the web site.
 func (s *Server) serveHTTPS(ln net.Listener) error {
 	mux := acme.NewMux(ln, s.certs.TLSConfig())
+	mux.OnHandshakeError = s.metrics.TLSHandshakeFailed
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.serveIMAP(s.imapTLS)(mux.IMAP()) }()
 	go func() { defer s.wg.Done(); s.submission.Serve(mux.SMTP()) }()
