@@ -112,6 +112,9 @@ type relayOptions struct {
 	LogLevel string
 	// Config is added to the config file (TOML).
 	Config string
+	// ConfigFor, if set, is added to the config file too, made once the
+	// relay's ports are known.
+	ConfigFor func(r *relay) string
 }
 
 // devPorts are the fixed ports of `serve --dev`.
@@ -147,9 +150,6 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 	// The relay refuses new accounts while the load average is high; on a
 	// busy test machine that is not what these tests are about.
 	config := filepath.Join(r.dir, "chatrelay.toml")
-	if err := os.WriteFile(config, []byte("max_load1 = 0\n"+opts.Config+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	// Metrics go to a free port, away from the dev default (9150) that
 	// every dev relay would share.
 	r.Metrics = freePorts(t, 1)[0]
@@ -186,6 +186,13 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 			"--listen-https="+addr(r.HTTPS),
 			"--listen-http="+addr(r.HTTP),
 		)
+	}
+	extra := opts.Config
+	if opts.ConfigFor != nil {
+		extra += "\n" + opts.ConfigFor(r)
+	}
+	if err := os.WriteFile(config, []byte("max_load1 = 0\n"+extra+"\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
