@@ -44,16 +44,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) accepted(proto string, nodes int) {
+// accepted counts a client that completed the handshake; a node that
+// replaced its own older connection is no new node.
+func (m *Metrics) accepted(proto string, replaced bool) {
 	if m != nil {
 		m.Accepts.WithLabelValues(proto).Inc()
-		m.Nodes.Set(float64(nodes))
+		if !replaced {
+			m.Nodes.Inc()
+		}
 	}
 }
 
-func (m *Metrics) nodes(n int) {
+func (m *Metrics) left() {
 	if m != nil {
-		m.Nodes.Set(float64(n))
+		m.Nodes.Dec()
 	}
 }
 

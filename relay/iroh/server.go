@@ -440,14 +440,14 @@ func (s *Server) register(c *client, proto string) {
 	s.mu.Lock()
 	old := s.clients[c.key]
 	s.clients[c.key] = c
-	n := len(s.clients)
+	// Counted under the lock, so that the gauge follows the map.
+	s.m.accepted(proto, old != nil)
 	s.mu.Unlock()
 	if old != nil {
 		// A node that reconnects replaces its old connection, as in
 		// iroh's server.
 		old.close(false, "")
 	}
-	s.m.accepted(proto, n)
 }
 
 func (s *Server) unregister(c *client) {
@@ -468,9 +468,8 @@ func (s *Server) unregister(c *client) {
 		delete(s.sentBy[dst], c.key)
 	}
 	delete(s.sentTo, c.key)
-	n := len(s.clients)
+	s.m.left()
 	s.mu.Unlock()
-	s.m.nodes(n)
 }
 
 // forward queues packet for dst; a packet for a node that is not here, or
