@@ -36,6 +36,10 @@ type Mux struct {
 	// MaxHandshakes bounds handshakes in flight; default 1024. Set before
 	// Serve.
 	MaxHandshakes int
+	// OnHandshakeError, if set, hears of every failed handshake (for
+	// metrics: a client refusing our certificate shows here). Set before
+	// Serve.
+	OnHandshakeError func(error)
 
 	ln  net.Listener
 	cfg *tls.Config
@@ -128,6 +132,9 @@ func (m *Mux) handle(c net.Conn, timeout time.Duration, slots chan struct{}) {
 	<-slots
 	if err != nil {
 		c.Close()
+		if m.OnHandshakeError != nil && m.ctx.Err() == nil {
+			m.OnHandshakeError(err)
+		}
 		return
 	}
 	var route *routeListener

@@ -114,6 +114,9 @@ type relayOptions struct {
 	LogLevel string
 	// Config is added to the config file (TOML).
 	Config string
+	// ConfigFor, if set, is added to the config file too, made once the
+	// relay's ports are known.
+	ConfigFor func(r *relay) string
 }
 
 // devPorts are the fixed ports of `serve --dev`.
@@ -149,9 +152,6 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 	// The relay refuses new accounts while the load average is high; on a
 	// busy test machine that is not what these tests are about.
 	config := filepath.Join(r.dir, "chatrelay.toml")
-	if err := os.WriteFile(config, []byte("max_load1 = 0\n"+opts.Config+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	// Metrics go to a free port, away from the dev default (9150) that
 	// every dev relay would share.
 	r.Metrics = freePorts(t, 1)[0]
@@ -192,6 +192,13 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 	// TURN on a free port too, away from the dev default (3478).
 	r.TURN = freePorts(t, 1)[0]
 	args = append(args, "--listen-turn="+net.JoinHostPort(r.Host, strconv.Itoa(r.TURN)))
+	extra := opts.Config
+	if opts.ConfigFor != nil {
+		extra += "\n" + opts.ConfigFor(r)
+	}
+	if err := os.WriteFile(config, []byte("max_load1 = 0\n"+extra+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
 	}

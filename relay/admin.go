@@ -150,6 +150,7 @@ func (a *admin) status(context.Context, json.RawMessage, func(control.Progress))
 		depth, oldest := a.opts.Queue.Stats()
 		st.Queue = &control.QueueStatus{Depth: depth, Oldest: oldest}
 	}
+	st.Iroh = s.irohStatus(st.Certificate.SelfSigned)
 	n, err := s.store.CountAccounts()
 	if err != nil {
 		return nil, err
@@ -194,6 +195,24 @@ func (s *Server) turnStatus() *control.TURNStatus {
 		out.Announced = net.JoinHostPort(s.turnHost, strconv.Itoa(t.Port()))
 	}
 	return out
+}
+
+// irohCertNote is what status says of a relay whose iroh relay core
+// cannot use (docs/SECURITY.md, "webxdc realtime and certificates").
+const irohCertNote = "Delta Chat (iroh 0.35) accepts an iroh relay only with a certificate from a public CA compiled into it; " +
+	"an IP-only or self-signed relay cannot serve webxdc realtime to current Delta Chat versions, which then try n0's public relays"
+
+func (s *Server) irohStatus(selfSigned bool) control.IrohStatus {
+	st := control.IrohStatus{Served: s.iroh != nil, Announced: s.IrohRelayURL()}
+	if s.iroh == nil {
+		return st
+	}
+	st.Nodes = s.iroh.Nodes()
+	ours := s.cfg.IrohRelay == "" || st.Announced == s.ownIrohRelayURL()
+	if ours && (s.cfg.IP != "" || selfSigned) {
+		st.Note = irohCertNote
+	}
+	return st
 }
 
 func (a *admin) accountList(context.Context, json.RawMessage, func(control.Progress)) (any, error) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -73,9 +74,17 @@ type Config struct {
 	AdminContact string `toml:"admin_contact"`
 	// Comment is METADATA /shared/comment: a line about this relay.
 	Comment string `toml:"comment"`
-	// IrohRelay is the iroh relay URL Delta Chat uses for realtime
-	// (METADATA /shared/vendor/deltachat/irohrelay); empty: not offered.
+	// IrohRelay is the iroh relay Delta Chat uses for webxdc realtime
+	// (METADATA /shared/vendor/deltachat/irohrelay). Empty: this relay's
+	// own, served at https://DOMAIN/relay on the HTTPS listener, is
+	// announced as https://DOMAIN/ while the certificate served is not
+	// self-signed (core's iroh trusts only public roots, see
+	// docs/SECURITY.md); "off": none is announced and the built-in one
+	// is not served; any other value is the URL announced (the built-in
+	// one is still served).
 	IrohRelay string `toml:"iroh_relay"`
+	// Iroh holds the built-in iroh relay's limits.
+	Iroh IrohConfig `toml:"iroh"`
 	// TURN server for calls, announced via METADATA.
 	TURN TURNConfig `toml:"turn"`
 	// NotifyURL is the push notification proxy tokens are POSTed to.
@@ -211,6 +220,23 @@ func parseNetwork(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
+// IrohConfig limits the built-in iroh relay; 0 takes the default.
+type IrohConfig struct {
+	// MaxClients bounds iroh relay connections in all.
+	MaxClients int `toml:"max_clients"`
+	// MaxClientsPerIP bounds iroh relay connections from one address.
+	MaxClientsPerIP int `toml:"max_clients_per_ip"`
+	// BytesPerSecond bounds the packet bytes one client may send through
+	// the relay; a faster client is read more slowly. -1: no limit.
+	BytesPerSecond int `toml:"bytes_per_second"`
+	// IdleTimeoutSeconds closes a client that sends nothing for this
+	// long (the relay pings every 15 seconds, and clients answer).
+	IdleTimeoutSeconds int `toml:"idle_timeout_seconds"`
+}
+
+// IrohRelayOff is the IrohRelay value that turns the iroh relay off.
+const IrohRelayOff = "off"
+
 // TURNConfig is TURN for calls (SPEC section 12). By default the relay
 // runs its own TURN server; setting Server and Secret announces an
 // external one instead and turns the built-in one off. Either way clients
@@ -342,6 +368,7 @@ func Default() Config {
 			MaxAllocations: 4000, MaxAllocationsPerIP: 32,
 			BandwidthPerIP: 2 << 20, TCPPerIP: 16,
 		},
+		Iroh: IrohConfig{MaxClients: 2000, MaxClientsPerIP: 20, BytesPerSecond: 1 << 20, IdleTimeoutSeconds: 60},
 		Federation: Federation{
 			DKIMSelector: "dkim", SMTPPort: 25, HTTPSPort: 443, BounceAfterHours: 48,
 			// Not nil: the config file written at install lists it as [].
@@ -513,6 +540,14 @@ func (c *Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		return err
 	}
+	if v := c.IrohRelay; v != "" && v != IrohRelayOff {
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("config: iroh_relay must be empty, %q or an https URL, not %q", IrohRelayOff, v)
+		}
+	}
+	if c.Iroh.MaxClients < 0 || c.Iroh.MaxClientsPerIP < 0 || c.Iroh.IdleTimeoutSeconds < 0 || c.Iroh.BytesPerSecond < -1 {
+		return fmt.Errorf("config: iroh limits must be 0 (default) or more; bytes_per_second may be -1 (no limit)")
+	}
 	for i, a := range c.AppVersions {
 		if a.ClientID == "" || a.VersionString == "" {
 			return fmt.Errorf("config: app_versions[%d] needs client_id and version_string", i)
@@ -591,4 +626,18 @@ func (c *Config) ReleasesFolder() string {
 		return c.ReleasesDir
 	}
 	return filepath.Join(c.DataDir, "releases")
+}
+
+// OwnIrohRelayURL is the URL of the built-in iroh relay as core takes it
+// (iroh replaces the path with /relay): https://HOST/, with the HTTPS
+// listener's port when it is not 443.
+func (c *Config) OwnIrohRelayURL() string {
+	host := c.Hostname()
+	if c.IP != "" && strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if _, port, err := net.SplitHostPort(c.Listen.HTTPS); err == nil && port != "" && port != "443" {
+		host = net.JoinHostPort(c.Hostname(), port)
+	}
+	return "https://" + host + "/"
 }

@@ -47,8 +47,8 @@ func (m metadata) serverEntries() map[string]string {
 	if cfg.AdminContact != "" {
 		e[entryAdmin] = "mailto:" + cfg.AdminContact
 	}
-	if cfg.IrohRelay != "" {
-		e[entryIrohRelay] = cfg.IrohRelay
+	if u := m.s.IrohRelayURL(); u != "" {
+		e[entryIrohRelay] = u
 	}
 	if t := m.turnCredentials(); t != "" {
 		e[entryTURN] = t
@@ -57,6 +57,34 @@ func (m metadata) serverEntries() map[string]string {
 		e[entryAppVersions] = a
 	}
 	return e
+}
+
+// IrohRelayURL is the iroh relay announced to Delta Chat, or "" for none
+// (core then falls back to n0's public relays). The built-in relay is
+// announced only while the certificate served is not self-signed: core's
+// iroh checks the relay's certificate against the public roots compiled
+// into it (iroh-relay 0.35 client/tls.rs: webpki-roots), so a self-signed
+// relay would only break realtime for clients that could reach n0's.
+func (s *Server) IrohRelayURL() string {
+	switch v := s.cfg.IrohRelay; {
+	case v == IrohRelayOff:
+		return ""
+	case v != "":
+		return v
+	case s.cfg.IP != "" || s.certs.SelfSigned():
+		return ""
+	}
+	return s.ownIrohRelayURL()
+}
+
+// ownIrohRelayURL is Config.OwnIrohRelayURL with the port the HTTPS
+// listener is bound to.
+func (s *Server) ownIrohRelayURL() string {
+	c := s.cfg
+	if a, ok := s.Addr("https").(*net.TCPAddr); ok {
+		c.Listen.HTTPS = net.JoinHostPort("", strconv.Itoa(a.Port))
+	}
+	return c.OwnIrohRelayURL()
 }
 
 // appVersions is the JSON Delta Chat reads for app updates (SPEC section

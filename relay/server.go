@@ -31,6 +31,7 @@ import (
 	"github.com/chatrelay/chatrelay/policy"
 	"github.com/chatrelay/chatrelay/relay/courier"
 	"github.com/chatrelay/chatrelay/relay/invite"
+	"github.com/chatrelay/chatrelay/relay/iroh"
 	"github.com/chatrelay/chatrelay/relay/metrics"
 	"github.com/chatrelay/chatrelay/relay/push"
 	"github.com/chatrelay/chatrelay/relay/turn"
@@ -82,6 +83,7 @@ type Server struct {
 	submission *smtp.Server
 	inbound    *smtp.Server
 	https      *http.Server
+	iroh       *iroh.Server // nil when iroh_relay is "off"
 	httpSrv    *http.Server
 
 	proxy *proxy // nil when off
@@ -175,6 +177,16 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 	if err := s.setupProxy(); err != nil {
 		store.Close()
 		return nil, err
+	}
+	if cfg.IrohRelay != IrohRelayOff {
+		s.iroh = iroh.New(iroh.Options{
+			MaxClients:      cfg.Iroh.MaxClients,
+			MaxClientsPerIP: cfg.Iroh.MaxClientsPerIP,
+			BytesPerSecond:  cfg.Iroh.BytesPerSecond,
+			IdleTimeout:     time.Duration(cfg.Iroh.IdleTimeoutSeconds) * time.Second,
+			Metrics:         iroh.NewMetrics(s.metrics.Registry()),
+			Logger:          s.log,
+		})
 	}
 	s.buildIMAP()
 	s.buildSMTP()
@@ -308,6 +320,12 @@ func (s *Server) httpsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/mxdeliv", s.handleMXDeliv)
 	mux.HandleFunc(dkimKeyPath, s.handleDKIMKey)
+	if s.iroh != nil {
+		// webxdc realtime (SPEC section 12): the paths of iroh-relay.
+		for _, p := range []string{iroh.RelayPath, "/derp", iroh.PingPath, iroh.NoContentPath} {
+			mux.Handle(p, s.iroh)
+		}
+	}
 	mux.Handle("/", site)
 	return mux
 }
@@ -398,6 +416,7 @@ func (s *Server) Start() error {
 // protocol to IMAP ("imap"), submission ("smtp") or the web site.
 func (s *Server) serveHTTPS(ln net.Listener) error {
 	mux := acme.NewMux(ln, s.certs.TLSConfig())
+	mux.OnHandshakeError = s.metrics.TLSHandshakeFailed
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.serveIMAP(s.imapTLS)(mux.IMAP()) }()
 	go func() { defer s.wg.Done(); s.submission.Serve(mux.SMTP()) }()
@@ -486,6 +505,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.httpSrv.Shutdown(ctx)
 	}
 	s.mu.Unlock()
+	if s.iroh != nil {
+		// Relay connections are hijacked: the HTTPS server's Shutdown
+		// does not see them.
+		s.iroh.Close()
+	}
 	s.submission.Shutdown(ctx)
 	s.inbound.Shutdown(ctx)
 	s.imap.Close()

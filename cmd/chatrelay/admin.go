@@ -131,6 +131,19 @@ func printStatus(out io.Writer, st *control.Status, now time.Time) {
 			fmt.Fprintf(out, "              last renewal failed: %s\n", c.LastError)
 		}
 	}
+	switch i := st.Iroh; {
+	case i.Announced != "" && i.Served:
+		fmt.Fprintf(out, "iroh relay:   %s (built-in, %d nodes)\n", i.Announced, i.Nodes)
+	case i.Announced != "":
+		fmt.Fprintf(out, "iroh relay:   %s\n", i.Announced)
+	case i.Served:
+		fmt.Fprintf(out, "iroh relay:   built-in, not announced (%d nodes)\n", i.Nodes)
+	default:
+		fmt.Fprintf(out, "iroh relay:   off\n")
+	}
+	if st.Iroh.Note != "" {
+		fmt.Fprintf(out, "              %s\n", st.Iroh.Note)
+	}
 	fmt.Fprintln(out, "listeners:")
 	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https", "http"} {
 		if a, ok := st.Listeners[name]; ok {

@@ -125,7 +125,8 @@ type Status struct {
 	// Schema is the index schema version the relay reads and writes.
 	Schema uint64 `json:"schema,omitempty"`
 	// LastUpgrade is what the last `chatrelay upgrade` did, nil if none.
-	LastUpgrade *Upgrade `json:"last_upgrade,omitempty"`
+	LastUpgrade *Upgrade   `json:"last_upgrade,omitempty"`
+	Iroh        IrohStatus `json:"iroh"`
 }
 
 // UpgradeFile is where `chatrelay upgrade` records its outcome, in the
@@ -173,6 +174,19 @@ type TURNStatus struct {
 	RefusedPeer      uint64 `json:"refused_peer"`
 	RefusedQuota     uint64 `json:"refused_quota"`
 	DroppedDatagrams uint64 `json:"dropped_datagrams"`
+}
+
+// IrohStatus is the webxdc realtime relay at a glance.
+type IrohStatus struct {
+	// Served: the built-in iroh relay answers on the HTTPS listener.
+	Served bool `json:"served"`
+	// Announced is the URL given to Delta Chat in METADATA; empty: none
+	// (core then uses n0's public relays).
+	Announced string `json:"announced,omitempty"`
+	// Nodes is how many iroh nodes are connected to the built-in relay.
+	Nodes int `json:"nodes"`
+	// Note says why realtime through this relay cannot work, when so.
+	Note string `json:"note,omitempty"`
 }
 
 // CertStatus describes the certificate served.

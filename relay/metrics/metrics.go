@@ -47,6 +47,7 @@ type Metrics struct {
 	imapConns  prometheus.Gauge
 	idle       prometheus.Gauge
 	proxy      *Proxy
+	tlsFailed  *prometheus.CounterVec
 
 	protos  *vocab
 	kinds   *vocab
@@ -80,11 +81,14 @@ func New(opts Options) *Metrics {
 		idle: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "chatrelay_imap_idle_sessions", Help: "IMAP sessions in IDLE.",
 		}),
+		tlsFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatrelay_tls_handshake_failures_total", Help: "Failed TLS handshakes on the HTTPS listener (443), by reason: unknown_ca and bad_certificate (the client refused our certificate), timeout, other.",
+		}, []string{"reason"}),
 		protos:  newVocab(16),
 		kinds:   newVocab(16),
 		reasons: newVocab(64),
 	}
-	m.reg.MustRegister(m.logins, m.deliveries, m.latency, m.refusals, m.imapConns, m.idle)
+	m.reg.MustRegister(m.logins, m.deliveries, m.latency, m.refusals, m.imapConns, m.idle, m.tlsFailed)
 	m.proxy = newProxy(m.reg)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -179,6 +183,26 @@ func (m *Metrics) Refused(reason string) {
 		return
 	}
 	m.refusals.WithLabelValues(m.reasons.label(reason)).Inc()
+}
+
+// TLSHandshakeFailed counts a failed TLS handshake on port 443 by what the
+// error says: a client that refuses our certificate sends an alert
+// (unknown_ca from rustls for an untrusted issuer, bad_certificate from
+// others).
+func (m *Metrics) TLSHandshakeFailed(err error) {
+	if m == nil || err == nil {
+		return
+	}
+	reason := "other"
+	switch e := err.Error(); {
+	case strings.Contains(e, "unknown certificate authority"):
+		reason = "unknown_ca"
+	case strings.Contains(e, "bad certificate"):
+		reason = "bad_certificate"
+	case strings.Contains(e, "timeout") || strings.Contains(e, "deadline"):
+		reason = "timeout"
+	}
+	m.tlsFailed.WithLabelValues(reason).Inc()
 }
 
 // IMAPConn counts an open IMAP connection; call the returned func when it
