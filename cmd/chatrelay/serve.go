@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -174,7 +173,7 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 		srv.Shutdown(context.Background())
 		return err
 	}
-	printWelcome(cmd, srv, cfg)
+	printWelcome(cmd.OutOrStdout(), srv, cfg, isTerminal(os.Stdout))
 	// Under systemd (Type=notify) the unit is started once listeners are up.
 	if err := install.NotifyReady(); err != nil {
 		log.Warn("tell systemd we are ready", "err", err)
@@ -184,30 +183,4 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
-}
-
-// printWelcome tells the operator how to connect: the listeners and a
-// dclogin: code for a fresh account, created when the app first logs in.
-func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
-	out := cmd.OutOrStdout()
-	abs, _ := filepath.Abs(cfg.DataDir)
-	fmt.Fprintf(out, "chatrelay %s serving %s (data in %s)\n", version, cfg.MailDomain(), abs)
-	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https"} {
-		if a := srv.Addr(name); a != nil {
-			fmt.Fprintf(out, "  %-12s %s\n", name, a)
-		}
-	}
-	if t := srv.TURN(); t != nil {
-		for _, a := range []net.Addr{t.UDPAddr(), t.TCPAddr()} {
-			if a != nil {
-				fmt.Fprintf(out, "  %-12s %s/%s\n", "turn", a, a.Network())
-			}
-		}
-	}
-	addr, pw := srv.NewAccountCredentials()
-	fmt.Fprintf(out, "\nTo add an account in Delta Chat, scan or paste this code (the account is created at first login):\n\n  %s\n\n", srv.DCLoginURL(addr, pw))
-	if a := srv.Addr("https"); a != nil {
-		host, port, _ := net.SplitHostPort(a.String())
-		fmt.Fprintf(out, "Or make one with: curl -k -X POST https://%s/new\n", net.JoinHostPort(host, port))
-	}
 }
