@@ -234,6 +234,7 @@ type joinCode struct {
 	QRSize     int
 	SelfSigned bool
 	Error      string
+	Confirm    bool // an invite waits for the reader's button
 }
 
 // The join code (SPEC sections 2 and 4). A relay with a publicly trusted
@@ -242,7 +243,8 @@ type joinCode struct {
 // such a relay shows a dclogin: code that carries the account and "accept
 // invalid certificates": with open registration for invented credentials
 // (the account is made at first login), with an invite for an account made
-// now (the invite is spent on this page view).
+// when the reader presses the page's button: a GET never spends an invite
+// (a link preview would burn it), only the button's POST does.
 func (w *web) handleIndex(rw http.ResponseWriter, r *http.Request) {
 	p := pages["index"]
 	d := w.pageData(p, r)
@@ -261,6 +263,8 @@ func (w *web) handleIndex(rw http.ResponseWriter, r *http.Request) {
 		case token == "":
 		case !selfSigned:
 			code = "DCACCOUNT:" + w.newURL(token)
+		case r.Method != http.MethodPost:
+			d.Join.Confirm = true
 		default:
 			addr, pw, err := w.createAccount(r, token)
 			if err != nil {

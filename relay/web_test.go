@@ -228,7 +228,7 @@ func startTrusted(t *testing.T, edit func(*relaytest.Cfg)) *relaytest.Relay {
 	return &relaytest.Relay{Server: srv, Cfg: cfg, Dir: cfg.DataDir}
 }
 
-const wantCSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+const wantCSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 // checkHTMLPage asserts what every page shares: HTML, the strict CSP, and
 // nothing loaded from anywhere: no scripts, no style sheets, every image
@@ -456,6 +456,7 @@ func TestWebIndexRegistrationModes(t *testing.T) {
 		{mode: "invite", query: "?token=tok-1", code: "dclogin:"},
 		{mode: "invite", query: "?token=bad", want: "not valid"},
 	} {
+		post := !tc.trusted && strings.Contains(tc.query, "token=")
 		t.Run(tc.mode+tc.query, func(t *testing.T) {
 			edit := func(c *relaytest.Cfg) { c.Registration = tc.mode }
 			var r *relaytest.Relay
@@ -468,6 +469,22 @@ func TestWebIndexRegistrationModes(t *testing.T) {
 			r.SetInviteChecker(inv)
 			resp, body := fetch(t, r, "/"+tc.query)
 			doc := checkHTMLPage(t, resp, body)
+			if post {
+				// A GET (a link preview, a prefetch) spends nothing: the
+				// page offers a button that POSTs back to itself.
+				forms := findAll(doc, "form", "method", "post")
+				if len(forms) != 1 || len(findAll(forms[0], "button")) != 1 || strings.Contains(body, "dclogin:") {
+					t.Fatalf("invite page offers no button, or a code already:\n%s", body)
+				}
+				if inv.used != 0 {
+					t.Fatal("GET spent the invite")
+				}
+				resp, body = postURL(t, "https://"+r.AddrOf("https")+"/"+tc.query)
+				doc = checkHTMLPage(t, resp, body)
+				if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+					t.Errorf("Cache-Control %q on a page with credentials", cc)
+				}
+			}
 			if tc.code == "" {
 				if len(findAll(doc, "img")) != 0 || strings.Contains(body, "dclogin:") {
 					t.Fatal("page offers a join code")
@@ -491,8 +508,26 @@ func TestWebIndexRegistrationModes(t *testing.T) {
 				return
 			}
 			checkDCLogin(t, r, code)
+			if inv.used != 1 {
+				t.Fatalf("button spent %d invites, want 1", inv.used)
+			}
 		})
 	}
+}
+
+// postURL submits an empty form, as the invite page's button does.
+func postURL(t *testing.T, u string) (*http.Response, string) {
+	t.Helper()
+	resp, err := httpsClient().Post(u, "application/x-www-form-urlencoded", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(body)
 }
 
 // fakeInvites accepts tokens with uses left.
