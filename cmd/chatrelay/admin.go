@@ -338,7 +338,7 @@ func inviteCmd() *cobra.Command {
 	var uses int
 	var expires string
 	create := &cobra.Command{
-		Use: "create", Short: "Make an invite link (DCACCOUNT:https://D/new?token=T)", Args: cobra.NoArgs,
+		Use: "create", Short: "Make an invite link (DCACCOUNT:https://D/new?token=T, or https://D/?token=T when self-signed)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ttl, err := parseTTL(expires)
 			if err != nil {
@@ -353,6 +353,15 @@ func inviteCmd() *cobra.Command {
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), inv.URL)
 			fmt.Fprintf(cmd.ErrOrStderr(), "%s\n", describeInvite(inv))
+			if inv.SelfSigned {
+				fmt.Fprintln(cmd.ErrOrStderr(), "The certificate is self-signed, so Delta Chat cannot use a DCACCOUNT: code here: open the link in a browser, press its button and scan the dclogin: code it shows.")
+			}
+			switch inv.Registration {
+			case "open":
+				fmt.Fprintln(cmd.ErrOrStderr(), "Registration is open on this relay: anyone can make an account, invites are not needed. They work once registration = \"invite\".")
+			case "closed":
+				fmt.Fprintln(cmd.ErrOrStderr(), "Registration is closed on this relay: this invite works only once registration = \"invite\".")
+			}
 			return nil
 		},
 	}
