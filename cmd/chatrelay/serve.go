@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -121,6 +122,12 @@ func devTURN(cfg *relay.Config, ip string) {
 }
 
 func newLogger(level string) (*slog.Logger, error) {
+	return newLoggerTo(os.Stderr, level, underJournal(os.Stderr))
+}
+
+// newLoggerTo logs to w; under the journal each line carries its
+// priority, and the journal's own timestamp stands in for the handler's.
+func newLoggerTo(w io.Writer, level string, journal bool) (*slog.Logger, error) {
 	if level == "off" {
 		return slog.New(slog.DiscardHandler), nil
 	}
@@ -128,7 +135,17 @@ func newLogger(level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	if journal {
+		w = journalWriter{w}
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
 
 func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
