@@ -333,7 +333,7 @@ func (s *Server) Start() error {
 		ln, err := net.Listen("tcp", e.addr)
 		if err != nil {
 			s.closeListeners()
-			return fmt.Errorf("listen %s on %s: %w", e.name, e.addr, err)
+			return &ListenError{Name: e.name, Addr: e.addr, Err: err}
 		}
 		// Counted below TLS, so that a handshake already holds a slot.
 		ln = s.limitListener(e.name, ln)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -30,6 +32,7 @@ func serveCmd() *cobra.Command {
 		data, domain, ip, registration                                   string
 		imaps, imap, submissions, submission, smtp, https, http, metrics string
 		turn                                                             string
+		portBase                                                         int
 	}
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -41,7 +44,9 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 (STARTTLS), inbound SMTP 1025, HTTPS 1443, TURN 3478 (UDP and TCP, relay
 ports 49152-49251, relaying to loopback allowed, so calls work between
 accounts on this machine); domain localhost, data in ./chatrelay-data, a
-self-signed certificate; no config file needed.`,
+self-signed certificate; no config file needed. --port-base 2000 moves
+them all at once (IMAP 2993, ..., HTTPS 2443, TURN 4478, metrics if on 10150),
+for a second dev relay or when a port is taken.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := relay.Default()
@@ -73,6 +78,11 @@ self-signed certificate; no config file needed.`,
 				}
 				cfg.TLS.Mode = "selfsigned"
 			}
+			if cmd.Flags().Changed("port-base") {
+				if err := applyPortBase(&cfg, dev, f.portBase); err != nil {
+					return err
+				}
+			}
 			set("listen-imaps", &cfg.Listen.IMAPS, f.imaps)
 			set("listen-imap", &cfg.Listen.IMAP, f.imap)
 			set("listen-submissions", &cfg.Listen.Submissions, f.submissions)
@@ -103,6 +113,7 @@ self-signed certificate; no config file needed.`,
 	fl.StringVar(&f.http, "listen-http", "", "HTTP address (ACME HTTP-01, redirect)")
 	fl.StringVar(&f.metrics, "listen-metrics", "", "Prometheus metrics address (loopback)")
 	fl.StringVar(&f.turn, "listen-turn", "", "TURN address, UDP and TCP (empty: no built-in TURN)")
+	fl.IntVar(&f.portBase, "port-base", 0, "with --dev: move every port by one number, each to N + its standard port (IMAP N+993, ..., HTTPS N+443, TURN N+2478, metrics if on N+8150; --dev is N=1000)")
 	return cmd
 }
 
@@ -159,9 +170,19 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// A start that fails leaves no data directory it made behind: the
+	// next try (with other ports, say) starts as fresh as this one.
+	_, statErr := os.Stat(cfg.DataDir)
+	madeDir := errors.Is(statErr, os.ErrNotExist)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	started := false
+	defer func() {
+		if madeDir && !started {
+			os.RemoveAll(cfg.DataDir)
+		}
+	}()
 	certs, err := acme.New(acme.Config{
 		Mode:     acme.Mode(cfg.TLS.Mode),
 		Domain:   cfg.Domain,
@@ -188,8 +209,9 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	}
 	if err := srv.Start(); err != nil {
 		srv.Shutdown(context.Background())
-		return err
+		return explainListen(err, cfg.Dev)
 	}
+	started = true
 	printWelcome(cmd.OutOrStdout(), srv, cfg, isTerminal(os.Stdout))
 	// Under systemd (Type=notify) the unit is started once listeners are up.
 	if err := install.NotifyReady(); err != nil {
@@ -200,4 +222,46 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// applyPortBase puts every dev listener at base + its standard port
+// (serve --port-base): one flag instead of eight to run beside another.
+func applyPortBase(cfg *relay.Config, dev bool, base int) error {
+	if !dev {
+		return errors.New("--port-base works with --dev; set each listen address in the config file instead")
+	}
+	if base < 0 || base+8150 > 65535 {
+		return fmt.Errorf("--port-base %d: must be 0 to %d, so that every port (up to N+8150) fits", base, 65535-8150)
+	}
+	host := cfg.IP
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	at := func(port int) string { return net.JoinHostPort(host, strconv.Itoa(base+port)) }
+	cfg.Listen = relay.Listen{
+		IMAPS: at(993), IMAP: at(143), Submissions: at(465), Submission: at(587),
+		SMTP: at(25), HTTPS: at(443),
+	}
+	cfg.TURN.ListenUDP, cfg.TURN.ListenTCP = at(2478), at(2478)
+	if cfg.MetricsListen != "" {
+		cfg.MetricsListen = at(8150)
+	}
+	return nil
+}
+
+// explainListen names, for a port another process holds, the flag that
+// moves it.
+func explainListen(err error, dev bool) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return err
+	}
+	more := ""
+	if dev {
+		more = ", or move every port with --port-base (like --port-base 2000)"
+	}
+	var le *relay.ListenError
+	if errors.As(err, &le) {
+		return fmt.Errorf("%w\nanother process has that port: choose another with --listen-%s ADDRESS%s", err, le.Name, more)
+	}
+	return fmt.Errorf("%w\nanother process has that port%s", err, more)
 }
