@@ -977,7 +977,7 @@ func Restore(dataDir, backupDir string, say func(format string, args ...any)) er
 	if _, err := os.Stat(live); err == nil {
 		db, err := bolt.Open(live, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 		if errors.Is(err, bolt.ErrTimeout) {
-			return fmt.Errorf("the store in %s is locked: stop the relay first (systemctl stop chatrelay)", dataDir)
+			return fmt.Errorf("the store in %s is locked: %w", dataDir, ErrRelayRunning)
 		} else if err != nil {
 			return fmt.Errorf("open current store: %w", err)
 		}

@@ -1,6 +1,9 @@
 package relay
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // ListenError is a listener that could not be opened, by its name in the
 // config (imaps, imap, submissions, submission, smtp, https, http), so the
@@ -15,3 +18,6 @@ func (e *ListenError) Error() string {
 }
 
 func (e *ListenError) Unwrap() error { return e.Err }
+
+// ErrRelayRunning is a restore refused because a relay holds the store.
+var ErrRelayRunning = errors.New("a relay is running on it: stop the relay first")
