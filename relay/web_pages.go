@@ -129,6 +129,9 @@ func loadPage(fsys fs.FS, cat catalogue, name string, extraKeys ...string) (*pag
 // lang picks the page's language from Accept-Language; English when
 // nothing the reader accepts is translated.
 func (p *page) lang(r *http.Request) string {
+	if l := p.chosenLang(r); l != "" {
+		return l
+	}
 	tags, _, err := language.ParseAcceptLanguage(r.Header.Get("Accept-Language"))
 	if err != nil || len(tags) == 0 {
 		return "en"
@@ -162,6 +165,8 @@ var pages = func() map[string]*page {
 // pageData is what every template gets.
 type pageData struct {
 	Lang         string
+	LangQuery    string       // "?lang=L" when the reader chose L, for the page's links
+	Langs        []langChoice // the language switcher
 	S            map[string]string
 	Domain       string
 	Operator     string
@@ -186,8 +191,14 @@ type limits struct {
 func (w *web) pageData(p *page, r *http.Request) *pageData {
 	lang := p.lang(r)
 	c := &w.s.cfg
+	langQuery := ""
+	if l := p.chosenLang(r); l != "" {
+		langQuery = "?lang=" + l
+	}
 	return &pageData{
 		Lang:         lang,
+		LangQuery:    langQuery,
+		Langs:        p.switcher(r, lang),
 		S:            p.strings[lang],
 		Domain:       c.Hostname(),
 		Operator:     c.OperatorName,
