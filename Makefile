@@ -10,7 +10,7 @@ build:
 
 # A relay on loopback high ports: no root, no domain, data in ./chatrelay-data.
 run:
-	$(GO) run ./cmd/chatrelay serve --dev
+	$(GO) run ./cmd/chatrelay serve --dev $(if $(PORT_BASE),--port-base $(PORT_BASE))
 
 # Delta Chat core (deltachat-rpc-server) from npm, for the end-to-end tests.
 deltachat:
