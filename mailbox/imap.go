@@ -152,6 +152,11 @@ func (c *imapSession) Login(username, password string) error {
 		// RFC 5530 section 3: a temporary failure, try again later.
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Try again later"}
 	} else if err != nil {
+		// A public account rule the new address breaks is said in the NO.
+		var reason interface{ ClientText() string }
+		if errors.As(err, &reason) {
+			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAuthenticationFailed, Text: reason.ClientText()}
+		}
 		return imapserver.ErrAuthFailed
 	}
 	c.acc = acc

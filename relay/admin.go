@@ -346,7 +346,14 @@ func (a *admin) accountPasswd(_ context.Context, raw json.RawMessage, _ func(con
 func (a *admin) inviteView(inv invite.Invite) control.Invite {
 	out := control.Invite{
 		Token: inv.Token, Uses: inv.Uses, Used: inv.Used, Created: inv.Created, Expires: inv.Expires,
-		URL: "DCACCOUNT:" + a.s.web.baseURL() + "/new?token=" + inv.Token,
+		URL:          "DCACCOUNT:" + a.s.web.baseURL() + "/new?token=" + inv.Token,
+		Registration: a.s.cfg.Registration,
+	}
+	if a.s.certs.SelfSigned() {
+		// Core checks the certificate of a DCACCOUNT: URL and fails with
+		// UnknownIssuer; the page's button makes a dclogin: code with ic=3.
+		out.URL = a.s.web.baseURL() + "/?token=" + inv.Token
+		out.SelfSigned = true
 	}
 	switch err := inv.Check(a.s.now()); {
 	case err == nil:
@@ -993,7 +1000,7 @@ func Restore(dataDir, backupDir string, say func(format string, args ...any)) er
 	if _, err := os.Stat(live); err == nil {
 		db, err := bolt.Open(live, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 		if errors.Is(err, bolt.ErrTimeout) {
-			return fmt.Errorf("the store in %s is locked: stop the relay first (systemctl stop chatrelay)", dataDir)
+			return fmt.Errorf("the store in %s is locked: %w", dataDir, ErrRelayRunning)
 		} else if err != nil {
 			return fmt.Errorf("open current store: %w", err)
 		}

@@ -40,7 +40,8 @@ func newAuthenticator(s *Server) *authenticator {
 
 // login checks a login from any protocol, creating the account at first
 // login when the registration rules allow. The reason for a refusal goes to
-// the log; the client only learns that authentication failed.
+// the log; the client learns only that authentication failed, and which
+// public account rule the address or password breaks (ruleReason).
 func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailbox.Account, error) {
 	now := time.Now()
 	ip := ipKey(remote) // IPv6: per /64, as the connection caps
@@ -62,6 +63,9 @@ func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailb
 		a.byIP.fail(ip, now)
 		a.byAcc.fail(addr, now)
 		a.s.log.Info("login failed", "proto", proto, "reason", err.Error())
+		if rule := a.s.ruleReason(addr, pass); rule != nil {
+			return nil, rule
+		}
 		return nil, err
 	}
 	return acc, nil

@@ -358,7 +358,7 @@ func (s *Server) Start() error {
 		ln, err := net.Listen("tcp", e.addr)
 		if err != nil {
 			s.closeListeners()
-			return fmt.Errorf("listen %s on %s: %w", e.name, e.addr, err)
+			return &ListenError{Name: e.name, Addr: e.addr, Err: err}
 		}
 		if s.proxy != nil && slices.Contains(proxyTargets, e.name) {
 			inj := newInjectListener(ln)

@@ -80,8 +80,11 @@ func (ss *submissionSession) Auth(mech string) (sasl.Server, error) {
 			return smtp.ErrAuthFailed
 		}
 		acc, err := ss.s.auth.login(ss.conn.Conn().RemoteAddr(), username, password, "smtp")
+		var rule *ruleRefusal
 		if errors.Is(err, mailbox.ErrUnavailable) {
 			return errAuthTemp
+		} else if errors.As(err, &rule) {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: rule.ClientText()}
 		} else if err != nil {
 			return smtp.ErrAuthFailed
 		}

@@ -78,6 +78,7 @@ func (w *web) handler() http.Handler {
 		fmt.Fprint(rw, "User-agent: *\nDisallow: /\n")
 	})
 	mux.HandleFunc("GET /{$}", w.handleIndex)
+	mux.HandleFunc("POST /{$}", w.handleIndex) // an invite's button
 	mux.HandleFunc("GET /info", w.handleInfo)
 	mux.HandleFunc("GET /privacy", w.handlePrivacy)
 	mux.HandleFunc("GET /downloads", w.handleDownloads)
@@ -144,7 +145,7 @@ func (w *web) secure(next http.Handler) http.Handler {
 	})
 }
 
-const contentSecurityPolicy = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+const contentSecurityPolicy = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 // Random account names: SPEC section 4, 9 characters of [a-z0-9].
 const nameAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -129,6 +129,9 @@ func loadPage(fsys fs.FS, cat catalogue, name string, extraKeys ...string) (*pag
 // lang picks the page's language from Accept-Language; English when
 // nothing the reader accepts is translated.
 func (p *page) lang(r *http.Request) string {
+	if l := p.chosenLang(r); l != "" {
+		return l
+	}
 	tags, _, err := language.ParseAcceptLanguage(r.Header.Get("Accept-Language"))
 	if err != nil || len(tags) == 0 {
 		return "en"
@@ -162,6 +165,8 @@ var pages = func() map[string]*page {
 // pageData is what every template gets.
 type pageData struct {
 	Lang         string
+	LangQuery    string       // "?lang=L" when the reader chose L, for the page's links
+	Langs        []langChoice // the language switcher
 	S            map[string]string
 	Domain       string
 	Operator     string
@@ -188,8 +193,14 @@ type limits struct {
 func (w *web) pageData(p *page, r *http.Request) *pageData {
 	lang := p.lang(r)
 	c := &w.s.cfg
+	langQuery := ""
+	if l := p.chosenLang(r); l != "" {
+		langQuery = "?lang=" + l
+	}
 	return &pageData{
 		Lang:         lang,
+		LangQuery:    langQuery,
+		Langs:        p.switcher(r, lang),
 		S:            p.strings[lang],
 		Domain:       c.Hostname(),
 		Operator:     c.OperatorName,
@@ -236,6 +247,7 @@ type joinCode struct {
 	QRSize     int
 	SelfSigned bool
 	Error      string
+	Confirm    bool // an invite waits for the reader's button
 }
 
 // The join code (SPEC sections 2 and 4). A relay with a publicly trusted
@@ -244,7 +256,8 @@ type joinCode struct {
 // such a relay shows a dclogin: code that carries the account and "accept
 // invalid certificates": with open registration for invented credentials
 // (the account is made at first login), with an invite for an account made
-// now (the invite is spent on this page view).
+// when the reader presses the page's button: a GET never spends an invite
+// (a link preview would burn it), only the button's POST does.
 func (w *web) handleIndex(rw http.ResponseWriter, r *http.Request) {
 	p := pages["index"]
 	d := w.pageData(p, r)
@@ -265,6 +278,8 @@ func (w *web) handleIndex(rw http.ResponseWriter, r *http.Request) {
 		case token == "":
 		case !selfSigned:
 			code = "DCACCOUNT:" + w.newURL(token)
+		case r.Method != http.MethodPost:
+			d.Join.Confirm = true
 		default:
 			addr, pw, err := w.createAccount(r, token)
 			if err != nil {

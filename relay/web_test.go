@@ -228,7 +228,7 @@ func startTrusted(t *testing.T, edit func(*relaytest.Cfg)) *relaytest.Relay {
 	return &relaytest.Relay{Server: srv, Cfg: cfg, Dir: cfg.DataDir}
 }
 
-const wantCSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+const wantCSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 // checkHTMLPage asserts what every page shares: HTML, the strict CSP, and
 // nothing loaded from anywhere: no scripts, no style sheets, every image
@@ -456,6 +456,7 @@ func TestWebIndexRegistrationModes(t *testing.T) {
 		{mode: "invite", query: "?token=tok-1", code: "dclogin:"},
 		{mode: "invite", query: "?token=bad", want: "not valid"},
 	} {
+		post := !tc.trusted && strings.Contains(tc.query, "token=")
 		t.Run(tc.mode+tc.query, func(t *testing.T) {
 			edit := func(c *relaytest.Cfg) { c.Registration = tc.mode }
 			var r *relaytest.Relay
@@ -468,6 +469,22 @@ func TestWebIndexRegistrationModes(t *testing.T) {
 			r.SetInviteChecker(inv)
 			resp, body := fetch(t, r, "/"+tc.query)
 			doc := checkHTMLPage(t, resp, body)
+			if post {
+				// A GET (a link preview, a prefetch) spends nothing: the
+				// page offers a button that POSTs back to itself.
+				forms := findAll(doc, "form", "method", "post")
+				if len(forms) != 1 || len(findAll(forms[0], "button")) != 1 || strings.Contains(body, "dclogin:") {
+					t.Fatalf("invite page offers no button, or a code already:\n%s", body)
+				}
+				if inv.used != 0 {
+					t.Fatal("GET spent the invite")
+				}
+				resp, body = postURL(t, "https://"+r.AddrOf("https")+"/"+tc.query)
+				doc = checkHTMLPage(t, resp, body)
+				if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+					t.Errorf("Cache-Control %q on a page with credentials", cc)
+				}
+			}
 			if tc.code == "" {
 				if len(findAll(doc, "img")) != 0 || strings.Contains(body, "dclogin:") {
 					t.Fatal("page offers a join code")
@@ -491,8 +508,26 @@ func TestWebIndexRegistrationModes(t *testing.T) {
 				return
 			}
 			checkDCLogin(t, r, code)
+			if inv.used != 1 {
+				t.Fatalf("button spent %d invites, want 1", inv.used)
+			}
 		})
 	}
+}
+
+// postURL submits an empty form, as the invite page's button does.
+func postURL(t *testing.T, u string) (*http.Response, string) {
+	t.Helper()
+	resp, err := httpsClient().Post(u, "application/x-www-form-urlencoded", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(body)
 }
 
 // fakeInvites accepts tokens with uses left.
@@ -581,6 +616,12 @@ func TestWebPageTranslations(t *testing.T) {
 		{"/", "fr-FR, de;q=0.5", "de", "Mitmachen"},
 		{"/", "fr-FR", "en", "Join"},
 		{"/", "en-GB,de;q=0.8", "en", "Join"},
+		{"/", "fa-IR,fa;q=0.9,en;q=0.5", "fa", "بزرگ‌ترین پیام"},
+		{"/", "zh-CN,zh;q=0.9", "zh-Hans", "单条消息最大"},
+		// The switcher's choice beats Accept-Language.
+		{"/?lang=fa", "de", "fa", "پیوستن"},
+		{"/?lang=zh-Hans", "ru", "zh-Hans", "加入"},
+		{"/?lang=xx", "de", "de", "Mitmachen"},
 		// Pages not (yet) translated stay whole in English.
 		{"/privacy", "de", "en", "Privacy policy"},
 		{"/info", "ru", "en", "Details"},
@@ -596,6 +637,47 @@ func TestWebPageTranslations(t *testing.T) {
 		if resp.Header.Get("Content-Language") != tc.lang || !strings.Contains(resp.Header.Get("Vary"), "Accept-Language") {
 			t.Errorf("%s: Content-Language %q Vary %q", tc.path, resp.Header.Get("Content-Language"), resp.Header.Get("Vary"))
 		}
+		wantDir := "ltr"
+		if tc.lang == "fa" {
+			wantDir = "rtl"
+		}
+		if got := attr(findAll(doc, "html")[0], "dir"); got != wantDir {
+			t.Errorf("%s %q: dir %q, want %q", tc.path, tc.accept, got, wantDir)
+		}
+	}
+}
+
+// The page names every language it speaks, in that language, each a link
+// to the same page in it; an invite token stays in the links, and the
+// chosen language stays on the page's own links.
+func TestWebLanguageSwitcher(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.Registration = "invite" })
+	resp, body := fetch(t, r, "/?token=tok-1&lang=fa")
+	doc := checkHTMLPage(t, resp, body)
+	navs := findAll(doc, "nav", "class", "langs")
+	if len(navs) != 1 {
+		t.Fatalf("%d language switchers, want 1", len(navs))
+	}
+	got := map[string]string{}
+	for _, a := range findAll(navs[0], "a") {
+		u, err := url.Parse(attr(a, "href"))
+		if err != nil || u.Query().Get("token") != "tok-1" || u.Query().Get("lang") != attr(a, "hreflang") {
+			t.Errorf("switcher link %q", attr(a, "href"))
+		}
+		got[attr(a, "hreflang")] = text(a)
+	}
+	for lang, name := range map[string]string{"en": "English", "de": "Deutsch", "ru": "Русский", "fa": "فارسی", "zh-Hans": "简体中文"} {
+		if got[lang] != name {
+			t.Errorf("switcher: %s is %q, want %q", lang, got[lang], name)
+		}
+	}
+	if len(findAll(doc, "a", "href", "/info?lang=fa")) != 1 {
+		t.Error("the chosen language is not kept on the page's links")
+	}
+	// A page only English translates has no switcher.
+	resp, body = fetch(t, r, "/privacy")
+	if doc := checkHTMLPage(t, resp, body); len(findAll(doc, "nav", "class", "langs")) != 0 {
+		t.Error("an English-only page shows a switcher")
 	}
 }
 
@@ -962,13 +1044,18 @@ func TestWebPageInChromium(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		trusted bool
-	}{{"selfsigned", false}, {"trusted", true}} {
+		lang    string // ?lang=, "" for the browser's own
+	}{{"selfsigned", false, ""}, {"trusted", true, ""}, {"fa", false, "fa"}, {"zh", false, "zh-Hans"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			var r *relaytest.Relay
 			if tc.trusted {
 				r = startTrusted(t, nil)
 			} else {
 				r = relaytest.Start(t, nil)
+			}
+			pageURL := "https://" + r.AddrOf("https") + "/"
+			if tc.lang != "" {
+				pageURL += "?lang=" + tc.lang
 			}
 			dir := t.TempDir()
 			shot := filepath.Join(dir, "index.png")
@@ -992,7 +1079,7 @@ func TestWebPageInChromium(t *testing.T) {
 				"--ignore-certificate-errors",
 				"--log-net-log="+netlog,
 				"--screenshot="+shot, "--window-size=412,900", "--hide-scrollbars",
-				"https://"+r.AddrOf("https")+"/")
+				pageURL)
 			cmd.Dir = dir
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("chromium: %v\n%s", err, out)

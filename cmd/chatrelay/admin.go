@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +56,38 @@ func (t *target) dataDir(cmd *cobra.Command) (string, error) {
 	return filepath.Abs(cfg.DataDir)
 }
 
+// devHint, for a command that found no relay, says whether a dev relay
+// runs where --dev would look.
+func (t *target) devHint(cmd *cobra.Command, ctx context.Context) string {
+	if t.dev || cmd.Flags().Changed("data") || t.config != "" {
+		return ""
+	}
+	dir, err := filepath.Abs(relay.DevDefault().DataDir)
+	if err != nil {
+		return ""
+	}
+	if control.Call(ctx, relay.ControlSocketPath(dir), control.CmdStatus, nil, nil, nil) == nil {
+		return fmt.Sprintf("; a dev relay runs with data in %s: add --dev", dir)
+	}
+	return ""
+}
+
+// stopHint and startHint say how the relay is stopped and started: a dev
+// relay runs in a terminal, a production one under systemd.
+func (t *target) stopHint() string {
+	if t.dev {
+		return "Ctrl-C where `chatrelay serve --dev` runs"
+	}
+	return "systemctl stop chatrelay"
+}
+
+func (t *target) startHint(dataDir string) string {
+	if t.dev {
+		return "chatrelay serve --dev --data " + dataDir
+	}
+	return "systemctl start chatrelay"
+}
+
 // call runs one command on the relay, turning "nothing listens" into
 // advice.
 func (t *target) call(cmd *cobra.Command, name string, args, result any, progress func(control.Progress)) error {
@@ -66,7 +99,7 @@ func (t *target) call(cmd *cobra.Command, name string, args, result any, progres
 	defer stop()
 	err = control.Call(ctx, relay.ControlSocketPath(dir), name, args, result, progress)
 	if errors.Is(err, control.ErrNotRunning) {
-		return fmt.Errorf("no relay is running with data dir %s (is `chatrelay serve` running?)", dir)
+		return fmt.Errorf("no relay is running with data dir %s (is `chatrelay serve` running?)%s", dir, t.devHint(cmd, ctx))
 	}
 	if errors.Is(err, os.ErrPermission) {
 		return fmt.Errorf("no permission to reach the relay in %s: run as the relay's user or root", dir)
@@ -373,7 +406,7 @@ func inviteCmd() *cobra.Command {
 	var uses int
 	var expires string
 	create := &cobra.Command{
-		Use: "create", Short: "Make an invite link (DCACCOUNT:https://D/new?token=T)", Args: cobra.NoArgs,
+		Use: "create", Short: "Make an invite link (DCACCOUNT:https://D/new?token=T, or https://D/?token=T when self-signed)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ttl, err := parseTTL(expires)
 			if err != nil {
@@ -388,6 +421,15 @@ func inviteCmd() *cobra.Command {
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), inv.URL)
 			fmt.Fprintf(cmd.ErrOrStderr(), "%s\n", describeInvite(inv))
+			if inv.SelfSigned {
+				fmt.Fprintln(cmd.ErrOrStderr(), "The certificate is self-signed, so Delta Chat cannot use a DCACCOUNT: code here: open the link in a browser, press its button and scan the dclogin: code it shows.")
+			}
+			switch inv.Registration {
+			case "open":
+				fmt.Fprintln(cmd.ErrOrStderr(), "Registration is open on this relay: anyone can make an account, invites are not needed. They work once registration = \"invite\".")
+			case "closed":
+				fmt.Fprintln(cmd.ErrOrStderr(), "Registration is closed on this relay: this invite works only once registration = \"invite\".")
+			}
 			return nil
 		},
 	}
@@ -578,10 +620,17 @@ certificates from the backup are put back only where missing.`,
 			}
 			err = control.Call(cmd.Context(), relay.ControlSocketPath(dataDir), control.CmdStatus, nil, nil, nil)
 			if err == nil || !errors.Is(err, control.ErrNotRunning) {
-				return fmt.Errorf("a relay is running with data dir %s: stop it first (systemctl stop chatrelay)", dataDir)
+				return fmt.Errorf("a relay is running with data dir %s: stop it first (%s)", dataDir, t.stopHint())
 			}
 			out := cmd.OutOrStdout()
-			return relay.Restore(dataDir, args[0], func(f string, a ...any) { fmt.Fprintf(out, "restore: "+f+"\n", a...) })
+			err = relay.Restore(dataDir, args[0], func(f string, a ...any) { fmt.Fprintf(out, "restore: "+f+"\n", a...) })
+			if errors.Is(err, relay.ErrRelayRunning) {
+				return fmt.Errorf("%w (%s)", err, t.stopHint())
+			}
+			if err == nil {
+				fmt.Fprintf(out, "restore: done; start the relay again (%s)\n", t.startHint(dataDir))
+			}
+			return err
 		},
 	}
 	t.flags(cmd)

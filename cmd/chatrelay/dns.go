@@ -19,6 +19,7 @@ func dnsCmd() *cobra.Command {
 		zone       bool
 		check      bool
 		resolver   string
+		dev        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "dns [--domain D] [--ip A] [--ipv6 A6] [--zone] [--check]",
@@ -37,12 +38,28 @@ or wrong; it fails when a required record is not right.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
-			// The ports to open come from the config when there is one.
-			cfg := relay.Default()
-			if err := cfg.LoadFile(configPath); err != nil {
-				cfg = relay.Default()
+			base := relay.Default
+			if dev {
+				// Like the other commands: the dev relay's data and name,
+				// not the production config.
+				base = relay.DevDefault
+				if !cmd.Flags().Changed("config") {
+					configPath = ""
+				}
+				if !cmd.Flags().Changed("data") {
+					dataDir = relay.DevDefault().DataDir
+				}
+				if o.Domain == "" {
+					o.Domain = relay.DevDefault().Domain
+					fmt.Fprintf(cmd.ErrOrStderr(), "note: a dev relay on %s needs no DNS; these are the records a relay of that name would need\n", o.Domain)
+				}
 			}
-			if o.Domain == "" {
+			// The ports to open come from the config when there is one.
+			cfg := base()
+			if err := cfg.LoadFile(configPath); err != nil {
+				cfg = base()
+			}
+			if o.Domain == "" && configPath != "" {
 				cfg := relay.Default()
 				if err := cfg.LoadFile(configPath); err == nil {
 					o.Domain = cfg.Domain
@@ -115,6 +132,7 @@ or wrong; it fails when a required record is not right.`,
 	fl.StringVar(&configPath, "config", install.ConfigPath, "config file to take the domain and data directory from")
 	fl.BoolVar(&zone, "zone", false, "print a zone file fragment")
 	fl.BoolVar(&check, "check", false, "look the records up and report ok, missing or wrong")
+	fl.BoolVar(&dev, "dev", false, "for the relay run with serve --dev (data in ./chatrelay-data, domain localhost)")
 	fl.StringVar(&resolver, "resolver", "", "DNS server for --check, host:port (default: from /etc/resolv.conf)")
 	return cmd
 }

@@ -22,7 +22,9 @@ func main() {
 		Short:         "A chatmail relay for Delta Chat in one binary",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version,
 	}
+	root.SetVersionTemplate("chatrelay {{.Version}}\n")
 	root.AddCommand(serveCmd(), versionCmd(), verifyCmd(), upgradeCmd())
 	root.AddCommand(installCmd(), uninstallCmd(), dnsCmd())
 	root.AddCommand(adminCmds()...)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -32,6 +34,7 @@ func serveCmd() *cobra.Command {
 		turn                                                             string
 		proxyListen                                                      string
 		proxy                                                            bool
+		portBase                                                         int
 	}
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -43,8 +46,10 @@ IMAP 1993 (TLS) and 1143 (STARTTLS), submission 1465 (TLS) and 1587
 (STARTTLS), inbound SMTP 1025, HTTPS 1443, TURN 3478 (UDP and TCP, relay
 ports 49152-49251, relaying to loopback allowed, so calls work between
 accounts on this machine), and with --proxy the Shadowsocks proxy on 18388;
-domain localhost, data in ./chatrelay-data, a
-self-signed certificate; no config file needed.`,
+domain localhost, data in ./chatrelay-data, a self-signed certificate; no
+config file needed. --port-base 2000 moves them all at once (IMAP 2993,
+..., HTTPS 2443, TURN 4478, metrics if on 10150), for a second dev relay
+or when a port is taken.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := relay.Default()
@@ -75,6 +80,11 @@ self-signed certificate; no config file needed.`,
 					devTURN(&cfg, f.ip)
 				}
 				cfg.TLS.Mode = "selfsigned"
+			}
+			if cmd.Flags().Changed("port-base") {
+				if err := applyPortBase(&cfg, dev, f.portBase); err != nil {
+					return err
+				}
 			}
 			set("listen-imaps", &cfg.Listen.IMAPS, f.imaps)
 			set("listen-imap", &cfg.Listen.IMAP, f.imap)
@@ -115,6 +125,7 @@ self-signed certificate; no config file needed.`,
 	fl.StringVar(&f.turn, "listen-turn", "", "TURN address, UDP and TCP (empty: no built-in TURN)")
 	fl.BoolVar(&f.proxy, "proxy", false, "run the Shadowsocks proxy (dev: on "+relay.DevProxyListen+", else :8388 unless [proxy] listen is set)")
 	fl.StringVar(&f.proxyListen, "listen-proxy", "", "Shadowsocks proxy address")
+	fl.IntVar(&f.portBase, "port-base", 0, "with --dev: move every port by one number, each to N + its standard port (IMAP N+993, ..., HTTPS N+443, TURN N+2478, metrics if on N+8150; --dev is N=1000)")
 	return cmd
 }
 
@@ -134,6 +145,12 @@ func devTURN(cfg *relay.Config, ip string) {
 }
 
 func newLogger(level string) (*slog.Logger, error) {
+	return newLoggerTo(os.Stderr, level, underJournal(os.Stderr))
+}
+
+// newLoggerTo logs to w; under the journal each line carries its
+// priority, and the journal's own timestamp stands in for the handler's.
+func newLoggerTo(w io.Writer, level string, journal bool) (*slog.Logger, error) {
 	if level == "off" {
 		return slog.New(slog.DiscardHandler), nil
 	}
@@ -141,7 +158,17 @@ func newLogger(level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	if journal {
+		w = journalWriter{w}
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
 
 func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
@@ -155,9 +182,19 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// A start that fails leaves no data directory it made behind: the
+	// next try (with other ports, say) starts as fresh as this one.
+	_, statErr := os.Stat(cfg.DataDir)
+	madeDir := errors.Is(statErr, os.ErrNotExist)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
+	started := false
+	defer func() {
+		if madeDir && !started {
+			os.RemoveAll(cfg.DataDir)
+		}
+	}()
 	certs, err := acme.New(acme.Config{
 		Mode:     acme.Mode(cfg.TLS.Mode),
 		Domain:   cfg.Domain,
@@ -184,9 +221,10 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	}
 	if err := srv.Start(); err != nil {
 		srv.Shutdown(context.Background())
-		return err
+		return explainListen(err, cfg.Dev)
 	}
-	printWelcome(cmd, srv, cfg)
+	started = true
+	printWelcome(cmd.OutOrStdout(), srv, cfg, isTerminal(os.Stdout))
 	// Under systemd (Type=notify) the unit is started once listeners are up.
 	if err := install.NotifyReady(); err != nil {
 		log.Warn("tell systemd we are ready", "err", err)
@@ -198,31 +236,44 @@ func serve(cmd *cobra.Command, cfg relay.Config, logLevel string) error {
 	return srv.Shutdown(sctx)
 }
 
-// printWelcome tells the operator how to connect: the listeners and a
-// dclogin: code for a fresh account, created when the app first logs in.
-func printWelcome(cmd *cobra.Command, srv *relay.Server, cfg relay.Config) {
-	out := cmd.OutOrStdout()
-	abs, _ := filepath.Abs(cfg.DataDir)
-	fmt.Fprintf(out, "chatrelay %s serving %s (data in %s)\n", version, cfg.MailDomain(), abs)
-	for _, name := range []string{"imaps", "imap", "submissions", "submission", "smtp", "https", "proxy"} {
-		if a := srv.Addr(name); a != nil {
-			fmt.Fprintf(out, "  %-12s %s\n", name, a)
-		}
+// applyPortBase puts every dev listener at base + its standard port
+// (serve --port-base): one flag instead of eight to run beside another.
+func applyPortBase(cfg *relay.Config, dev bool, base int) error {
+	if !dev {
+		return errors.New("--port-base works with --dev; set each listen address in the config file instead")
 	}
-	if t := srv.TURN(); t != nil {
-		for _, a := range []net.Addr{t.UDPAddr(), t.TCPAddr()} {
-			if a != nil {
-				fmt.Fprintf(out, "  %-12s %s/%s\n", "turn", a, a.Network())
-			}
-		}
+	if base < 0 || base+8150 > 65535 {
+		return fmt.Errorf("--port-base %d: must be 0 to %d, so that every port (up to N+8150) fits", base, 65535-8150)
 	}
-	addr, pw := srv.NewAccountCredentials()
-	fmt.Fprintf(out, "\nTo add an account in Delta Chat, scan or paste this code (the account is created at first login):\n\n  %s\n\n", srv.DCLoginURL(addr, pw))
-	if a := srv.Addr("https"); a != nil {
-		host, port, _ := net.SplitHostPort(a.String())
-		fmt.Fprintf(out, "Or make one with: curl -k -X POST https://%s/new\n", net.JoinHostPort(host, port))
+	host := cfg.IP
+	if host == "" {
+		host = "127.0.0.1"
 	}
-	if u := srv.ProxyURL(); u != "" {
-		fmt.Fprintf(out, "\nShadowsocks proxy (Delta Chat: Settings -> Proxy, or scan it):\n\n  %s\n", u)
+	at := func(port int) string { return net.JoinHostPort(host, strconv.Itoa(base+port)) }
+	cfg.Listen = relay.Listen{
+		IMAPS: at(993), IMAP: at(143), Submissions: at(465), Submission: at(587),
+		SMTP: at(25), HTTPS: at(443),
 	}
+	cfg.TURN.ListenUDP, cfg.TURN.ListenTCP = at(2478), at(2478)
+	if cfg.MetricsListen != "" {
+		cfg.MetricsListen = at(8150)
+	}
+	return nil
+}
+
+// explainListen names, for a port another process holds, the flag that
+// moves it.
+func explainListen(err error, dev bool) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return err
+	}
+	more := ""
+	if dev {
+		more = ", or move every port with --port-base (like --port-base 2000)"
+	}
+	var le *relay.ListenError
+	if errors.As(err, &le) {
+		return fmt.Errorf("%w\nanother process has that port: choose another with --listen-%s ADDRESS%s", err, le.Name, more)
+	}
+	return fmt.Errorf("%w\nanother process has that port%s", err, more)
 }

@@ -251,7 +251,9 @@ func (l *layer) resumed(ok bool) {
 	l.replay = false
 	l.hib = hibNone
 	if !ok {
-		l.log.Warn("imap: resume refused")
+		// Mostly a client that closed its hibernated connection: the
+		// replayed SELECT finds nobody. The everyday end of a session.
+		l.log.Debug("imap: resume refused")
 		l.closed = true
 		go l.closeClient()
 		return

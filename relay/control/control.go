@@ -253,6 +253,11 @@ type Invite struct {
 	Expires  time.Time `json:"expires,omitzero"`
 	Usable   bool      `json:"usable"`
 	Disabled string    `json:"disabled,omitempty"` // "expired" or "used up"
+	// SelfSigned: URL is the web page (https://D/?token=T), which shows a
+	// dclogin: code, since Delta Chat refuses DCACCOUNT: over a
+	// self-signed certificate.
+	SelfSigned   bool   `json:"self_signed,omitempty"`
+	Registration string `json:"registration,omitempty"` // the relay's mode now
 }
 
 // TokenArgs names an invite.
