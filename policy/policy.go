@@ -61,6 +61,7 @@ package policy
 import (
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Reply is an SMTP refusal: the reply code, the enhanced status code
@@ -194,12 +195,17 @@ var (
 	ErrWriteFailed = newReply(451, 4, 3, 0, "Error storing message")
 )
 
-// ErrDKIM refuses an incoming message whose DKIM signature is missing,
-// invalid, or not aligned with the From: domain (SPEC section 5). detail is
-// sent to the client; keep it short and free of message content.
+// ErrNoDKIMSignature refuses an incoming message that carries no DKIM
+// signature at all, in the reference chatmail relay's words.
+var ErrNoDKIMSignature = newReply(554, 5, 7, 1, "No DKIM signature found")
+
+// ErrDKIM refuses an incoming message whose DKIM signature is invalid or
+// not aligned with the From: domain (SPEC section 5). detail is sent to
+// the client; keep it short and free of message content. A "dkim: "
+// prefix of detail is dropped: the text names DKIM once.
 func ErrDKIM(detail string) *Reply {
 	text := "DKIM check failed"
-	if detail != "" {
+	if detail = strings.TrimPrefix(detail, "dkim: "); detail != "" {
 		text += ": " + detail
 	}
 	return newReply(554, 5, 7, 1, text)

@@ -162,6 +162,9 @@ func (s *Server) checkSender(raw *mailbox.Incoming, remote net.IP) (string, erro
 			return "", errDKIMTemp
 		}
 		s.log.Info("inbound refused", "reason", err.Error())
+		if errors.Is(err, dkim.ErrNoSignature) {
+			return "", smtpReply(policy.ErrNoDKIMSignature)
+		}
 		return "", smtpReply(policy.ErrDKIM(err.Error()))
 	}
 	return domain, nil
