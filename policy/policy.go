@@ -78,6 +78,10 @@ type Reply struct {
 	Code     int
 	Enhanced [3]int
 	Text     string
+	// Colon: the enhanced code is followed by a colon on the wire
+	// ("450 4.7.1: Too much mail from ..."), as the reference relay's
+	// filtermail writes it and Delta Chat users know it.
+	Colon bool
 
 	// reason says, for the operator's log, why the message was refused.
 	// It is never sent to the client: the SMTP text stays the same for
@@ -93,6 +97,9 @@ type Reply struct {
 func (r *Reply) Error() string {
 	if r == nil {
 		return "<nil>"
+	}
+	if r.Colon {
+		return strconv.Itoa(r.Code) + " " + r.EnhancedCode() + ": " + r.Text
 	}
 	return strconv.Itoa(r.Code) + " " + r.EnhancedCode() + " " + r.Text
 }
@@ -155,7 +162,8 @@ var (
 	ErrEncryptionNeeded = newReply(523, 5, 7, 1, "Encryption Needed: Invalid Unencrypted Mail")
 
 	// ErrSenderMismatch: the envelope sender (MAIL FROM) is not the
-	// authenticated login.
+	// authenticated login; given for each recipient at RCPT, as the
+	// reference relay's Postfix does.
 	ErrSenderMismatch = newReply(553, 5, 7, 1, "Envelope sender must equal the login name")
 
 	// ErrFromMismatch: the From: header address is not the envelope sender.
@@ -212,10 +220,12 @@ func ErrDKIM(detail string) *Reply {
 }
 
 // TooMuchMail is the refusal of a sender over its sending rate:
-// "450 4.7.1 Too much mail from addr". 4.7.1 is temporary, the client
-// retries later.
+// "450 4.7.1: Too much mail from addr", given for each recipient at RCPT.
+// 4.7.1 is temporary, the client retries later.
 func TooMuchMail(addr string) *Reply {
-	return newReply(450, 4, 7, 1, "Too much mail from "+addr)
+	r := newReply(450, 4, 7, 1, "Too much mail from "+addr)
+	r.Colon = true
+	return r
 }
 
 // Kind is what sort of message passed the policy.

@@ -1,9 +1,13 @@
 package relay_test
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
@@ -75,4 +79,67 @@ func TestUIDMoveStarOnEmptyMailbox(t *testing.T) {
 		t.Errorf("DeltaChat after moves of nothing: %q", l)
 	}
 	x.expect("n OK")
+}
+
+// The sender checks answer at RCPT, once per recipient, with the reference
+// relay's texts: MAIL FROM itself is accepted (SPEC section 5).
+func TestSubmissionSenderChecksAnswerAtRCPT(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	r.Clock.Freeze()
+	const alice, bob = "rcptalice@localhost", "rcptbobbo@localhost"
+	login(t, r, bob).Close()
+	c, err := smtp.DialTLS(r.AddrOf("submissions"), relaytest.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", alice, password)); err != nil {
+		t.Fatal(err)
+	}
+	reply := func(err error) string {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			return fmt.Sprint(err)
+		}
+		if se.EnhancedCode == smtp.NoEnhancedCode || se.EnhancedCode == (smtp.EnhancedCode{}) {
+			return fmt.Sprintf("%d %s", se.Code, se.Message)
+		}
+		return fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+	}
+	rcpts := func(want string) {
+		t.Helper()
+		for _, to := range []string{bob, "someone@elsewhere.test"} {
+			if got := reply(c.Rcpt(to, nil)); got != want {
+				t.Errorf("RCPT %s: %q, want %q", to, got, want)
+			}
+		}
+	}
+	if err := c.Mail(bob, nil); err != nil {
+		t.Fatalf("MAIL FROM another address: %v, want it accepted and refused at RCPT", err)
+	}
+	rcpts("553 5.7.1 Envelope sender must equal the login name")
+	if err := c.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	// The burst of 10 (SPEC default), then the rate refusal, also per RCPT.
+	for i := range 11 {
+		if err := c.Mail(alice, nil); err != nil {
+			t.Fatalf("MAIL %d: %v", i, err)
+		}
+		if i == 10 {
+			rcpts("450 4.7.1: Too much mail from " + alice)
+			break
+		}
+		if err := c.Rcpt(bob, nil); err != nil {
+			t.Fatalf("RCPT %d: %v", i, err)
+		}
+		w, err := c.Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(testmsg.Encrypted(alice, bob, i))
+		if err := w.Close(); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
 }
