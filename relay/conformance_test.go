@@ -143,3 +143,39 @@ func TestSubmissionSenderChecksAnswerAtRCPT(t *testing.T) {
 		}
 	}
 }
+
+// METADATA as Delta Chat meets it on the reference relay: SETMETADATA takes
+// a space before ")", the client reads back its own device tokens
+// (space-separated), another account does not see them, and the
+// completion texts are the reference's.
+func TestMetadataDeviceTokenAsTheReferenceRelay(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	const alice, bob = "metaalice@localhost", "metabobbo@localhost"
+	x := dialRawIMAP(t, r)
+	x.send("a LOGIN " + alice + " " + password + "\r\n")
+	x.expect("a OK")
+	x.send("b SETMETADATA INBOX (/private/devicetoken \"tok-1\" )\r\n")
+	if l := x.expect("b "); l != "b OK Setmetadata completed\r\n" {
+		t.Fatalf("SETMETADATA with a space before ): %q", l)
+	}
+	x.send("c SETMETADATA INBOX ( /private/devicetoken  \"tok-2\")\r\n")
+	x.expect("c OK")
+	x.send("d GETMETADATA INBOX /private/devicetoken\r\n")
+	got := x.expect("* METADATA")
+	if done := x.expect("d "); done != "d OK Getmetadata completed\r\n" {
+		t.Errorf("GETMETADATA: %q", done)
+	}
+	tokens, _ := r.Store().PushTokens(alice)
+	want := `* METADATA "INBOX" ("/private/devicetoken" "` + strings.Join(tokens, " ") + "\")\r\n"
+	if len(tokens) != 2 || got != want {
+		t.Fatalf("read back %q, want %q (store: %v)", got, want, tokens)
+	}
+	y := dialRawIMAP(t, r)
+	y.send("a LOGIN " + bob + " " + password + "\r\n")
+	y.expect("a OK")
+	y.send("b GETMETADATA INBOX /private/devicetoken\r\n")
+	if l := y.expect("* METADATA"); strings.Contains(l, "tok-") {
+		t.Fatalf("another account reads alice's tokens: %q", l)
+	}
+	y.expect("b OK")
+}
