@@ -179,3 +179,26 @@ func TestMetadataDeviceTokenAsTheReferenceRelay(t *testing.T) {
 	}
 	y.expect("b OK")
 }
+
+// Port 25 takes MAIL only after STARTTLS (SPEC section 5): mail between
+// relays never travels in the clear; after STARTTLS the same command works.
+func TestInboundNeedsSTARTTLSBeforeMAIL(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	c, err := smtp.Dial(r.AddrOf("smtp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var se *smtp.SMTPError
+	if err := c.Mail("someone@example.org", nil); !errors.As(err, &se) || se.Code != 530 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 0}) {
+		t.Fatalf("MAIL without TLS: %v, want 530 5.7.0", err)
+	}
+	tc, err := smtp.DialStartTLS(r.AddrOf("smtp"), relaytest.ClientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if err := tc.Mail("someone@example.org", nil); err != nil {
+		t.Fatalf("MAIL after STARTTLS: %v", err)
+	}
+}

@@ -316,6 +316,18 @@ func smtpSession(t *testing.T, r *relaytest.Relay, port, from string) *line {
 	l.expect("220 ")
 	l.send("EHLO client.test\r\n")
 	l.smtpReply()
+	if port == "smtp" {
+		// Port 25 takes MAIL only after STARTTLS.
+		l.send("STARTTLS\r\n")
+		l.expect("220 ")
+		tc := tls.Client(l.c, relaytest.ClientTLS())
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		l = newLine(t, tc)
+		l.send("EHLO client.test\r\n")
+		l.smtpReply()
+	}
 	return l
 }
 
