@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -201,4 +202,41 @@ func TestInboundNeedsSTARTTLSBeforeMAIL(t *testing.T) {
 	if err := tc.Mail("someone@example.org", nil); err != nil {
 		t.Fatalf("MAIL after STARTTLS: %v", err)
 	}
+}
+
+// Client ports speak TLS 1.3 only (SPEC section 5, as the reference
+// relay); port 25 still takes TLS 1.2 from other mail servers.
+func TestClientPortsAreTLS13Only(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	tls12 := relaytest.ClientTLS()
+	tls12.MaxVersion = tls.VersionTLS12
+	for _, name := range []string{"imaps", "submissions", "https"} {
+		if c, err := tls.Dial("tcp", r.AddrOf(name), tls12); err == nil {
+			c.Close()
+			t.Errorf("%s: TLS 1.2 handshake accepted", name)
+		}
+		c, err := tls.Dial("tcp", r.AddrOf(name), relaytest.ClientTLS())
+		if err != nil {
+			t.Fatalf("%s: TLS 1.3: %v", name, err)
+		}
+		if v := c.ConnectionState().Version; v != tls.VersionTLS13 {
+			t.Errorf("%s: version %x", name, v)
+		}
+		c.Close()
+	}
+	// go-smtp's client handshakes on the first command after STARTTLS.
+	if c, err := smtp.DialStartTLS(r.AddrOf("submission"), tls12); err == nil {
+		if err := c.Noop(); err == nil {
+			t.Error("submission STARTTLS: TLS 1.2 accepted")
+		}
+		c.Close()
+	}
+	c, err := smtp.DialStartTLS(r.AddrOf("smtp"), tls12)
+	if err != nil {
+		t.Fatalf("port 25 with TLS 1.2: %v", err)
+	}
+	if err := c.Noop(); err != nil {
+		t.Fatalf("port 25 with TLS 1.2: %v", err)
+	}
+	c.Close()
 }

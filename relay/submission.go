@@ -48,6 +48,7 @@ func (s *Server) buildSMTP() {
 		return &submissionSession{s: s, conn: c}, nil
 	}))
 	common(s.submission)
+	s.submission.TLSConfig = s.clientTLS()
 	s.inbound = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &inboundSession{s: s, conn: c}, nil
 	}))
