@@ -947,6 +947,12 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 	if !exists {
 		return nil, nil, errTryCreate
 	}
+	if len(ts) == 0 {
+		// A UID set naming no message (e.g. "*" on an empty mailbox) copies
+		// nothing and is not an error (RFC 3501 section 6.4.8); there is no
+		// COPYUID to report (RFC 4315 section 3).
+		return nil, nil, nil
+	}
 	var total int64
 	for _, r := range recs {
 		if r != nil {
@@ -1034,6 +1040,9 @@ func (c *imapSession) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest st
 	data, src, err := c.copy(numSet, dest)
 	if err != nil {
 		return err
+	}
+	if data == nil {
+		return nil
 	}
 	if err := w.WriteCopyData(data); err != nil {
 		return err

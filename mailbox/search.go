@@ -16,6 +16,13 @@ import (
 
 func (c *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
 	ts := c.resolve(imap.SeqSet{{Start: 1, Stop: 0}})
+	var maxSeq uint32
+	var maxUID imap.UID
+	for _, t := range ts {
+		maxSeq = max(maxSeq, c.sel.encode(t.seq))
+		maxUID = max(maxUID, t.uid)
+	}
+	criteria = staticCriteria(criteria, maxSeq, maxUID)
 	var data imap.SearchData
 	var seqs imap.SeqSet
 	var uids imap.UIDSet
@@ -64,6 +71,33 @@ func (c *imapSession) Search(kind imapserver.NumKind, criteria *imap.SearchCrite
 		c.sel.searchRes = uids
 	}
 	return &data, nil
+}
+
+// staticCriteria is cr with every "*" replaced by the last message's
+// number: "*" is the last message in the mailbox (RFC 3501 section 9,
+// "seq-number"), not a number larger than all others.
+func staticCriteria(cr *imap.SearchCriteria, maxSeq uint32, maxUID imap.UID) *imap.SearchCriteria {
+	out := *cr
+	out.SeqNum = make([]imap.SeqSet, len(cr.SeqNum))
+	for i, set := range cr.SeqNum {
+		out.SeqNum[i] = staticSeqSet(set, maxSeq)
+	}
+	out.UID = make([]imap.UIDSet, len(cr.UID))
+	for i, set := range cr.UID {
+		out.UID[i] = staticUIDSet(set, maxUID)
+	}
+	out.Not = make([]imap.SearchCriteria, len(cr.Not))
+	for i := range cr.Not {
+		out.Not[i] = *staticCriteria(&cr.Not[i], maxSeq, maxUID)
+	}
+	out.Or = make([][2]imap.SearchCriteria, len(cr.Or))
+	for i, or := range cr.Or {
+		out.Or[i] = [2]imap.SearchCriteria{
+			*staticCriteria(&or[0], maxSeq, maxUID),
+			*staticCriteria(&or[1], maxSeq, maxUID),
+		}
+	}
+	return &out
 }
 
 type searchMsg struct {

@@ -534,7 +534,7 @@ func TestReplyError(t *testing.T) {
 		want string
 	}{
 		{ErrEncryptionNeeded, "523 5.7.1 Encryption Needed: Invalid Unencrypted Mail"},
-		{TooMuchMail(alice), "450 4.7.1 Too much mail from " + alice},
+		{TooMuchMail(alice), "450 4.7.1: Too much mail from " + alice},
 		{ErrDKIM("no valid signature"), "554 5.7.1 DKIM check failed: no valid signature"},
 		{ErrTooManyRecipients, "452 4.5.3 Too many recipients"},
 		{ErrTooBig, "552 5.3.4 Message too big"},

@@ -61,6 +61,7 @@ package policy
 import (
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Reply is an SMTP refusal: the reply code, the enhanced status code
@@ -77,6 +78,10 @@ type Reply struct {
 	Code     int
 	Enhanced [3]int
 	Text     string
+	// Colon: the enhanced code is followed by a colon on the wire
+	// ("450 4.7.1: Too much mail from ..."), as the reference relay's
+	// filtermail writes it and Delta Chat users know it.
+	Colon bool
 
 	// reason says, for the operator's log, why the message was refused.
 	// It is never sent to the client: the SMTP text stays the same for
@@ -92,6 +97,9 @@ type Reply struct {
 func (r *Reply) Error() string {
 	if r == nil {
 		return "<nil>"
+	}
+	if r.Colon {
+		return strconv.Itoa(r.Code) + " " + r.EnhancedCode() + ": " + r.Text
 	}
 	return strconv.Itoa(r.Code) + " " + r.EnhancedCode() + " " + r.Text
 }
@@ -154,7 +162,8 @@ var (
 	ErrEncryptionNeeded = newReply(523, 5, 7, 1, "Encryption Needed: Invalid Unencrypted Mail")
 
 	// ErrSenderMismatch: the envelope sender (MAIL FROM) is not the
-	// authenticated login.
+	// authenticated login; given for each recipient at RCPT, as the
+	// reference relay's Postfix does.
 	ErrSenderMismatch = newReply(553, 5, 7, 1, "Envelope sender must equal the login name")
 
 	// ErrFromMismatch: the From: header address is not the envelope sender.
@@ -194,22 +203,29 @@ var (
 	ErrWriteFailed = newReply(451, 4, 3, 0, "Error storing message")
 )
 
-// ErrDKIM refuses an incoming message whose DKIM signature is missing,
-// invalid, or not aligned with the From: domain (SPEC section 5). detail is
-// sent to the client; keep it short and free of message content.
+// ErrNoDKIMSignature refuses an incoming message that carries no DKIM
+// signature at all, in the reference chatmail relay's words.
+var ErrNoDKIMSignature = newReply(554, 5, 7, 1, "No DKIM signature found")
+
+// ErrDKIM refuses an incoming message whose DKIM signature is invalid or
+// not aligned with the From: domain (SPEC section 5). detail is sent to
+// the client; keep it short and free of message content. A "dkim: "
+// prefix of detail is dropped: the text names DKIM once.
 func ErrDKIM(detail string) *Reply {
 	text := "DKIM check failed"
-	if detail != "" {
+	if detail = strings.TrimPrefix(detail, "dkim: "); detail != "" {
 		text += ": " + detail
 	}
 	return newReply(554, 5, 7, 1, text)
 }
 
 // TooMuchMail is the refusal of a sender over its sending rate:
-// "450 4.7.1 Too much mail from addr". 4.7.1 is temporary, the client
-// retries later.
+// "450 4.7.1: Too much mail from addr", given for each recipient at RCPT.
+// 4.7.1 is temporary, the client retries later.
 func TooMuchMail(addr string) *Reply {
-	return newReply(450, 4, 7, 1, "Too much mail from "+addr)
+	r := newReply(450, 4, 7, 1, "Too much mail from "+addr)
+	r.Colon = true
+	return r
 }
 
 // Kind is what sort of message passed the policy.

@@ -183,7 +183,7 @@ func TestCleartextCarriersBouncesOnEveryWayIn(t *testing.T) {
 // for success.
 func inboundSMTP(t *testing.T, r *relaytest.Relay, from, to string, msg []byte) int {
 	t.Helper()
-	c, err := smtp.Dial(r.AddrOf("smtp"))
+	c, err := smtp.DialStartTLS(r.AddrOf("smtp"), relaytest.ClientTLS())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -339,13 +340,22 @@ func TestInboundRefusals(t *testing.T) {
 	tampered := bytes.Replace(good, []byte("Subject: [...]"), []byte("Subject: [..!]"), 1)
 	big := signed("a.test", testmsg.Encrypted("alicealic@a.test", bob, 1<<20))
 
-	viaSMTP := func(from string, to []string, msg []byte) int {
-		c, err := smtp.Dial(b.AddrOf("smtp"))
+	viaSMTPReply := func(from string, to []string, msg []byte) (int, string) {
+		c, err := smtp.DialStartTLS(b.AddrOf("smtp"), relaytest.ClientTLS())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		return smtpCode(c.SendMail(from, to, bytes.NewReader(msg)))
+		err = c.SendMail(from, to, bytes.NewReader(msg))
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return se.Code, fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		}
+		return smtpCode(err), ""
+	}
+	viaSMTP := func(from string, to []string, msg []byte) int {
+		code, _ := viaSMTPReply(from, to, msg)
+		return code
 	}
 	viaHTTPS := func(from string, to []string, msg []byte) int {
 		req, _ := http.NewRequest("POST", "https://"+b.AddrOf("https")+"/mxdeliv", bytes.NewReader(msg))
@@ -393,6 +403,14 @@ func TestInboundRefusals(t *testing.T) {
 			})
 		}
 	}
+	// The reference relay's wording, which Delta Chat users see in bounces;
+	// other DKIM refusals name "dkim" once.
+	if _, text := viaSMTPReply("alicealic@a.test", []string{bob}, testmsg.Encrypted("alicealic@a.test", bob, 0)); text != "554 5.7.1 No DKIM signature found" {
+		t.Errorf("unsigned message: %q", text)
+	}
+	if _, text := viaSMTPReply("alicealic@a.test", []string{bob}, tampered); strings.Contains(text, "dkim: ") || !strings.HasPrefix(text, "554 5.7.1 DKIM check failed: ") {
+		t.Errorf("broken signature: %q, want one \"DKIM check failed\" and no \"dkim:\"", text)
+	}
 	if n := len(waitMessages(t, b, bob, 0, 0)); n != 0 {
 		t.Fatalf("%d messages stored after refusals", n)
 	}
@@ -407,8 +425,8 @@ func TestInboundRefusals(t *testing.T) {
 	dns.mu.Lock()
 	dns.txt = nil
 	dns.mu.Unlock()
-	if got := viaSMTP("alicealic@a.test", []string{bob}, good); got != 554 {
-		t.Fatalf("no key published: %d, want 554", got)
+	if got, text := viaSMTPReply("alicealic@a.test", []string{bob}, good); got != 554 || strings.Contains(text, "dkim: ") {
+		t.Fatalf("no key published: %q, want 554 without a \"dkim:\" prefix", text)
 	}
 }
 

@@ -316,6 +316,18 @@ func smtpSession(t *testing.T, r *relaytest.Relay, port, from string) *line {
 	l.expect("220 ")
 	l.send("EHLO client.test\r\n")
 	l.smtpReply()
+	if port == "smtp" {
+		// Port 25 takes MAIL only after STARTTLS.
+		l.send("STARTTLS\r\n")
+		l.expect("220 ")
+		tc := tls.Client(l.c, relaytest.ClientTLS())
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		l = newLine(t, tc)
+		l.send("EHLO client.test\r\n")
+		l.smtpReply()
+	}
 	return l
 }
 
@@ -838,7 +850,7 @@ func TestHostileSMTPInput(t *testing.T) {
 		lines      []string
 		want       string // prefix of the last reply
 	}{
-		{"MAIL FROM someone else", "submissions", true, "", []string{"MAIL FROM:<" + hBob + ">"}, "553 "},
+		{"MAIL FROM someone else, then RCPT", "submissions", true, "", []string{"MAIL FROM:<" + hBob + ">", "RCPT TO:<" + hBob + ">"}, "553 "},
 		{"From: header of someone else", "submissions", true, "", dataLines(hAlice, hBob, "From: <"+hBob+">\r\nTo: <"+hBob+">\r\n\r\nhi\r\n"), "500 "},
 		{"cleartext message", "submissions", true, "", dataLines(hAlice, hBob, string(testmsg.Cleartext(hAlice, hBob))), "523 "},
 		{"MIME nested 20000 deep", "submissions", true, "", dataLines(hAlice, hBob, deep), "523 "},

@@ -17,7 +17,9 @@ import (
 var (
 	errDKIMTemp   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 5}, Message: "DKIM key lookup failed, try again later"}
 	errIPMismatch = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender address literal does not match the connecting address"}
-	errQuotaTemp  = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full, try again later"}
+	// RFC 3207 section 4: the reply to a command that needs TLS first.
+	errTLSRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
+	errQuotaTemp   = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full, try again later"}
 )
 
 // inboundSession is another server delivering to our users on port 25. It
@@ -31,6 +33,11 @@ type inboundSession struct {
 }
 
 func (is *inboundSession) Mail(from string, opts *smtp.MailOptions) error {
+	if _, ok := is.conn.TLSConnectionState(); !ok {
+		// Mail between relays is never carried in the clear (SPEC
+		// section 5): the sender must use STARTTLS, as ours does.
+		return errTLSRequired
+	}
 	if opts != nil && opts.Size > is.s.cfg.MaxMessageSize {
 		return smtpReply(policy.ErrTooBig)
 	}
@@ -162,6 +169,9 @@ func (s *Server) checkSender(raw *mailbox.Incoming, remote net.IP) (string, erro
 			return "", errDKIMTemp
 		}
 		s.log.Info("inbound refused", "reason", err.Error())
+		if errors.Is(err, dkim.ErrNoSignature) {
+			return "", smtpReply(policy.ErrNoDKIMSignature)
+		}
 		return "", smtpReply(policy.ErrDKIM(err.Error()))
 	}
 	return domain, nil

@@ -187,9 +187,20 @@ func (m metadata) GetMetadata(user, mbox string, entries []string, opts imapext.
 				return nil, err
 			}
 			out[e] = v
+		case lower == entryDeviceToken && strings.EqualFold(mbox, "INBOX"):
+			// The account's own tokens, space-separated, as the reference
+			// relay answers; only the logged-in user reads them.
+			tokens, err := m.s.store.PushTokens(user)
+			if err != nil {
+				return nil, err
+			}
+			if len(tokens) == 0 {
+				out[e] = nil
+				continue
+			}
+			v := strings.Join(tokens, " ")
+			out[e] = &v
 		default:
-			// Push tokens are write-only: a client has no need to read
-			// them back, and nothing else may.
 			out[e] = nil
 		}
 	}

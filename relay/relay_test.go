@@ -366,7 +366,7 @@ func TestSubmissionRateLimit(t *testing.T) {
 func TestInboundOnlyForLocalRecipients(t *testing.T) {
 	r := relaytest.Start(t, nil)
 	login(t, r, "bobbobbob@localhost").Close()
-	c, err := smtp.Dial(r.AddrOf("smtp"))
+	c, err := smtp.DialStartTLS(r.AddrOf("smtp"), relaytest.ClientTLS())
 	if err != nil {
 		t.Fatal(err)
 	}

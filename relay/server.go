@@ -266,7 +266,7 @@ func (s *Server) buildIMAP() {
 			HibernateAfter: hibernate,
 		}
 		if !implicit {
-			o.TLSConfig = s.certs.TLSConfig()
+			o.TLSConfig = s.clientTLS()
 		}
 		return o
 	}
@@ -332,7 +332,7 @@ func (s *Server) httpsHandler() http.Handler {
 
 // Start opens every configured listener and serves in the background.
 func (s *Server) Start() error {
-	tlsConf := s.certs.TLSConfig()
+	tlsConf := s.clientTLS()
 	type entry struct {
 		name, addr string
 		tls        bool
@@ -412,10 +412,19 @@ func (s *Server) Start() error {
 	return nil
 }
 
+// clientTLS is the TLS config of the ports clients use (465, 587 after
+// STARTTLS, 993, 143 after STARTTLS, 443): TLS 1.3 only, as the reference
+// relay (SPEC section 5). Port 25 keeps TLS 1.2 for other mail servers.
+func (s *Server) clientTLS() *tls.Config {
+	c := s.certs.TLSConfig().Clone()
+	c.MinVersion = tls.VersionTLS13
+	return c
+}
+
 // serveHTTPS runs the 443 listener: each TLS connection goes by its ALPN
 // protocol to IMAP ("imap"), submission ("smtp") or the web site.
 func (s *Server) serveHTTPS(ln net.Listener) error {
-	mux := acme.NewMux(ln, s.certs.TLSConfig())
+	mux := acme.NewMux(ln, s.clientTLS())
 	mux.OnHandshakeError = s.metrics.TLSHandshakeFailed
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.serveIMAP(s.imapTLS)(mux.IMAP()) }()

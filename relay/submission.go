@@ -18,6 +18,9 @@ import (
 
 // smtpReply turns a policy refusal into the SMTP error go-smtp writes.
 func smtpReply(r *policy.Reply) *smtp.SMTPError {
+	if r.Colon {
+		return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.NoEnhancedCode, Message: r.EnhancedCode() + ": " + r.Text}
+	}
 	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode(r.Enhanced), Message: r.Text}
 }
 
@@ -45,6 +48,7 @@ func (s *Server) buildSMTP() {
 		return &submissionSession{s: s, conn: c}, nil
 	}))
 	common(s.submission)
+	s.submission.TLSConfig = s.clientTLS()
 	s.inbound = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &inboundSession{s: s, conn: c}, nil
 	}))
@@ -67,6 +71,11 @@ type submissionSession struct {
 	from   string
 	local  []*mailbox.Account
 	remote []string
+	// refusal, once set, answers every RCPT of this transaction: the
+	// sender checks are given per recipient, as the reference relay's
+	// Postfix does (SPEC section 5). rated: the rate was charged.
+	refusal *smtp.SMTPError
+	rated   bool
 }
 
 func (ss *submissionSession) AuthMechanisms() []string { return []string{sasl.Plain} }
@@ -97,20 +106,27 @@ func (ss *submissionSession) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.acc == nil {
 		return smtp.ErrAuthRequired
 	}
-	if !strings.EqualFold(from, ss.acc.Addr) {
-		return smtpReply(policy.ErrSenderMismatch)
-	}
-	if !ss.s.rate.Allow(ss.acc.Addr, ss.s.now()) {
-		return smtpReply(policy.TooMuchMail(ss.acc.Addr))
-	}
 	if opts != nil && opts.Size > ss.s.cfg.MaxMessageSize {
 		return smtpReply(policy.ErrTooBig)
 	}
 	ss.from = ss.acc.Addr
+	if !strings.EqualFold(from, ss.acc.Addr) {
+		ss.refusal = smtpReply(policy.ErrSenderMismatch)
+	}
 	return nil
 }
 
 func (ss *submissionSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if ss.refusal == nil && !ss.rated {
+		// Charged once per message, at its first recipient.
+		ss.rated = true
+		if !ss.s.rate.Allow(ss.acc.Addr, ss.s.now()) {
+			ss.refusal = smtpReply(policy.TooMuchMail(ss.acc.Addr))
+		}
+	}
+	if ss.refusal != nil {
+		return ss.refusal
+	}
 	if _, _, err := policy.SplitAddress(to); err != nil {
 		return errBadAddress
 	}
@@ -168,6 +184,7 @@ func (ss *submissionSession) Data(r io.Reader) error {
 
 func (ss *submissionSession) Reset() {
 	ss.from, ss.local, ss.remote = "", nil, nil
+	ss.refusal, ss.rated = nil, false
 }
 
 func (ss *submissionSession) Logout() error { return nil }

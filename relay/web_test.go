@@ -1243,3 +1243,14 @@ func TestDownloadsOffersReleases(t *testing.T) {
 		t.Error("note on release files without any")
 	}
 }
+
+// A dev relay on a "_" domain names that domain, not its listener IP, in
+// autoconfig and dclogin: Delta Chat relaxes certificate checks only for
+// host names starting with "_", so an IP there fails the setup.
+func TestAutoconfigKeepsUnderscoreDomain(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.Domain = "_x.test" })
+	_, body := fetch(t, r, "/.well-known/autoconfig/mail/config-v1.1.xml", "Host", "")
+	if !strings.Contains(body, "<hostname>_x.test</hostname>") || strings.Contains(body, "127.0.0.1") {
+		t.Fatalf("autoconfig on a _ domain:\n%s", body)
+	}
+}

@@ -183,7 +183,7 @@ func (l *layer) getMetadata(tag string, a *args) error {
 		if longest > 0 {
 			code = imap.ResponseCode("METADATA LONGENTRIES " + strconv.Itoa(longest))
 		}
-		writeStatus(w, tag, imap.StatusResponseTypeOK, code, "GETMETADATA completed")
+		writeStatus(w, tag, imap.StatusResponseTypeOK, code, "Getmetadata completed")
 	})
 }
 
@@ -200,9 +200,9 @@ func (l *layer) setMetadata(tag string, a *args) error {
 	}
 	entries := make(map[string]*string)
 	badName := false
-	ok = a.list(false, func() bool {
+	ok = a.looseList(func() bool {
 		e, ok := a.astring()
-		if !ok || !a.sp() {
+		if !ok || !a.spaces() {
 			return false
 		}
 		v, ok := a.nstring()
@@ -232,7 +232,7 @@ func (l *layer) setMetadata(tag string, a *args) error {
 	if err := l.opts.Handler.SetMetadata(user, mailbox, entries); err != nil {
 		return l.handlerError("SETMETADATA", err)
 	}
-	return l.replyOK(tag, "SETMETADATA completed")
+	return l.replyOK(tag, "Setmetadata completed")
 }
 
 // handlerError turns a Handler's error into the tagged response: an

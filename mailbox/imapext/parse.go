@@ -182,6 +182,40 @@ func (a *args) list(allowEmpty bool, item func() bool) bool {
 	}
 }
 
+// spaces skips any run of SP and reports whether there was one.
+func (a *args) spaces() bool {
+	n := 0
+	for a.special(' ') {
+		n++
+	}
+	return n > 0
+}
+
+// looseList is list with the whitespace real servers take: any run of SP
+// between items and after "(" or before ")" (clients send
+// "SETMETADATA INBOX (/private/devicetoken "t" )").
+func (a *args) looseList(item func() bool) bool {
+	if !a.special('(') {
+		return false
+	}
+	a.spaces()
+	if a.special(')') {
+		return false
+	}
+	for {
+		if !item() {
+			return false
+		}
+		sp := a.spaces()
+		if a.special(')') {
+			return true
+		}
+		if !sp {
+			return false
+		}
+	}
+}
+
 // mailbox reads a mailbox name; INBOX is case-insensitive (RFC 9051
 // section 5.1).
 func (a *args) mailbox() (string, bool) {

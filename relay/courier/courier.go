@@ -23,9 +23,11 @@
 // taken for every recipient; 400 with an SMTP reply as body ("550 5.1.1
 // ...", "523 Encryption Needed ...") when it was refused; 413 ("552 ...")
 // when too big; 405 for other methods; anything else comes from something
-// that is not a chatmail relay. Any non-2xx answer makes us try SMTP,
-// which gives a result per recipient; if SMTP cannot be reached, an SMTP
-// reply found in the HTTPS answer decides (5xx permanent, 4xx temporary).
+// that is not a chatmail relay. A refusal carrying a 5xx SMTP reply is
+// final: every recipient fails permanently (and is bounced) without
+// trying SMTP or another host. Any other non-2xx answer makes us try SMTP,
+// which gives a result per recipient; if SMTP cannot be reached, a 4xx
+// SMTP reply found in the HTTPS answer is the (temporary) result.
 package courier
 
 import (
@@ -247,9 +249,16 @@ func (c *Courier) Deliver(ctx context.Context, from, domain string, rcpts []stri
 				c.log.Debug("delivered over HTTPS", "domain", domain, "host", t.name)
 				return allOK(rcpts)
 			}
-			c.log.Debug("HTTPS delivery failed, trying SMTP", "domain", domain, "host", t.name, "err", err)
 			var se *smtp.SMTPError
-			if errors.As(err, &se) && verdict == nil {
+			if errors.As(err, &se) && se.Code >= 500 {
+				// A relay that refused the message for good ("550 No such
+				// user", "523 Encryption Needed") would refuse it over SMTP
+				// too: bounce now rather than ask again.
+				c.log.Debug("HTTPS delivery refused", "domain", domain, "host", t.name, "code", se.Code)
+				return allFailed(rcpts, err)
+			}
+			c.log.Debug("HTTPS delivery failed, trying SMTP", "domain", domain, "host", t.name, "err", err)
+			if se != nil && verdict == nil {
 				verdict = se
 			}
 			if !errors.As(err, new(refusedTargetError)) {

@@ -259,10 +259,57 @@ func TestSMTPPerRecipientResults(t *testing.T) {
 func TestRejectedEverywhereIsPermanent(t *testing.T) {
 	f := newFixture(t)
 	p := startPeer(t, peerConfig{cert: f.ca.issue(t, "mx.a.example")})
-	p.setHTTP(400, "523 5.7.1 Encryption Needed: Invalid Unencrypted Mail")
+	p.setHTTP(404, "not a chatmail relay")
 	p.rcptErr = func(string) error { return rcptReply(550, smtp.EnhancedCode{5, 1, 1}, "no such user") }
 	f.dns.addMX("a.example", 10, "mx.a.example", p.ip)
 	wantFailed(t, f.deliver(f.courier(p, nil), "a.example", "bob@a.example"), true)
+}
+
+// A permanent refusal over /mxdeliv is the answer for every recipient:
+// neither SMTP nor another MX host is asked again (they would refuse too,
+// and the sender should get the bounce now). A temporary one still falls
+// back to SMTP.
+func TestMXDelivPermanentRefusalIsNotRetriedOverSMTP(t *testing.T) {
+	for _, tc := range []struct {
+		reply     string
+		permanent bool
+	}{
+		{"550 No such user", true},
+		{"523 5.7.1 Encryption Needed: Invalid Unencrypted Mail", true},
+		{"451 4.3.0 Temporary server error, try again later", false},
+	} {
+		t.Run(tc.reply[:3], func(t *testing.T) {
+			f := newFixture(t)
+			p := startPeer(t, peerConfig{cert: f.ca.issue(t, "mx.a.example")})
+			p.setHTTP(400, tc.reply)
+			backup := startPeer(t, peerConfig{cert: f.ca.issue(t, "mx2.a.example"), httpsPort: p.httpsPort, smtpPort: p.smtpPort})
+			f.dns.addMX("a.example", 10, "mx.a.example", p.ip)
+			f.dns.addMX("a.example", 20, "mx2.a.example", backup.ip)
+			res := f.deliver(f.courier(p, nil), "a.example", "bob@a.example", "carol@a.example")
+			p.mu.Lock()
+			mails := p.smtpMails
+			p.mu.Unlock()
+			backup.mu.Lock()
+			mails2, hits2 := backup.smtpMails, backup.httpHits
+			backup.mu.Unlock()
+			if !tc.permanent {
+				wantOK(t, res)
+				if mails != 1 {
+					t.Errorf("%d SMTP transactions after a temporary refusal, want 1", mails)
+				}
+				return
+			}
+			wantFailed(t, res, true)
+			for _, r := range res {
+				if !strings.Contains(r.Err.Error(), tc.reply[:3]) {
+					t.Errorf("%s: %v, want the relay's %s", r.Rcpt, r.Err, tc.reply[:3])
+				}
+			}
+			if mails != 0 || mails2 != 0 || hits2 != 0 {
+				t.Errorf("after a permanent refusal: %d SMTP transactions, backup MX %d SMTP and %d HTTPS; want none", mails, mails2, hits2)
+			}
+		})
+	}
 }
 
 func TestMXDelivRefusalDecidesWhenSMTPIsUnreachable(t *testing.T) {

@@ -44,7 +44,8 @@ func (e *VerifyError) Error() string {
 	if e.Detail == "" {
 		return e.Kind.Error()
 	}
-	return e.Kind.Error() + ": " + e.Detail
+	// Detail may be another error of this package: say "dkim:" once.
+	return e.Kind.Error() + ": " + strings.TrimPrefix(e.Detail, "dkim: ")
 }
 
 func (e *VerifyError) Unwrap() error { return e.Kind }
