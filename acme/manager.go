@@ -263,7 +263,11 @@ func (m *Manager) setupACME(storageDir string) {
 		// censoring firewall would only hang on responders it cannot reach.
 		OCSP:              certmagic.OCSPConfig{DisableStapling: true},
 		DefaultServerName: m.names[0],
-		OnEvent:           m.onEvent,
+		// SPEC section 8: renewals keep the key, so that Delta Chat, which
+		// pins the SPKI of a host it verified, keeps connecting through a
+		// CA outage that outlasts the certificate.
+		ReusePrivateKeys: true,
+		OnEvent:          m.onEvent,
 		ShouldEmitFunc: func(event string) bool {
 			return event == "cert_failed" || event == "cert_obtained" || event == "cached_managed_cert"
 		},
