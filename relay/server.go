@@ -158,7 +158,9 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{
-		Handler:           s.httpsHandler(),
+		Handler:           s.limits.provedByRequest(s.httpsHandler()),
+		ConnContext:       withConn,
+		ConnState:         s.limits.httpConnState,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       5 * time.Minute,
 		WriteTimeout:      5 * time.Minute,
@@ -199,6 +201,7 @@ func (s *Server) buildIMAP() {
 	}
 	opts.OnLogin = func(conn net.Conn, acc *mailbox.Account) {
 		imapext.UserSetter(conn).SetUser(acc.Addr)
+		s.limits.proved(conn.LocalAddr(), conn.RemoteAddr())
 	}
 	newSession := func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 		if kept := mailbox.ResumeIMAPSession(c); kept != nil {
@@ -362,6 +365,10 @@ func (s *Server) Start() error {
 // protocol to IMAP ("imap"), submission ("smtp") or the web site.
 func (s *Server) serveHTTPS(ln net.Listener) error {
 	mux := acme.NewMux(ln, s.certs.TLSConfig())
+	if s.limits.proveWithin > 0 {
+		// A handshake is part of proving oneself.
+		mux.HandshakeTimeout = s.limits.proveWithin
+	}
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.serveIMAP(s.imapTLS)(mux.IMAP()) }()
 	go func() { defer s.wg.Done(); s.submission.Serve(mux.SMTP()) }()
@@ -382,7 +389,9 @@ func (s *Server) serveHTTP(ln net.Listener) error {
 		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusMovedPermanently)
 	})
 	srv := &http.Server{
-		Handler:           s.certs.HTTPChallengeHandler(redirect),
+		Handler:           s.limits.provedByRequest(s.certs.HTTPChallengeHandler(redirect)),
+		ConnContext:       withConn,
+		ConnState:         s.limits.httpConnState,
 		ReadHeaderTimeout: 10 * time.Second,
 		// Without it an idle keep-alive connection is never closed.
 		IdleTimeout: 2 * time.Minute,
