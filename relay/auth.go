@@ -70,18 +70,11 @@ func newAuthenticator(s *Server) *authenticator {
 		byAccIP:     newThrottle(failLimit, failWindow),
 		byAcc:       newThrottle(0, failWindow),
 		knownGood:   newThrottle(0, knownGoodFor),
-		newAccounts: policy.NewRateLimiter(newAccountsPerMinute, newAccountsBurst),
+		newAccounts: policy.NewRateLimiter(s.cfg.NewAccountsPerMinute, s.cfg.NewAccountsBurst),
 		guard:       newResourceGuard(s.cfg),
 		sleep:       time.Sleep,
 	}
 }
-
-// The budget of new accounts per client address, for /new and first login
-// together: a burst of 5, then one every 10 seconds.
-const (
-	newAccountsPerMinute = 6
-	newAccountsBurst     = 5
-)
 
 // login checks a login from any protocol, creating the account at first
 // login when the registration rules allow. The reason for a refusal goes to
