@@ -58,6 +58,10 @@ type authenticator struct {
 	// newAccounts is the per-address budget of new accounts, shared by
 	// /new and creation at first login (SPEC section 4).
 	newAccounts *policy.RateLimiter
+	// granted are the names given a new account from the budget within
+	// the last minute: concurrent first logins of one name spend it once.
+	grantMu sync.Mutex
+	granted *throttle
 	guard       *resourceGuard
 	// sleep waits out an attack delay; tests replace it.
 	sleep func(time.Duration)
@@ -71,6 +75,7 @@ func newAuthenticator(s *Server) *authenticator {
 		byAcc:       newThrottle(0, failWindow),
 		knownGood:   newThrottle(0, knownGoodFor),
 		newAccounts: policy.NewRateLimiter(s.cfg.NewAccountsPerMinute, s.cfg.NewAccountsBurst),
+		granted:     newThrottle(0, time.Minute),
 		guard:       newResourceGuard(s.cfg),
 		sleep:       time.Sleep,
 	}
@@ -148,9 +153,18 @@ func (a *authenticator) mayCreate(ip, addr, password string) error {
 	if err := a.guard.check(a.s.cfg.DataDir); err != nil {
 		return fmt.Errorf("%w: %v", mailbox.ErrUnavailable, err)
 	}
+	now := time.Now()
+	a.grantMu.Lock()
+	defer a.grantMu.Unlock()
+	if a.granted.count(addr, now) > 0 {
+		// A concurrent first login of this name spent the budget; the
+		// store creates the account once.
+		return nil
+	}
 	if !a.allowNewAccount(ip) {
 		return errCreationRate
 	}
+	a.granted.fail(addr, now)
 	return nil
 }
 
