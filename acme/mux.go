@@ -1,6 +1,7 @@
 package acme
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -16,7 +17,8 @@ const (
 	defaultHandshakeTimeout = 10 * time.Second
 	// defaultMaxHandshakes bounds handshakes in flight, so a flood of
 	// clients that never finish cannot exhaust memory or goroutines;
-	// connections beyond it are closed at once.
+	// beyond it the oldest handshake in flight is aborted to make room,
+	// so that whoever fills the slots first cannot keep others out.
 	defaultMaxHandshakes = 1024
 )
 
@@ -33,13 +35,17 @@ type Mux struct {
 	// HandshakeTimeout bounds each handshake and the wait for a route's
 	// server to accept the connection; default 10s. Set before Serve.
 	HandshakeTimeout time.Duration
-	// MaxHandshakes bounds handshakes in flight; default 1024. Set before
-	// Serve.
+	// MaxHandshakes bounds handshakes in flight; default 1024. A new
+	// connection beyond it aborts the oldest handshake in flight. Set
+	// before Serve.
 	MaxHandshakes int
 	// OnHandshakeError, if set, hears of every failed handshake (for
 	// metrics: a client refusing our certificate shows here). Set before
 	// Serve.
 	OnHandshakeError func(error)
+
+	mu       sync.Mutex
+	inFlight list.List // of net.Conn handshaking, oldest first
 
 	ln  net.Listener
 	cfg *tls.Config
@@ -85,7 +91,6 @@ func (m *Mux) Serve() error {
 	if limit <= 0 {
 		limit = defaultMaxHandshakes
 	}
-	slots := make(chan struct{}, limit)
 	var backoff time.Duration
 	for {
 		c, err := m.ln.Accept()
@@ -110,17 +115,18 @@ func (m *Mux) Serve() error {
 			return err
 		}
 		backoff = 0
-		select {
-		case slots <- struct{}{}:
-		default:
-			c.Close()
-			continue
+		m.mu.Lock()
+		if m.inFlight.Len() >= limit {
+			// Its goroutine ends at once: the handshake fails.
+			m.inFlight.Remove(m.inFlight.Front()).(net.Conn).Close()
 		}
-		go m.handle(c, timeout, slots)
+		e := m.inFlight.PushBack(c)
+		m.mu.Unlock()
+		go m.handle(c, timeout, e)
 	}
 }
 
-func (m *Mux) handle(c net.Conn, timeout time.Duration, slots chan struct{}) {
+func (m *Mux) handle(c net.Conn, timeout time.Duration, e *list.Element) {
 	deadline := time.Now().Add(timeout)
 	// The context lets Close abort handshakes in flight; the conn deadline
 	// also bounds our writes to a client that stopped reading.
@@ -129,7 +135,9 @@ func (m *Mux) handle(c net.Conn, timeout time.Duration, slots chan struct{}) {
 	ctx, cancel := context.WithDeadline(m.ctx, deadline)
 	err := tc.HandshakeContext(ctx)
 	cancel()
-	<-slots
+	m.mu.Lock()
+	m.inFlight.Remove(e) // a no-op if it was aborted
+	m.mu.Unlock()
 	if err != nil {
 		c.Close()
 		if m.OnHandshakeError != nil && m.ctx.Err() == nil {

@@ -147,6 +147,51 @@ func TestMuxSlowHandshakeDoesNotBlockOthers(t *testing.T) {
 	}
 }
 
+func TestIdleUnauthenticatedHandshakesEvictedForNewcomer(t *testing.T) {
+	m, client := selfSignedManager(t)
+	mux := NewMux(listen(t), m.TLSConfig())
+	mux.HandshakeTimeout = time.Minute
+	mux.MaxHandshakes = 3
+	served := make(chan error, 1)
+	go func() { served <- mux.Serve() }()
+	t.Cleanup(func() { mux.Close(); <-served })
+	addr := mux.ln.Addr().String()
+	// Every handshake slot taken by a client that never finishes.
+	stalled := make([]net.Conn, 3)
+	for i := range stalled {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte{0x16, 0x03, 0x01})
+		stalled[i] = c
+	}
+	// Each is in flight before the newcomer comes: a byte of a ClientHello
+	// read is not observable, so wait until a 4th stalled one evicts the
+	// 1st, proving the slots are full.
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	stalled[0].SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := stalled[0].Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("oldest stalled handshake not aborted for a newcomer: %v", err)
+	}
+	// A real client still gets through and is routed.
+	cfg := client.Clone()
+	cfg.NextProtos = []string{"imap"}
+	if _, err := dialTLS(addr, cfg); err != nil {
+		t.Fatalf("client behind a full set of stalled handshakes: %v", err)
+	}
+	c, err := mux.IMAP().Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
 func TestMuxCloseStopsEverything(t *testing.T) {
 	m, _ := selfSignedManager(t)
 	ln := listen(t)

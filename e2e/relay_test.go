@@ -149,8 +149,9 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 		r.dir = dir
 		t.Logf("the relay's files are in %s", dir)
 	}
-	// The relay refuses new accounts while the load average is high; on a
-	// busy test machine that is not what these tests are about.
+	// The relay refuses new accounts while the load average is high, and
+	// past a budget per address; every test client here comes from one
+	// loopback address, and that is not what these tests are about.
 	config := filepath.Join(r.dir, "chatrelay.toml")
 	// Metrics go to a free port, away from the dev default (9150) that
 	// every dev relay would share.
@@ -196,7 +197,7 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 	if opts.ConfigFor != nil {
 		extra += "\n" + opts.ConfigFor(r)
 	}
-	if err := os.WriteFile(config, []byte("max_load1 = 0\n"+extra+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(config, []byte("max_load1 = 0\nnew_accounts_burst = 1000\n"+extra+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if opts.LogLevel != "" {

@@ -99,7 +99,10 @@ func layerGoroutines() int {
 // poller. It comes back for DONE, for deliveries, for its idle timeout,
 // and for a shutdown, which does not wait for it.
 func TestIMAPAwayHoldsNoGoroutine(t *testing.T) {
-	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.IMAPHibernateAfter = 20 * time.Millisecond })
+	r := relaytest.Start(t, func(c *relaytest.Cfg) {
+		c.IMAPHibernateAfter = 20 * time.Millisecond
+		c.NewAccountsBurst = 100 // all from one address
+	})
 	const n = 12
 	var users []string
 	for i := range n {

@@ -66,6 +66,11 @@ type Config struct {
 	MaxLoad1      float64 `toml:"max_load1"`
 	MinFreeMemory int64   `toml:"min_free_memory"`
 	MinFreeDisk   int64   `toml:"min_free_disk"`
+	// New accounts per client address (IPv6 per /64), one budget for
+	// /new and creation at first login: a burst of NewAccountsBurst, then
+	// NewAccountsPerMinute; a rate of 0 means no limit.
+	NewAccountsPerMinute float64 `toml:"new_accounts_per_minute"`
+	NewAccountsBurst     int     `toml:"new_accounts_burst"`
 
 	TLS TLSConfig `toml:"tls"`
 
@@ -345,23 +350,25 @@ func Default() Config {
 			IMAPS: ":993", IMAP: ":143", Submissions: ":465", Submission: ":587",
 			SMTP: ":25", HTTPS: ":443", HTTP: ":80",
 		},
-		Registration:      "open",
-		MinNameLen:        9,
-		MaxNameLen:        9,
-		MinPasswordLen:    9,
-		MaxMessageSize:    31457280,
-		MaxRecipients:     1000,
-		SendRatePerMinute: 60,
-		SendRateBurst:     10,
-		QuotaBytes:        500 << 20,
-		MaxMessageAgeDays: 20,
-		LargeReadAgeDays:  7,
-		LargeMessageSize:  200 * 1024,
-		AccountIdleDays:   90,
-		MaxLoad1:          5,
-		MinFreeMemory:     200 << 20,
-		MinFreeDisk:       1 << 30,
-		TLS:               TLSConfig{Mode: "auto"},
+		Registration:         "open",
+		MinNameLen:           9,
+		MaxNameLen:           9,
+		MinPasswordLen:       9,
+		MaxMessageSize:       31457280,
+		MaxRecipients:        1000,
+		SendRatePerMinute:    60,
+		SendRateBurst:        10,
+		QuotaBytes:           500 << 20,
+		MaxMessageAgeDays:    20,
+		LargeReadAgeDays:     7,
+		LargeMessageSize:     200 * 1024,
+		AccountIdleDays:      90,
+		MaxLoad1:             5,
+		NewAccountsPerMinute: 6,
+		NewAccountsBurst:     5,
+		MinFreeMemory:        200 << 20,
+		MinFreeDisk:          1 << 30,
+		TLS:                  TLSConfig{Mode: "auto"},
 		TURN: TURNConfig{
 			TTLHours: 24 * 5, ListenUDP: ":3478", ListenTCP: ":3478",
 			MinPort: 49152, MaxPort: 65535, AllowPeers: []string{},
@@ -525,6 +532,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MinNameLen < 1 || c.MaxNameLen < c.MinNameLen || c.MaxNameLen > 64 {
 		return fmt.Errorf("config: need 1 <= min_name_len <= max_name_len <= 64")
+	}
+	if c.NewAccountsPerMinute < 0 || c.NewAccountsBurst < 0 {
+		return fmt.Errorf("config: new_accounts_per_minute and new_accounts_burst must not be negative")
 	}
 	if c.MinPasswordLen < 1 {
 		return fmt.Errorf("config: min_password_len must be at least 1")

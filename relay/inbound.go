@@ -42,6 +42,8 @@ func (is *inboundSession) Mail(from string, opts *smtp.MailOptions) error {
 		return smtpReply(policy.ErrTooBig)
 	}
 	is.from = strings.ToLower(from)
+	// In a mail transaction: no longer evicted for a newcomer.
+	is.s.limits.proved(is.conn.Conn().LocalAddr(), is.conn.Conn().RemoteAddr())
 	return nil
 }
 

@@ -1,9 +1,12 @@
 package relay
 
 import (
+	"container/list"
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -34,6 +37,15 @@ type ConnLimits struct {
 	// IMAP, submission); port 80 has its own count with the same caps.
 	HTTPS      int `toml:"https"`
 	HTTPSPerIP int `toml:"https_per_ip"`
+
+	// ProveWithinSeconds is how long a client has, from connect, to prove
+	// itself: on port 25 a MAIL command (after EHLO), on IMAP and
+	// submission a successful login, on HTTPS and HTTP a complete request
+	// (an HTTP connection idle between requests has it again). A client
+	// that has not is closed; 0 means no deadline. While it has not, a
+	// newcomer that finds a cap reached takes its slot (oldest first),
+	// instead of being refused.
+	ProveWithinSeconds int `toml:"prove_within_seconds"`
 }
 
 // DefaultConnLimits suit a relay with thousands of users: every Delta Chat
@@ -46,11 +58,12 @@ func DefaultConnLimits() ConnLimits {
 		Submission: 5000, SubmissionPerIP: 20,
 		SMTP: 2000, SMTPPerIP: 20,
 		HTTPS: 10000, HTTPSPerIP: 100,
+		ProveWithinSeconds: 10,
 	}
 }
 
 func (l ConnLimits) validate() error {
-	for _, v := range []int{l.IMAP, l.IMAPPerIP, l.Submission, l.SubmissionPerIP, l.SMTP, l.SMTPPerIP, l.HTTPS, l.HTTPSPerIP} {
+	for _, v := range []int{l.IMAP, l.IMAPPerIP, l.Submission, l.SubmissionPerIP, l.SMTP, l.SMTPPerIP, l.HTTPS, l.HTTPSPerIP, l.ProveWithinSeconds} {
 		if v < 0 {
 			return errors.New("config: limits must not be negative (0 means no limit)")
 		}
@@ -76,45 +89,148 @@ const (
 	maxRefusing = 64
 )
 
-// connLimiter counts the open connections of one protocol.
+// connLimiter counts the open connections of one protocol. The ones that
+// have not yet proven themselves (see ConnLimits.ProveWithinSeconds) are
+// also kept in order of arrival, in total and per address: when a cap is
+// reached, the oldest of them gives its slot to the newcomer. A proven
+// connection (logged in, in a mail transaction, in a request) is never
+// taken this way.
 type connLimiter struct {
 	name         string
 	total, perIP int
 
 	mu   sync.Mutex
 	n    int
-	byIP map[string]int
+	byIP map[string]*ipSlots // at most one entry per open connection
+	idle list.List           // of *slot, unproven, oldest first
 
 	refused    atomic.Int64
+	evicted    atomic.Int64
 	lastLogged atomic.Int64 // unix seconds of the last "cap reached" log line
 }
 
+type ipSlots struct {
+	n    int
+	idle list.List // of *slot, unproven, oldest first
+}
+
+// slot is one connection's place in its limiter.
+type slot struct {
+	lim     *connLimiter
+	key     string
+	conn    net.Conn // the raw connection, closed on eviction
+	id      string   // its key in connLimits.byAddr
+	gone    bool     // released or evicted
+	elem    *list.Element
+	ipElem  *list.Element
+	timer   *time.Timer
+	timeout time.Duration
+}
+
 func newConnLimiter(name string, total, perIP int) *connLimiter {
-	return &connLimiter{name: name, total: total, perIP: perIP, byIP: map[string]int{}}
+	return &connLimiter{name: name, total: total, perIP: perIP, byIP: map[string]*ipSlots{}}
 }
 
-// acquire takes a slot for a connection from key; false when a cap is
-// reached, with the cap that was ("total" or "per-ip").
-func (l *connLimiter) acquire(key string) (bool, string) {
+// acquire takes a slot for conn from key. When a cap is reached, the
+// oldest unproven connection under that cap (from the same address for
+// the per-address cap) is returned as the victim to close, and its slot
+// is the newcomer's; with none to take, acquire fails with the cap that
+// was ("total" or "per-ip").
+func (l *connLimiter) acquire(key string, conn net.Conn) (sl *slot, victim *slot, which string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.total > 0 && l.n >= l.total {
-		return false, "total"
+	ip := l.byIP[key]
+	switch {
+	case l.perIP > 0 && ip != nil && ip.n >= l.perIP:
+		if ip.idle.Len() == 0 {
+			return nil, nil, "per-ip"
+		}
+		victim = ip.idle.Front().Value.(*slot)
+	case l.total > 0 && l.n >= l.total:
+		if l.idle.Len() == 0 {
+			return nil, nil, "total"
+		}
+		victim = l.idle.Front().Value.(*slot)
 	}
-	if l.perIP > 0 && l.byIP[key] >= l.perIP {
-		return false, "per-ip"
+	if victim != nil {
+		l.drop(victim)
+		l.evicted.Add(1)
+		ip = l.byIP[key]
 	}
+	if ip == nil {
+		ip = &ipSlots{}
+		l.byIP[key] = ip
+	}
+	sl = &slot{lim: l, key: key, conn: conn}
 	l.n++
-	l.byIP[key]++
-	return true, ""
+	ip.n++
+	sl.elem = l.idle.PushBack(sl)
+	sl.ipElem = ip.idle.PushBack(sl)
+	return sl, victim, ""
 }
 
-func (l *connLimiter) release(key string) {
+// drop gives sl's place back; l.mu is held.
+func (l *connLimiter) drop(sl *slot) {
+	if sl.gone {
+		return
+	}
+	sl.gone = true
+	l.n--
+	ip := l.byIP[sl.key]
+	if sl.elem != nil {
+		l.idle.Remove(sl.elem)
+		ip.idle.Remove(sl.ipElem)
+		sl.elem, sl.ipElem = nil, nil
+	}
+	if ip.n--; ip.n <= 0 {
+		delete(l.byIP, sl.key)
+	}
+}
+
+func (l *connLimiter) release(sl *slot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.n--
-	if l.byIP[key]--; l.byIP[key] <= 0 {
-		delete(l.byIP, key)
+	l.drop(sl)
+}
+
+// prove marks sl as proven: no longer evictable nor under the deadline.
+func (l *connLimiter) prove(sl *slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if sl.gone || sl.elem == nil {
+		return
+	}
+	l.idle.Remove(sl.elem)
+	l.byIP[sl.key].idle.Remove(sl.ipElem)
+	sl.elem, sl.ipElem = nil, nil
+	if sl.timer != nil {
+		sl.timer.Stop()
+	}
+}
+
+// unprove puts a proven connection back among the evictable ones, as the
+// newest, with a fresh deadline (an HTTP connection idle between
+// requests).
+func (l *connLimiter) unprove(sl *slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if sl.gone || sl.elem != nil {
+		return
+	}
+	sl.elem = l.idle.PushBack(sl)
+	sl.ipElem = l.byIP[sl.key].idle.PushBack(sl)
+	if sl.timer != nil {
+		sl.timer.Reset(sl.timeout)
+	}
+}
+
+// expire closes sl when its deadline passes unproven.
+func (l *connLimiter) expire(sl *slot) {
+	l.mu.Lock()
+	unproven := !sl.gone && sl.elem != nil
+	l.mu.Unlock()
+	if unproven {
+		sl.conn.Close()
 	}
 }
 
@@ -148,6 +264,13 @@ func ipKey(addr net.Addr) string {
 type connLimits struct {
 	imap, submission, smtp, https, http *connLimiter
 	refusing                            chan struct{}
+	// proveWithin is ConnLimits.ProveWithinSeconds; 0 means no deadline.
+	proveWithin time.Duration
+
+	// byAddr finds a connection's slot from the addresses its protocol
+	// server sees (the TLS and IMAP layers wrap the raw connection).
+	mu     sync.Mutex
+	byAddr map[string]*slot
 	// maxWait, when set, shortens every read and write deadline of a
 	// limited connection to at most this long: tests use it to make
 	// slow-client timeouts fast.
@@ -162,6 +285,80 @@ func newConnLimits(c ConnLimits) *connLimits {
 		https:      newConnLimiter("https", c.HTTPS, c.HTTPSPerIP),
 		http:       newConnLimiter("http", c.HTTPS, c.HTTPSPerIP),
 		refusing:   make(chan struct{}, maxRefusing),
+
+		proveWithin: time.Duration(c.ProveWithinSeconds) * time.Second,
+		byAddr:      map[string]*slot{},
+	}
+}
+
+func connID(local, remote net.Addr) string {
+	if local == nil || remote == nil {
+		return ""
+	}
+	return local.String() + "|" + remote.String()
+}
+
+func (ls *connLimits) lookup(local, remote net.Addr) *slot {
+	id := connID(local, remote)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.byAddr[id]
+}
+
+// proved tells the limits that the connection between local and remote
+// proved itself: logged in, began a mail transaction or sent a complete
+// request. It is not evicted for a newcomer from now on.
+func (ls *connLimits) proved(local, remote net.Addr) {
+	if sl := ls.lookup(local, remote); sl != nil {
+		sl.lim.prove(sl)
+	}
+}
+
+// idleAgain puts a proven connection back among the evictable ones.
+func (ls *connLimits) idleAgain(local, remote net.Addr) {
+	if sl := ls.lookup(local, remote); sl != nil {
+		sl.lim.unprove(sl)
+	}
+}
+
+type connKey struct{}
+
+// withConn keeps an HTTP request's connection in its context
+// (http.Server.ConnContext), for provedByRequest.
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// provedByRequest marks a connection proven once a complete request
+// header arrived on it.
+func (ls *connLimits) provedByRequest(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := r.Context().Value(connKey{}).(net.Conn); ok {
+			ls.proved(c.LocalAddr(), c.RemoteAddr())
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// httpConnState makes an HTTP connection idle between requests
+// evictable again, with a fresh deadline.
+func (ls *connLimits) httpConnState(c net.Conn, st http.ConnState) {
+	if st == http.StateIdle {
+		ls.idleAgain(c.LocalAddr(), c.RemoteAddr())
+	}
+}
+
+func (ls *connLimits) register(sl *slot) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.byAddr[sl.id] = sl
+}
+
+func (ls *connLimits) unregister(sl *slot) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.byAddr[sl.id] == sl {
+		delete(ls.byAddr, sl.id)
 	}
 }
 
@@ -207,10 +404,31 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		key := ipKey(c.RemoteAddr())
-		ok, which := l.lim.acquire(key)
-		if ok {
-			return &limitedConn{Conn: c, release: func() { l.lim.release(key) }, maxWait: &l.s.limits.maxWait}, nil
+		ls := l.s.limits
+		sl, victim, which := l.lim.acquire(ipKey(c.RemoteAddr()), c)
+		if victim != nil {
+			ls.unregister(victim)
+			victim.conn.Close()
+			l.logEviction(which)
+		}
+		if sl != nil {
+			sl.id = connID(c.LocalAddr(), c.RemoteAddr())
+			sl.timeout = ls.proveWithin
+			ls.register(sl)
+			if sl.timeout > 0 {
+				// Under l.lim.mu, so that prove sees the timer.
+				l.lim.mu.Lock()
+				sl.timer = time.AfterFunc(sl.timeout, func() { l.lim.expire(sl) })
+				l.lim.mu.Unlock()
+			}
+			release := func() {
+				ls.unregister(sl)
+				l.lim.release(sl)
+				if sl.timer != nil {
+					sl.timer.Stop()
+				}
+			}
+			return &limitedConn{Conn: c, release: release, maxWait: &ls.maxWait}, nil
 		}
 		l.lim.refused.Add(1)
 		l.logRefusal(which)
@@ -226,6 +444,18 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			c.Close()
 		}
 	}
+}
+
+// logEviction tells the operator that connections which had not proven
+// themselves were closed to make room, at most once a minute per protocol.
+func (l *limitListener) logEviction(_ string) {
+	now := time.Now().Unix()
+	last := l.lim.lastLogged.Load()
+	if now-last < 60 || !l.lim.lastLogged.CompareAndSwap(last, now) {
+		return
+	}
+	l.s.log.Warn("connection cap reached: closed the oldest connection that had not logged in", "protocol", l.lim.name,
+		"open", l.lim.open(), "evicted_total", l.lim.evicted.Load())
 }
 
 // logRefusal tells the operator a cap was reached, at most once a minute

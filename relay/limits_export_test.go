@@ -13,3 +13,17 @@ func SetMaxWaitForTest(s *Server, d time.Duration) { s.limits.maxWait.Store(int6
 
 // IPKeyForTest is what the per-address caps count for addr.
 func IPKeyForTest(addr net.Addr) string { return ipKey(addr) }
+
+// RecordAuthDelaysForTest replaces the wait of a login on an account
+// guessed from many addresses: the delays asked for are sent to the
+// returned channel instead of slept.
+func RecordAuthDelaysForTest(s *Server) <-chan time.Duration {
+	ch := make(chan time.Duration, 1000)
+	s.auth.sleep = func(d time.Duration) {
+		select {
+		case ch <- d:
+		default:
+		}
+	}
+	return ch
+}

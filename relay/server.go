@@ -191,7 +191,9 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 	s.buildIMAP()
 	s.buildSMTP()
 	s.https = &http.Server{
-		Handler:           s.httpsHandler(),
+		Handler:           s.limits.provedByRequest(s.httpsHandler()),
+		ConnContext:       withConn,
+		ConnState:         s.limits.httpConnState,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       5 * time.Minute,
 		WriteTimeout:      5 * time.Minute,
@@ -232,6 +234,7 @@ func (s *Server) buildIMAP() {
 	}
 	opts.OnLogin = func(conn net.Conn, acc *mailbox.Account) {
 		imapext.UserSetter(conn).SetUser(acc.Addr)
+		s.limits.proved(conn.LocalAddr(), conn.RemoteAddr())
 	}
 	newSession := func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 		if kept := mailbox.ResumeIMAPSession(c); kept != nil {
@@ -426,6 +429,10 @@ func (s *Server) clientTLS() *tls.Config {
 func (s *Server) serveHTTPS(ln net.Listener) error {
 	mux := acme.NewMux(ln, s.clientTLS())
 	mux.OnHandshakeError = s.metrics.TLSHandshakeFailed
+	if s.limits.proveWithin > 0 {
+		// A handshake is part of proving oneself.
+		mux.HandshakeTimeout = s.limits.proveWithin
+	}
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.serveIMAP(s.imapTLS)(mux.IMAP()) }()
 	go func() { defer s.wg.Done(); s.submission.Serve(mux.SMTP()) }()
@@ -446,7 +453,9 @@ func (s *Server) serveHTTP(ln net.Listener) error {
 		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusMovedPermanently)
 	})
 	srv := &http.Server{
-		Handler:           s.certs.HTTPChallengeHandler(redirect),
+		Handler:           s.limits.provedByRequest(s.certs.HTTPChallengeHandler(redirect)),
+		ConnContext:       withConn,
+		ConnState:         s.limits.httpConnState,
 		ReadHeaderTimeout: 10 * time.Second,
 		// Without it an idle keep-alive connection is never closed.
 		IdleTimeout: 2 * time.Minute,

@@ -98,6 +98,7 @@ func (ss *submissionSession) Auth(mech string) (sasl.Server, error) {
 			return smtp.ErrAuthFailed
 		}
 		ss.acc = acc
+		ss.s.limits.proved(ss.conn.Conn().LocalAddr(), ss.conn.Conn().RemoteAddr())
 		return nil
 	}), nil
 }

@@ -11,9 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/chatrelay/chatrelay/mailbox"
 )
@@ -29,7 +26,6 @@ type InviteChecker interface {
 // /downloads, autoconfig and the MTA-STS policy.
 type web struct {
 	s       *Server
-	newLim  *ipLimiter
 	invites atomic.Pointer[inviteChecker]
 	dl      *downloads
 }
@@ -38,8 +34,7 @@ type web struct {
 type inviteChecker struct{ InviteChecker }
 
 func newWeb(s *Server) *web {
-	// /new: a burst of 5 accounts per client IP, then one every 10 s.
-	w := &web{s: s, newLim: newIPLimiter(rate.Every(10*time.Second), 5)}
+	w := &web{s: s}
 	dir := s.cfg.DownloadsDir
 	if dir == "" {
 		dir = filepath.Join(s.cfg.DataDir, "downloads")
@@ -300,7 +295,8 @@ func (e *registrationError) Error() string { return e.reason }
 // machine's health all allow it. The token is only spent when everything
 // else has passed.
 func (w *web) createAccount(r *http.Request, token string) (addr, password string, err error) {
-	if !w.newLim.allow(clientIP(r)) {
+	// One budget per client address for /new and first-login creation.
+	if !w.s.auth.allowNewAccount(clientIP(r)) {
 		return "", "", &registrationError{http.StatusTooManyRequests, "too many new accounts from your address, try again later"}
 	}
 	mode := w.s.cfg.Registration
