@@ -102,7 +102,8 @@ func proven(t *testing.T, r *relaytest.Relay, ip, port string, alpn ...string) *
 		l.expect("220 ")
 		l.send("EHLO client.test\r\n")
 		l.smtpReply()
-		if port == "submission" {
+		if port == "submission" || port == "smtp" {
+			// Port 25 takes MAIL only after STARTTLS, 587 AUTH.
 			l.send("STARTTLS\r\n")
 			l.expect("220 ")
 			l = newLine(t, tls.Client(l.c, relaytest.ClientTLS()))
