@@ -195,7 +195,7 @@ func TestHostileFetchMemoryExhaustion(t *testing.T) {
 		xs := open()
 		base := heapNow()
 		stop := make(chan struct{})
-		peak := peakHeapAlloc(stop)
+		peak := peakHeap(stop, 5*time.Millisecond, func(ms *runtime.MemStats) uint64 { return ms.HeapAlloc })
 		for i, x := range xs {
 			form := forms[i%len(forms)]
 			wg.Add(1)
@@ -241,27 +241,4 @@ func TestHostileFetchMemoryExhaustion(t *testing.T) {
 	record(t, "FETCH of the worst forms of 30 MiB messages, 20 connections", "imaps",
 		fmt.Sprintf("heap growth per connection: %d KiB inside large literals, peaks of %d KiB parsing all forms and %d KiB parsing the 30 MiB header (bound %d KiB)",
 			literalGrowth/conns>>10, mixGrowth>>10, headerGrowth>>10, fetchPerConnBound>>10))
-}
-
-// peakHeapAlloc samples the live heap until stop is closed and returns the
-// largest value seen (a measurement, not a synchronisation).
-func peakHeapAlloc(stop <-chan struct{}) <-chan uint64 {
-	out := make(chan uint64, 1)
-	go func() {
-		var peak uint64
-		var ms runtime.MemStats
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			runtime.ReadMemStats(&ms)
-			peak = max(peak, ms.HeapAlloc)
-			select {
-			case <-stop:
-				out <- peak
-				return
-			case <-tick.C:
-			}
-		}
-	}()
-	return out
 }

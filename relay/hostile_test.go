@@ -432,18 +432,19 @@ func stillServedNoFatal(t *testing.T, r *relaytest.Relay) {
 	}
 }
 
-// peakHeap samples the heap until stop is closed and returns the largest
-// value seen.
-func peakHeap(stop <-chan struct{}) <-chan uint64 {
+// peakHeap samples the heap every so often until stop is closed and
+// returns the largest value of what was seen (a measurement, not a
+// synchronisation).
+func peakHeap(stop <-chan struct{}, every time.Duration, of func(*runtime.MemStats) uint64) <-chan uint64 {
 	out := make(chan uint64, 1)
 	go func() {
 		var peak uint64
 		var ms runtime.MemStats
-		tick := time.NewTicker(50 * time.Millisecond)
+		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
 			runtime.ReadMemStats(&ms)
-			peak = max(peak, ms.HeapInuse)
+			peak = max(peak, of(&ms))
 			select {
 			case <-stop:
 				out <- peak
@@ -502,7 +503,7 @@ func TestHostileHugeMessages(t *testing.T) {
 		l.expect("250 ")
 		l.expect("354 ")
 		stop := make(chan struct{})
-		peak := peakHeap(stop)
+		peak := peakHeap(stop, 50*time.Millisecond, func(ms *runtime.MemStats) uint64 { return ms.HeapInuse })
 		served := make(chan struct{})
 		go func() { defer close(served); stillServedNoFatal(t, r) }()
 		hdr := "From: <" + hAlice + ">\r\nTo: <" + hBob + ">\r\nSubject: big\r\n\r\n"
