@@ -74,20 +74,18 @@ func cappedRelay(t *testing.T, limits relay.ConnLimits) *relaytest.Relay {
 	return r
 }
 
-// proven opens a connection from ip to port that proved itself: logged in
+// proven opens a connection from ip to port (as idle does) that proved itself: logged in
 // (IMAP, submission, ALPN imap/smtp on 443), in a mail transaction (25)
 // or in the middle of a request (http/1.1 on 443, 80).
 func proven(t *testing.T, r *relaytest.Relay, ip, port string, alpn ...string) *line {
 	t.Helper()
-	tlsOn := port == "imaps" || port == "submissions" || port == "https"
-	l := newLine(t, dialFrom(t, ip, r.AddrOf(port), tlsOn, alpn...))
+	l := idle(t, r, ip, port, alpn...)
 	proto := port
 	if len(alpn) > 0 {
 		proto = alpn[0]
 	}
 	switch proto {
 	case "imaps", "imap":
-		l.expect("* OK")
 		if port == "imap" {
 			l.send("s STARTTLS\r\n")
 			l.imapTagged("s")
@@ -99,7 +97,6 @@ func proven(t *testing.T, r *relaytest.Relay, ip, port string, alpn ...string) *
 			t.Fatalf("login: %s", s)
 		}
 	case "submissions", "submission", "smtp":
-		l.expect("220 ")
 		l.send("EHLO client.test\r\n")
 		l.smtpReply()
 		if port == "submission" || port == "smtp" {
