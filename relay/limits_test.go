@@ -74,9 +74,9 @@ func cappedRelay(t *testing.T, limits relay.ConnLimits) *relaytest.Relay {
 	return r
 }
 
-// proven opens a connection from ip to port (as idle does) that proved itself: logged in
-// (IMAP, submission, ALPN imap/smtp on 443), in a mail transaction (25)
-// or in the middle of a request (http/1.1 on 443, 80).
+// proven opens a connection from ip to port (as idle does) that proved
+// itself: logged in (IMAP, submission, ALPN imap/smtp on 443), in a mail
+// transaction (25) or in the middle of a request (http/1.1 on 443, 80).
 func proven(t *testing.T, r *relaytest.Relay, ip, port string, alpn ...string) *line {
 	t.Helper()
 	l := idle(t, r, ip, port, alpn...)
