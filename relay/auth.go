@@ -85,7 +85,7 @@ func newAuthenticator(s *Server) *authenticator {
 // login when the registration rules allow. The reason for a refusal goes to
 // the log; the client learns only that authentication failed, and which
 // public account rule the address or password breaks (ruleReason).
-func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailbox.Account, error) {
+func (a *authenticator) login(local, remote net.Addr, user, pass, proto string) (*mailbox.Account, error) {
 	now := time.Now()
 	ip := ipKey(remote) // IPv6: per /64, as the connection caps
 	addr := strings.ToLower(strings.TrimSpace(user))
@@ -94,6 +94,11 @@ func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailb
 		a.s.log.Info("login throttled", "proto", proto)
 		return nil, errThrottled
 	}
+	// A client whose login is being checked is not cut off by
+	// prove_within_seconds nor evicted for a newcomer while it waits (an
+	// attack delay, a slot for a slow hash); a failed login puts it back
+	// among the unproven with a fresh deadline.
+	a.s.limits.proved(local, remote)
 	known := a.knownGood.count(accIP, now) > 0
 	if !known {
 		if d := attackWait(a.byAcc.count(addr, now)); d > 0 {
@@ -111,6 +116,7 @@ func (a *authenticator) login(remote net.Addr, user, pass, proto string) (*mailb
 		a.s.log.Warn("new account refused", "proto", proto, "reason", err.Error())
 		return nil, err
 	} else if err != nil {
+		a.s.limits.idleAgain(local, remote)
 		if !known && a.byAccIP.count(accIP, now) == 0 {
 			// Counted once per address: many addresses make an attack
 			// on the account, one address is only its own problem.

@@ -27,3 +27,9 @@ func RecordAuthDelaysForTest(s *Server) <-chan time.Duration {
 	}
 	return ch
 }
+
+// SlowAuthDelaysForTest makes a login on an account guessed from many
+// addresses wait d, as a login queued behind slow hashes waits.
+func SlowAuthDelaysForTest(s *Server, d time.Duration) {
+	s.auth.sleep = func(time.Duration) { time.Sleep(d) }
+}

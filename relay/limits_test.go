@@ -414,3 +414,31 @@ func TestIdleUnauthenticatedClosedAfterDeadline(t *testing.T) {
 		t.Fatalf("logged-in connection: %s", s)
 	}
 }
+
+// TestSlowLoginIsNotCutOffByProveWithin: a client whose right password
+// waits longer than prove_within_seconds for its check (here the delay of
+// an account guessed from many addresses; in a storm, a slot for a slow
+// hash) logs in all the same, over IMAP and SMTP, and a wrong password
+// puts the connection back under the deadline.
+func TestSlowLoginIsNotCutOffByProveWithin(t *testing.T) {
+	r := cappedRelay(t, relay.ConnLimits{ProveWithinSeconds: 1})
+	// Guesses from 30 addresses make every login from a new address wait.
+	for i := range 30 {
+		imapLoginFrom(t, r, fmt.Sprintf("127.0.22.%d", i+1), hAlice+" wrong-a", hAlice+" wrong-b")
+	}
+	relay.SlowAuthDelaysForTest(r.Server, 2500*time.Millisecond)
+	if reply := imapLoginFrom(t, r, "127.0.22.200", hAlice+" "+password)[0]; !imapOK(reply) {
+		t.Fatalf("IMAP login that waited past prove_within: %q", reply)
+	}
+	if ans := smtpAuthFrom(t, r, "127.0.22.201", hAlice, password); !strings.HasPrefix(ans, "235 ") {
+		t.Fatalf("SMTP AUTH that waited past prove_within: %q", ans)
+	}
+	// A wrong password is not a proof: the deadline runs again.
+	l := newLine(t, dialFrom(t, "127.0.22.202", r.AddrOf("imaps"), true))
+	l.expect("* OK")
+	l.send("w LOGIN " + hAlice + " wrong-c\r\n")
+	if reply, _ := l.imapTagged("w"); imapOK(reply) {
+		t.Fatal("wrong password accepted")
+	}
+	l.closedWithin(20 * time.Second)
+}

@@ -221,7 +221,7 @@ func imapCaps() imap.CapSet {
 func (s *Server) buildIMAP() {
 	opts := &mailbox.IMAPOptions{
 		Authenticate: func(conn net.Conn, user, pass string) (*mailbox.Account, error) {
-			return s.auth.login(conn.RemoteAddr(), user, pass, "imap")
+			return s.auth.login(conn.LocalAddr(), conn.RemoteAddr(), user, pass, "imap")
 		},
 		CheckAppend: func(acc *mailbox.Account, r io.Reader, w io.Writer) error {
 			if reply := policy.Append(acc.Addr, r, w); reply != nil {

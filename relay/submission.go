@@ -88,7 +88,7 @@ func (ss *submissionSession) Auth(mech string) (sasl.Server, error) {
 		if identity != "" && !strings.EqualFold(identity, username) {
 			return smtp.ErrAuthFailed
 		}
-		acc, err := ss.s.auth.login(ss.conn.Conn().RemoteAddr(), username, password, "smtp")
+		acc, err := ss.s.auth.login(ss.conn.Conn().LocalAddr(), ss.conn.Conn().RemoteAddr(), username, password, "smtp")
 		var rule *ruleRefusal
 		if errors.Is(err, mailbox.ErrUnavailable) {
 			return errAuthTemp
