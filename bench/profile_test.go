@@ -16,6 +16,7 @@ package bench
 import (
 	"context"
 	"flag"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/bench/load"
+	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
@@ -46,6 +48,26 @@ func benchConfig(dir string) relay.Config {
 
 func target(r *relaytest.Relay) load.Target {
 	return load.Target{IMAPS: r.AddrOf("imaps"), Submissions: r.AddrOf("submissions"), Domain: r.Cfg.MailDomain()}
+}
+
+// makeAccounts adds accounts [0, n) with passwords of the shape and kind
+// the relay makes for /new and invites, and returns t with them.
+func makeAccounts(b *testing.B, r *relaytest.Relay, t load.Target, n int) load.Target {
+	b.Helper()
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	t.Passwords = make([]string, n)
+	for i := range n {
+		pw := make([]byte, 24)
+		for j := range pw {
+			pw[j] = letters[rand.IntN(len(letters))]
+		}
+		pw[0], pw[1], pw[2] = 'a', 'A', '0' // all three classes
+		t.Passwords[i] = string(pw)
+		if err := r.Server.Store().CreateAccount(t.User(i), t.Passwords[i], mailbox.Generated); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return t
 }
 
 // profile starts a CPU profile named name when -profdir is set and returns
@@ -88,7 +110,7 @@ func heapProfile(b *testing.B, name string) {
 
 func prepare(b *testing.B, t load.Target, n int) {
 	b.Helper()
-	res := load.Prepare(context.Background(), t, 0, n, 32, 10*time.Minute)
+	res := load.Prepare(context.Background(), t, 0, n, 32, 10*time.Minute, nil)
 	if res.Failed > 0 {
 		b.Fatalf("preparing %d accounts: %d failed: %s", n, res.Failed, res.FirstErr)
 	}
@@ -181,10 +203,13 @@ func BenchmarkP5Storm(b *testing.B) {
 	}
 	dir := b.TempDir()
 	r := relaytest.StartConfig(b, benchConfig(dir))
-	prepare(b, target(r), n)
+	t := makeAccounts(b, r, target(r), n)
+	prepare(b, t, n)
 	r.Stop()
 	r = relaytest.StartConfig(b, benchConfig(dir))
-	t := target(r)
+	pw := t.Passwords
+	t = target(r)
+	t.Passwords = pw
 	stop := profile(b, "P5")
 	b.ResetTimer()
 	var idlers load.Idlers
@@ -204,7 +229,7 @@ func BenchmarkP5WarmStorm(b *testing.B) {
 		n = 500
 	}
 	r := relaytest.StartConfig(b, benchConfig(b.TempDir()))
-	t := target(r)
+	t := makeAccounts(b, r, target(r), n)
 	prepare(b, t, n)
 	var first load.Idlers
 	res := first.Open(b.Context(), t, load.OpenOptions{Count: n, Accounts: n, Parallel: 500, Idle: true, Timeout: 5 * time.Minute})

@@ -69,14 +69,44 @@ func (c *IMAPConn) Compress(ctx context.Context) error {
 	return nil
 }
 
+// Sessions holds one TLS session cache per account, as each Delta Chat
+// account keeps the tickets its relay gave it: a connection made with
+// them resumes the session instead of a full handshake.
+type Sessions []tls.ClientSessionCache
+
+// NewSessions makes caches for accounts [0, n).
+func NewSessions(n int) Sessions {
+	s := make(Sessions, n)
+	for i := range s {
+		s[i] = tls.NewLRUClientSessionCache(2)
+	}
+	return s
+}
+
+// cache is account i's cache, nil without one.
+func (s Sessions) cache(i int) tls.ClientSessionCache {
+	if i < 0 || i >= len(s) {
+		return nil
+	}
+	return s[i]
+}
+
 // DialIMAP connects with implicit TLS from local (nil: any loopback source)
 // and reads the greeting.
 func DialIMAP(ctx context.Context, addr string, local net.IP) (*IMAPConn, error) {
+	return DialIMAPSession(ctx, addr, local, nil)
+}
+
+// DialIMAPSession is DialIMAP resuming from and keeping tickets in cache
+// (nil: a full handshake every time).
+func DialIMAPSession(ctx context.Context, addr string, local net.IP, cache tls.ClientSessionCache) (*IMAPConn, error) {
 	d := &net.Dialer{Timeout: 30 * time.Second}
 	if local != nil {
 		d.LocalAddr = &net.TCPAddr{IP: local}
 	}
-	td := tls.Dialer{NetDialer: d, Config: ClientTLS()}
+	cfg := ClientTLS()
+	cfg.ClientSessionCache = cache
+	td := tls.Dialer{NetDialer: d, Config: cfg}
 	conn, err := td.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -105,6 +135,12 @@ func (c *IMAPConn) deadline(ctx context.Context, d time.Duration) {
 
 // Close drops the connection without LOGOUT.
 func (c *IMAPConn) Close() error { return c.conn.Close() }
+
+// Resumed tells whether the TLS handshake resumed an earlier session.
+func (c *IMAPConn) Resumed() bool {
+	tc, ok := c.conn.(*tls.Conn)
+	return ok && tc.ConnectionState().DidResume
+}
 
 // readLine reads one response line; a literal {n} at its end is read and
 // folded into the line.

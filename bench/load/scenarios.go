@@ -18,15 +18,28 @@ import (
 )
 
 // Target is a mail server under test: implicit-TLS IMAP and submission on
-// loopback, accounts User(i)@Domain with Password.
+// loopback, accounts User(i)@Domain with Pass(i).
 type Target struct {
 	IMAPS       string // host:port
 	Submissions string // host:port
 	Domain      string
+	// Passwords, where set, are the accounts' own passwords (made by the
+	// server, as chatrelay makes them for /new and invites); accounts
+	// past its end use Password.
+	Passwords []string
 }
 
-// Password is every benchmark account's password.
+// Password is the benchmark accounts' password where the server does not
+// make them (the peers, and chatrelay accounts created at first login).
 const Password = "bench-password-0001"
+
+// Pass is the password of benchmark account i.
+func (t Target) Pass(i int) string {
+	if i >= 0 && i < len(t.Passwords) {
+		return t.Passwords[i]
+	}
+	return Password
+}
 
 // User is the address of benchmark account i: nine characters before the
 // @, as chatrelay's default rules want.
@@ -89,12 +102,12 @@ type LatencyResult struct {
 }
 
 // dialIdle connects as user, selects INBOX and starts IDLE.
-func dialIdle(ctx context.Context, t Target, user string) (*IMAPConn, error) {
+func dialIdle(ctx context.Context, t Target, i int) (*IMAPConn, error) {
 	ic, err := DialIMAP(ctx, t.IMAPS, nil)
 	if err != nil {
 		return nil, err
 	}
-	if err = ic.Login(ctx, user, Password); err == nil {
+	if err = ic.Login(ctx, t.User(i), t.Pass(i)); err == nil {
 		if err = ic.Select(ctx); err == nil {
 			err = ic.Idle(ctx)
 		}
@@ -112,12 +125,12 @@ func dialIdle(ctx context.Context, t Target, user string) (*IMAPConn, error) {
 // and by ctx.
 func Latency(ctx context.Context, t Target, sender, rcpt int, n int, maxGap time.Duration, size int) (LatencyResult, error) {
 	var res LatencyResult
-	ic, err := dialIdle(ctx, t, t.User(rcpt))
+	ic, err := dialIdle(ctx, t, rcpt)
 	if err != nil {
 		return res, err
 	}
 	defer func() { ic.Close() }()
-	sub, err := DialSubmit(ctx, t.Submissions, t.User(sender), Password)
+	sub, err := DialSubmit(ctx, t.Submissions, t.User(sender), t.Pass(sender))
 	if err != nil {
 		return res, err
 	}
@@ -141,7 +154,7 @@ func Latency(ctx context.Context, t Target, sender, rcpt int, n int, maxGap time
 			}
 			// Start a fresh IDLE and go on.
 			ic.Close()
-			if ic, err = dialIdle(ctx, t, t.User(rcpt)); err != nil {
+			if ic, err = dialIdle(ctx, t, rcpt); err != nil {
 				return res, err
 			}
 			continue
@@ -176,7 +189,7 @@ func Throughput(ctx context.Context, t Target, clients, senders, rcpts int, d ti
 	subs := make([]*Submitter, clients)
 	msgs := make([][]byte, clients)
 	for i := range clients {
-		s, err := DialSubmit(ctx, t.Submissions, t.User(senders+i), Password)
+		s, err := DialSubmit(ctx, t.Submissions, t.User(senders+i), t.Pass(senders+i))
 		if err != nil {
 			for _, s := range subs[:i] {
 				s.Close()
@@ -271,6 +284,8 @@ type StormResult struct {
 	TimedOut    bool    `json:"timed_out,omitempty"`
 	// MemoryLow: stopped because the machine ran low on memory.
 	MemoryLow bool `json:"memory_low,omitempty"`
+	// Resumed counts TLS handshakes that resumed a session.
+	Resumed int `json:"tls_resumed"`
 }
 
 // OpenOptions says how to open many connections.
@@ -283,6 +298,9 @@ type OpenOptions struct {
 	Idle bool
 	// Compress: turn on COMPRESS=DEFLATE after login, as Delta Chat does.
 	Compress bool
+	// Sessions, when set, resume TLS sessions per account (and keep the
+	// new tickets), as a real client does after a network outage.
+	Sessions Sessions
 	// SourceIPs spreads connections over these loopback source addresses
 	// (PerSource each) so that ephemeral ports do not run out.
 	PerSource int
@@ -320,7 +338,7 @@ func (s *Idlers) Open(ctx context.Context, t Target, o OpenOptions) StormResult 
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	var loggedIn, idling, failed atomic.Int64
+	var loggedIn, idling, failed, resumed atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
 	var lastLogin, lastIdle time.Time
@@ -348,16 +366,20 @@ func (s *Idlers) Open(ctx context.Context, t Target, o OpenOptions) StormResult 
 			k := o.SourceBase + i/o.PerSource
 			src = net.IPv4(127, 0, byte(k/250), byte(2+k%250))
 		}
-		user := t.User(o.First + i%max(1, o.Accounts))
+		acct := o.First + i%max(1, o.Accounts)
+		user, pass := t.User(acct), t.Pass(acct)
 		wg.Go(func() {
 			err := func() error {
 				defer func() { <-sem }()
 				t0 := time.Now()
-				c, err := DialIMAP(ctx, t.IMAPS, src)
+				c, err := DialIMAPSession(ctx, t.IMAPS, src, o.Sessions.cache(acct))
 				if err != nil {
 					return err
 				}
-				if err := c.Login(ctx, user, Password); err != nil {
+				if c.Resumed() {
+					resumed.Add(1)
+				}
+				if err := c.Login(ctx, user, pass); err != nil {
 					c.Close()
 					return err
 				}
@@ -411,6 +433,7 @@ func (s *Idlers) Open(ctx context.Context, t Target, o OpenOptions) StormResult 
 	}
 	wg.Wait()
 	res.LoggedIn, res.Idling, res.Failed = int(loggedIn.Load()), int(idling.Load()), int(failed.Load())
+	res.Resumed = int(resumed.Load())
 	if !lastLogin.IsZero() {
 		res.LoginSeconds = lastLogin.Sub(start).Seconds()
 	}
@@ -430,18 +453,20 @@ func (s *Idlers) Open(ctx context.Context, t Target, o OpenOptions) StormResult 
 // connections at a time. A failed login is tried again up to three times,
 // one at a time (maddy's SQLite refuses some concurrent account
 // creations).
-func Prepare(ctx context.Context, t Target, first, n, parallel int, timeout time.Duration) StormResult {
+//
+// With sessions, each account keeps the TLS tickets the server gave it.
+func Prepare(ctx context.Context, t Target, first, n, parallel int, timeout time.Duration, sessions Sessions) StormResult {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	res := StormResult{Wanted: n}
 	start := time.Now()
 	login := func(i int) error {
-		c, err := DialIMAP(ctx, t.IMAPS, nil)
+		c, err := DialIMAPSession(ctx, t.IMAPS, nil, sessions.cache(i))
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		if err := c.Login(ctx, t.User(i), Password); err != nil {
+		if err := c.Login(ctx, t.User(i), t.Pass(i)); err != nil {
 			return err
 		}
 		c.Cmd(ctx, "LOGOUT")

@@ -35,6 +35,7 @@ type plan struct {
 	P3Size      int
 	P4Small     int // idle connections, first measurement
 	P4Large     int // and second (also the P5 storm)
+	P4bCount    int // P4b: authenticated IDLE connections opened at once
 	StormPar    int // connections being set up at once in the storm
 	StormLimit  time.Duration
 	SearchStep  int
@@ -50,14 +51,14 @@ func (p plan) does(m string) bool { return p.Only == nil || p.Only[m] }
 func fullPlan() plan {
 	return plan{Users: 10000, P1Messages: 500, P1MaxGap: 400 * time.Millisecond, P2Pings: 20,
 		P3Clients: 32, P3Duration: 20 * time.Second, P3Size: 4096,
-		P4Small: 1000, P4Large: 10000, StormPar: 1000, StormLimit: 240 * time.Second,
+		P4Small: 1000, P4Large: 10000, P4bCount: 5000, StormPar: 1000, StormLimit: 240 * time.Second,
 		SearchStep: 10000, SearchMax: 100000, SearchLimit: 240 * time.Second, MinFreeKiB: 3 << 20}
 }
 
 func quickPlan() plan {
 	return plan{Quick: true, Users: 1000, P1Messages: 100, P1MaxGap: 300 * time.Millisecond, P2Pings: 5,
 		P3Clients: 32, P3Duration: 5 * time.Second, P3Size: 4096,
-		P4Small: 200, P4Large: 1000, StormPar: 500, StormLimit: 120 * time.Second,
+		P4Small: 200, P4Large: 1000, P4bCount: 1000, StormPar: 500, StormLimit: 120 * time.Second,
 		SearchStep: 0, MinFreeKiB: 3 << 20}
 }
 
@@ -78,7 +79,10 @@ type Result struct {
 	// P4Max is the most idle connections held (bounded search).
 	P4Max *SearchResult `json:"p4_max_idle,omitempty"`
 	P5    *P5Result     `json:"p5_login_storm,omitempty"`
-	P6    *P6Result     `json:"p6_footprint,omitempty"`
+	// P4b is P4bCount authenticated IDLE connections opened at once on a
+	// restarted server.
+	P4b *load.StormResult `json:"p4b_idle_open,omitempty"`
+	P6  *P6Result         `json:"p6_footprint,omitempty"`
 }
 
 type P3Result struct {
@@ -117,6 +121,16 @@ type P5Result struct {
 	// may be cached.
 	Warm           *load.StormResult `json:"warm_storm,omitempty"`
 	WarmCPUSeconds float64           `json:"warm_server_cpu_seconds,omitempty"`
+	// Resumed is the storm after a restart with every client resuming a
+	// TLS session from before it.
+	Resumed           *load.StormResult `json:"resumed_storm,omitempty"`
+	ResumedCPUSeconds float64           `json:"resumed_server_cpu_seconds,omitempty"`
+}
+
+// accountMaker is a server that makes its accounts' passwords itself
+// (chatrelay: `account add`, /new, invites).
+type accountMaker interface {
+	MakeAccounts(ctx context.Context, n int) error
 }
 
 type P6Result struct {
@@ -146,7 +160,7 @@ func main() {
 	only := flag.String("servers", "chatrelay,postfix-dovecot,maddy", "servers to measure, comma separated")
 	keep := flag.Bool("keep", false, "keep the servers' temporary directory")
 	remake := flag.String("report", "", "only rewrite results.md (and the ratios) from this results.json")
-	onlyP := flag.String("only", "", "measure only these, comma separated (P1,P2,P3,P4,P5; P6 always), for working on one figure")
+	onlyP := flag.String("only", "", "measure only these, comma separated (P1,P2,P3,P4,P4b,P5; P6 always), for working on one figure")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	if *remake != "" {
@@ -271,8 +285,20 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 		fail("start", err)
 		return
 	}
+	if m, ok := s.(accountMaker); ok {
+		st := time.Now()
+		if err := m.MakeAccounts(ctx, p.Users); err != nil {
+			fail("make accounts", err)
+			return
+		}
+		t = s.Target()
+		logf("%d accounts made by the server in %.1fs", p.Users, time.Since(st).Seconds())
+	}
 	logf("started in %v; logging in %d accounts once", first.Round(time.Millisecond), p.Users)
-	prep := load.Prepare(ctx, t, 0, p.Users, 32, 20*time.Minute)
+	// Each account keeps the TLS tickets it was given, for the storm that
+	// resumes after a restart.
+	sessions := load.NewSessions(p.Users)
+	prep := load.Prepare(ctx, t, 0, p.Users, 32, 20*time.Minute, sessions)
 	logf("accounts ready: %d in %.1fs (failed %d %s)", prep.LoggedIn, prep.LoginSeconds, prep.Failed, prep.FirstErr)
 	if prep.Failed > 0 {
 		fail("prepare accounts", fmt.Errorf("%d of %d failed: %s", prep.Failed, prep.Wanted, prep.FirstErr))
@@ -366,6 +392,17 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 			r.P4Compress = &c
 		}
 	}
+	if p.does("P4B") {
+		if _, ok := restart(); !ok {
+			return
+		}
+		time.Sleep(2 * time.Second)
+		var idlers load.Idlers
+		res := idlers.Open(ctx, t, load.OpenOptions{Count: p.P4bCount, Accounts: p.P4bCount, Parallel: p.StormPar, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
+		idlers.Close()
+		r.P4b = &res
+		logf("P4b: %d/%d idle in %.2fs (logged in %.2fs), failed %d %s", res.Idling, res.Wanted, res.IdleSeconds, res.LoginSeconds, res.Failed, res.FirstErr)
+	}
 	if !p.does("P4") && !p.does("P5") {
 		return
 	}
@@ -404,6 +441,24 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 		warm := idlers.Open(ctx, t, load.OpenOptions{Count: p.P4Large, Accounts: p.P4Large, Parallel: p.StormPar, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
 		r.P5.Warm, r.P5.WarmCPUSeconds = &warm, (s.Group().cpu() - cpu0).Seconds()
 		logf("P5 warm: %d/%d logged in in %.2fs, failed %d %s; server CPU %.1fs", warm.LoggedIn, warm.Wanted, warm.LoginSeconds, warm.Failed, warm.FirstErr, r.P5.WarmCPUSeconds)
+		n = idlers.Len()
+	}
+
+	// The storm after a restart again, every client resuming its TLS
+	// session with a ticket from before the restart (Delta Chat keeps its
+	// tickets while it runs).
+	if n == p.P4Large && p.does("P5") {
+		idlers.Close()
+		if _, ok := restart(); !ok {
+			return
+		}
+		time.Sleep(2 * time.Second)
+		cpu0 := s.Group().cpu()
+		st := time.Now()
+		res := idlers.Open(ctx, t, load.OpenOptions{Count: p.P4Large, Accounts: p.P4Large, Parallel: p.StormPar, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB, Sessions: sessions})
+		cpu := s.Group().cpu() - cpu0
+		r.P5.Resumed, r.P5.ResumedCPUSeconds = &res, cpu.Seconds()
+		logf("P5 resumed: %d/%d logged in in %.2fs (idle %.2fs), %d resumed, failed %d %s; server CPU %.1fs (%.2f cores)", res.LoggedIn, res.Wanted, res.LoginSeconds, res.IdleSeconds, res.Resumed, res.Failed, res.FirstErr, cpu.Seconds(), cpu.Seconds()/time.Since(st).Seconds())
 		n = idlers.Len()
 	}
 

@@ -61,7 +61,7 @@ func pings(ctx context.Context, t load.Target, a, b int, n int, dir string) (Pin
 		iport, _ := strconv.Atoi(ip)
 		sport, _ := strconv.Atoi(sp)
 		return dctest.TransportParams{
-			Addr: t.User(i), Password: load.Password,
+			Addr: t.User(i), Password: t.Pass(i),
 			IMAPServer: host, IMAPPort: iport, IMAPSecurity: dctest.SecuritySSL,
 			SMTPServer: host, SMTPPort: sport, SMTPSecurity: dctest.SecuritySSL,
 			CertificateChecks: dctest.CertsAcceptInvalid,

@@ -58,6 +58,18 @@ var metrics = []metric{
 	{"p5_warm_login_s", "P5 the storm again, server kept running: all logged in (s)", false, func(r *Result) (float64, bool) {
 		return val(r.P5 != nil && r.P5.Warm != nil && r.P5.Warm.LoggedIn == r.P5.Warm.Wanted, func() float64 { return r.P5.Warm.LoginSeconds })
 	}},
+	{"p5_resumed_login_s", "P5 the storm after a restart, clients resuming TLS: all logged in (s)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Resumed != nil && r.P5.Resumed.LoggedIn == r.P5.Resumed.Wanted, func() float64 { return r.P5.Resumed.LoginSeconds })
+	}},
+	{"p5_resumed_share", "P5 the same: handshakes resumed (share)", true, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Resumed != nil && r.P5.Resumed.Wanted > 0, func() float64 { return float64(r.P5.Resumed.Resumed) / float64(r.P5.Resumed.Wanted) })
+	}},
+	{"p5_resumed_cpu_ms_per_login", "P5 the same: server CPU per login (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Resumed != nil && r.P5.Resumed.LoggedIn > 0, func() float64 { return r.P5.ResumedCPUSeconds * 1000 / float64(r.P5.Resumed.LoggedIn) })
+	}},
+	{"p4b_idle_s", "P4b authenticated IDLE connections (login, SELECT, IDLE) opened at once: all idle (s)", false, func(r *Result) (float64, bool) {
+		return val(r.P4b != nil && r.P4b.Idling == r.P4b.Wanted, func() float64 { return r.P4b.IdleSeconds })
+	}},
 	{"p5_warm_cpu_ms_per_login", "P5 the storm again: server CPU per login (ms)", false, func(r *Result) (float64, bool) {
 		return val(r.P5 != nil && r.P5.Warm != nil && r.P5.Warm.LoggedIn > 0, func() float64 { return r.P5.WarmCPUSeconds * 1000 / float64(r.P5.Warm.LoggedIn) })
 	}},

@@ -19,12 +19,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/chatrelay/chatrelay/bench/load"
+	"github.com/chatrelay/chatrelay/relay/control"
 )
 
 // server is one mail server under test, run from a private directory on
@@ -51,13 +53,15 @@ type server interface {
 
 // base is what every server shares.
 type base struct {
-	name    string
-	dir     string
-	ports   map[string]int
-	grp     *group
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	logFile *os.File
+	// passwords are the accounts' own, where the server made them.
+	passwords []string
+	name      string
+	dir       string
+	ports     map[string]int
+	grp       *group
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	logFile   *os.File
 }
 
 func newBase(name, parent string, portNames ...string) (*base, error) {
@@ -85,7 +89,7 @@ func (b *base) addr(p string) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(b.ports[p]))
 }
 func (b *base) Target() load.Target {
-	return load.Target{IMAPS: b.addr("imaps"), Submissions: b.addr("submissions"), Domain: "localhost"}
+	return load.Target{IMAPS: b.addr("imaps"), Submissions: b.addr("submissions"), Domain: "localhost", Passwords: b.passwords}
 }
 
 // run starts argv in the server's group with output to dir/NAME.log.
@@ -298,6 +302,49 @@ func (s *chatrelay) Start(ctx context.Context) (time.Duration, error) {
 }
 
 func (s *chatrelay) Stop() { s.stopMain() }
+
+// MakeAccounts adds accounts [0, n) through the control socket, as
+// `chatrelay account add` does, so that the relay makes each password
+// (stored as it stores those of /new and invites): the accounts a relay
+// has in production.
+func (s *chatrelay) MakeAccounts(ctx context.Context, n int) error {
+	sock := filepath.Join(s.dir, "data", "control.sock")
+	pw := make([]string, n)
+	var firstErr error
+	var mu sync.Mutex
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range next {
+				var res control.PasswordResult
+				err := control.Call(ctx, sock, control.CmdAccountAdd, control.PasswordArgs{Addr: s.Target().User(i)}, &res, nil)
+				if err == nil && res.Password == "" {
+					err = fmt.Errorf("%s: no password made", res.Addr)
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					continue
+				}
+				pw[i] = res.Password
+			}
+		})
+	}
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	s.passwords = pw
+	return ctx.Err()
+}
 
 func (s *chatrelay) Size() (int64, string) {
 	return fileSize(s.bin), "static binary (CGO_ENABLED=0, -trimpath -s -w, as make build)"
