@@ -3,7 +3,7 @@ GO ?= go
 DELTACHAT_DIR ?= $(CURDIR)/.cache/deltachat
 export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rpc-server-linux-x64/deltachat-rpc-server
 
-.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench clean release release-check hosttest
+.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench soak clean release release-check hosttest
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev) -X github.com/chatrelay/chatrelay/release.compiledKey=$(RELEASE_PUB)" -o bin/chatrelay ./cmd/chatrelay
@@ -75,6 +75,13 @@ crashtest:
 # pprof profiles of chatrelay, MICRO=1 for the Go micro benchmarks.
 bench:
 	QUICK="$(QUICK)" SERVERS="$(SERVERS)" ONLY="$(ONLY)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
+
+# The soak (docs/BENCHMARKS.md): SOAK_IDLE connections in IDLE and
+# SOAK_RATE messages a second to them for SOAK (default 10 minutes);
+# every message must reach its IDLE client, memory must stay flat.
+SOAK ?= 10m
+soak:
+	SOAK="$(SOAK)" SOAK_IDLE="$(or $(SOAK_IDLE),15000)" SOAK_RATE="$(or $(SOAK_RATE),200)" GO="$(GO)" bench/run.sh
 
 # Release files in $(DIST): static binaries for linux/amd64 and linux/arm64,
 # SHA256SUMS and, with RELEASE_KEY (a minisign secret key file, kept out

@@ -10,6 +10,9 @@
 #   PROFILE=1        instead: CPU/heap profiles of chatrelay in-process
 #                    (go test ./bench -bench ... -profdir $OUT/profiles)
 #   MICRO=1          instead: the Go micro benchmarks of every package
+#   SOAK=10m         instead: the soak (make soak): chatrelay with
+#                    SOAK_IDLE (15000) connections in IDLE and SOAK_RATE
+#                    (200) messages a second to them, for that long
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export CACHE="${CACHE:-$ROOT/.cache/bench}"
@@ -37,5 +40,6 @@ args=(-cache "$CACHE" -out "$OUT")
 [ -n "${QUICK:-}" ] && args+=(-quick)
 [ -n "${SERVERS:-}" ] && args+=(-servers "$SERVERS")
 [ -n "${ONLY:-}" ] && args+=(-only "$ONLY")
+[ -n "${SOAK:-}" ] && args+=(-soak "$SOAK" -soak-idle "${SOAK_IDLE:-15000}" -soak-rate "${SOAK_RATE:-200}")
 "$CACHE/loadgen" "${args[@]}"
 echo "results: $OUT/results.md, $OUT/results.json"

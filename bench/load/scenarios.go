@@ -124,37 +124,72 @@ func dialIdle(ctx context.Context, t Target, i int) (*IMAPConn, error) {
 // DATA to the EXISTS the recipient's IDLE connection reads. Bounded by n
 // and by ctx.
 func Latency(ctx context.Context, t Target, sender, rcpt int, n int, maxGap time.Duration, size int) (LatencyResult, error) {
-	var res LatencyResult
+	p, err := OpenLatency(ctx, t, sender, rcpt)
+	if err != nil {
+		return LatencyResult{}, err
+	}
+	defer p.Close()
+	return p.Run(ctx, n, maxGap, size)
+}
+
+// LatencyProbe is P1's pair of connections: the recipient in IDLE and the
+// sender logged in to submission.
+type LatencyProbe struct {
+	t      Target
+	sender int
+	rcpt   int
+	ic     *IMAPConn
+	sub    *Submitter
+}
+
+// OpenLatency connects P1's recipient (in IDLE) and sender.
+func OpenLatency(ctx context.Context, t Target, sender, rcpt int) (*LatencyProbe, error) {
 	ic, err := dialIdle(ctx, t, rcpt)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
-	defer func() { ic.Close() }()
 	sub, err := DialSubmit(ctx, t.Submissions, t.User(sender), t.Pass(sender))
 	if err != nil {
-		return res, err
+		ic.Close()
+		return nil, err
 	}
-	defer sub.Close()
-	msg := Message(t.User(sender), t.User(rcpt), size)
+	return &LatencyProbe{t: t, sender: sender, rcpt: rcpt, ic: ic, sub: sub}, nil
+}
+
+// Close drops both connections.
+func (p *LatencyProbe) Close() {
+	if p.ic != nil {
+		p.ic.Close()
+	}
+	p.sub.Close()
+}
+
+// Run sends up to n messages, until ctx ends, and times them.
+func (p *LatencyProbe) Run(ctx context.Context, n int, maxGap time.Duration, size int) (res LatencyResult, err error) {
+	t, rcpt := p.t, p.rcpt
+	msg := Message(t.User(p.sender), t.User(rcpt), size)
 	var fromEnd, fromAccept, submit []time.Duration
+	defer func() {
+		res.FromEnd, res.FromAccept, res.Submit = Summarize(fromEnd), Summarize(fromAccept), Summarize(submit)
+	}()
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		if maxGap > 0 {
 			time.Sleep(time.Duration(rand.Int64N(int64(maxGap))))
 		}
-		before := ic.Exists()
-		sent, err := sub.Send(t.User(rcpt), msg)
-		if err != nil {
-			return res, fmt.Errorf("message %d: %w", i, err)
+		before := p.ic.Exists()
+		sent, serr := p.sub.Send(t.User(rcpt), msg)
+		if serr != nil {
+			return res, fmt.Errorf("message %d: %w", i, serr)
 		}
-		at, err := ic.WaitExists(before, 15*time.Second)
-		if err != nil {
+		at, werr := p.ic.WaitExists(before, 15*time.Second)
+		if werr != nil {
 			res.Failures++
 			if res.Failures > 5 {
-				return res, fmt.Errorf("message %d: no EXISTS: %w", i, err)
+				return res, fmt.Errorf("message %d: no EXISTS: %w", i, werr)
 			}
 			// Start a fresh IDLE and go on.
-			ic.Close()
-			if ic, err = dialIdle(ctx, t, rcpt); err != nil {
+			p.ic.Close()
+			if p.ic, err = dialIdle(ctx, t, rcpt); err != nil {
 				return res, err
 			}
 			continue
@@ -163,7 +198,6 @@ func Latency(ctx context.Context, t Target, sender, rcpt int, n int, maxGap time
 		fromAccept = append(fromAccept, max(0, at.Sub(sent.Accepted)))
 		submit = append(submit, sent.Accepted.Sub(sent.End))
 	}
-	res.FromEnd, res.FromAccept, res.Submit = Summarize(fromEnd), Summarize(fromAccept), Summarize(submit)
 	return res, nil
 }
 

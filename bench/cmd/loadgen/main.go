@@ -70,9 +70,11 @@ type Result struct {
 	Notes   []string `json:"notes,omitempty"`
 
 	P1 *load.LatencyResult `json:"p1_latency,omitempty"`
-	P2 *PingResult         `json:"p2_deltachat_ping,omitempty"`
-	P3 *P3Result           `json:"p3_throughput,omitempty"`
-	P4 []P4Result          `json:"p4_idle_memory,omitempty"`
+	// P1Second is P1 measured by bench/p1.py (Python's ssl and sockets).
+	P1Second *SecondP1   `json:"p1_latency_second_client,omitempty"`
+	P2       *PingResult `json:"p2_deltachat_ping,omitempty"`
+	P3       *P3Result   `json:"p3_throughput,omitempty"`
+	P4       []P4Result  `json:"p4_idle_memory,omitempty"`
 	// P4Compress is P4's first size with COMPRESS=DEFLATE on, as Delta
 	// Chat has it (chatrelay only: the peers, as configured, offer none).
 	P4Compress *P4Result `json:"p4_idle_memory_compress,omitempty"`
@@ -116,6 +118,9 @@ type P5Result struct {
 	CPUSeconds float64 `json:"server_cpu_seconds"`
 	// CPUCores is server CPU over the storm's wall time (2 = both cores).
 	CPUCores float64 `json:"server_cpu_cores"`
+	// P1During is P1 (end of DATA to EXISTS) for a client connected
+	// before the storm, measured while it runs.
+	P1During *load.Summary `json:"p1_during_storm,omitempty"`
 	// Warm is the same storm again with the server kept running (a
 	// network outage rather than a restart): logins it verified before
 	// may be cached.
@@ -161,6 +166,9 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the servers' temporary directory")
 	remake := flag.String("report", "", "only rewrite results.md (and the ratios) from this results.json")
 	onlyP := flag.String("only", "", "measure only these, comma separated (P1,P2,P3,P4,P4b,P5; P6 always), for working on one figure")
+	soak := flag.Duration("soak", 0, "instead of P1..P6: the soak (make soak) for this long, chatrelay only")
+	soakIdle := flag.Int("soak-idle", 15000, "soak: connections in IDLE")
+	soakRate := flag.Float64("soak-rate", 200, "soak: messages submitted per second")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	if *remake != "" {
@@ -180,6 +188,12 @@ func main() {
 		return
 	}
 
+	if *soak > 0 {
+		if err := runSoak(*cache, *out, *soak, *soakIdle, *soakRate); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	p := fullPlan()
 	if *quick {
 		p = quickPlan()
@@ -340,6 +354,14 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 			r.P1 = &res
 			logf("P1: n=%d p50 %.1f ms p99 %.1f ms (end of DATA -> EXISTS)", res.FromEnd.N, res.FromEnd.P50, res.FromEnd.P99)
 		}
+		// The same figure from a second client stack (Python), written
+		// apart from the first: a figure must survive both.
+		if py, err := secondP1(ctx, p, t, tmp); err != nil {
+			fail("P1 second client", err)
+		} else {
+			r.P1Second = py
+			logf("P1 second client: n=%d p50 %.2f ms p99 %.2f ms", py.FromEnd.N, py.FromEnd.P50, py.FromEnd.P99)
+		}
 	}
 	// P3
 	if p.does("P3") {
@@ -417,12 +439,37 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 	cpu0 := s.Group().cpu()
 	var idlers load.Idlers
 	defer idlers.Close()
+	// A client that stayed connected through the storm goes on chatting:
+	// P1 while the storm runs, a message every 0-50 ms.
+	var during chan load.LatencyResult
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	probe, perr := load.OpenLatency(ctx, t, 5, 4)
+	if perr != nil {
+		fail("P1 during the storm", perr)
+	} else {
+		defer probe.Close()
+		during = make(chan load.LatencyResult, 1)
+		go func() {
+			res, err := probe.Run(probeCtx, 1<<20, 50*time.Millisecond, p.P3Size)
+			if err != nil && probeCtx.Err() == nil {
+				log.Printf("%s: P1 during the storm: %v", s.Name(), err)
+			}
+			during <- res
+		}()
+	}
 	st := time.Now()
 	storm := idlers.Open(ctx, t, load.OpenOptions{Count: p.P4Large, Accounts: p.P4Large, Parallel: p.StormPar, Idle: true, Timeout: p.StormLimit, PerSource: 20000, MinFreeKiB: p.MinFreeKiB})
 	wall := time.Since(st)
 	cpu := s.Group().cpu() - cpu0
+	stopProbe()
 	r.P5 = &P5Result{StormResult: storm, CPUSeconds: cpu.Seconds(), CPUCores: cpu.Seconds() / wall.Seconds()}
 	logf("P5: %d/%d logged in in %.2fs (idle %.2fs), failed %d %s; server CPU %.1fs (%.2f cores)", storm.LoggedIn, storm.Wanted, storm.LoginSeconds, storm.IdleSeconds, storm.Failed, storm.FirstErr, cpu.Seconds(), r.P5.CPUCores)
+	if during != nil {
+		res := <-during
+		r.P5.P1During = &res.FromEnd
+		logf("P1 during the storm: n=%d p50 %.2f ms p99 %.2f ms", res.FromEnd.N, res.FromEnd.P50, res.FromEnd.P99)
+	}
 	loaded, procs := settledPSS(ctx, s)
 	n := idlers.Len()
 	p4 := P4Result{Connections: n, Wanted: p.P4Large, BaselineKiB: base, LoadedKiB: loaded, Processes: procs, OpenSeconds: storm.IdleSeconds, FirstErr: storm.FirstErr}
@@ -618,4 +665,111 @@ func writeReport(dir string, rep *Report) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "results.md"), []byte(markdown(rep)), 0o644)
+}
+
+// SecondP1 is bench/p1.py's report.
+type SecondP1 struct {
+	Client   string       `json:"client"`
+	FromEnd  load.Summary `json:"end_of_data_to_exists"`
+	Submit   load.Summary `json:"end_of_data_to_250"`
+	Failures int          `json:"failures"`
+}
+
+// secondP1 runs bench/p1.py against t: accounts 3 -> 2 (not P1's own),
+// the same message, pauses of 100-500 ms.
+func secondP1(ctx context.Context, p plan, t load.Target, tmp string) (*SecondP1, error) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		return nil, err
+	}
+	msgFile := filepath.Join(tmp, "p1-message.eml")
+	if err := os.WriteFile(msgFile, load.Message(t.User(3), t.User(2), p.P3Size), 0o644); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, py, filepath.Join("bench", "p1.py"))
+	cmd.Env = append(os.Environ(),
+		"BENCH_IMAPS="+t.IMAPS, "BENCH_SUBMISSIONS="+t.Submissions,
+		"BENCH_FROM="+t.User(3), "BENCH_FROM_PASS="+t.Pass(3),
+		"BENCH_TO="+t.User(2), "BENCH_TO_PASS="+t.Pass(2),
+		fmt.Sprintf("BENCH_N=%d", p.P1Messages), "BENCH_GAP_MIN_MS=100", "BENCH_GAP_MAX_MS=500",
+		"BENCH_MSG_FILE="+msgFile)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, err
+	}
+	var res SecondP1
+	if err := json.Unmarshal(out, &res); err != nil {
+		return nil, fmt.Errorf("bench/p1.py said %q: %w", out, err)
+	}
+	if res.FromEnd.N == 0 {
+		return nil, fmt.Errorf("bench/p1.py measured nothing (%d failures)", res.Failures)
+	}
+	return &res, nil
+}
+
+// runSoak is `make soak`: chatrelay with idle accounts each in IDLE and a
+// steady stream of submissions to them (bench/load.Soak), reported in
+// soak.json and on stdout.
+func runSoak(cache, out string, d time.Duration, idle int, rate float64) error {
+	if fds := raiseFDLimit(); idle > fds-2000 {
+		return fmt.Errorf("%d idle connections need more than the %d descriptors this process may open", idle, fds)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, d+30*time.Minute)
+	defer cancel()
+	tmp, err := os.MkdirTemp("", "chatrelay-soak-")
+	if err != nil {
+		return err
+	}
+	os.Chmod(tmp, 0o755)
+	defer os.RemoveAll(tmp)
+	srv, err := newServer("chatrelay", tmp, cache)
+	if err != nil {
+		return err
+	}
+	s := srv.(*chatrelay)
+	defer s.Group().remove()
+	defer s.Stop()
+	const senders = 16
+	if err := s.Setup(idle + senders); err != nil {
+		return err
+	}
+	if _, err := s.Start(ctx); err != nil {
+		return err
+	}
+	st := time.Now()
+	if err := s.MakeAccounts(ctx, idle+senders); err != nil {
+		return err
+	}
+	log.Printf("soak: %d accounts made in %.1fs", idle+senders, time.Since(st).Seconds())
+	log.Printf("soak: %d connections to IDLE, then %.0f messages/s for %v", idle, rate, d)
+	res, err := load.Soak(ctx, s.Target(), load.SoakOptions{Idle: idle, Senders: senders, Rate: rate, Duration: d, Size: 4096, Parallel: 500,
+		Sample: func() (int64, int64) { pss, _ := s.Group().pss(); return s.Group().rss(), pss }})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	data, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "machine": machine(), "soak": res}, "", "  ")
+	if err := os.WriteFile(filepath.Join(out, "soak.json"), data, 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("soak: %d idle connections (open in %.1fs), %d sent (%.1f/s), %d delivered, %d missing, %d send errors, %d idle connections dropped, %d sends late\n",
+		res.Idle, res.OpenSeconds, res.Sent, res.RateAchieved, res.Delivered, res.Missing, res.SendErrors, res.IdleDropped, res.Late)
+	fmt.Printf("server RSS %d -> %d KiB, PSS %d -> %d KiB; end of DATA -> EXISTS p50 %.2f ms p99 %.2f ms max %.1f ms\n",
+		res.StartRSSKiB, res.EndRSSKiB, res.StartPSSKiB, res.EndPSSKiB, res.Latency.P50, res.Latency.P99, res.Latency.Max)
+	fmt.Println("| minute | sent | delivered | p50 (ms) | p99 (ms) | max (ms) | server RSS (MiB) |")
+	fmt.Println("|---:|---:|---:|---:|---:|---:|---:|")
+	for _, m := range res.Minutes {
+		fmt.Printf("| %d | %d | %d | %.2f | %.2f | %.1f | %.1f |\n", m.Minute, m.Sent, m.Delivered, m.Latency.P50, m.Latency.P99, m.Latency.Max, float64(m.RSSKiB)/1024)
+	}
+	if res.FirstErr != "" {
+		fmt.Println("first error:", res.FirstErr)
+	}
+	return nil
 }

@@ -26,6 +26,12 @@ var metrics = []metric{
 	{"p1_p99_ms", "P1 delivery latency p99 (ms)", false, func(r *Result) (float64, bool) {
 		return val(r.P1 != nil, func() float64 { return r.P1.FromEnd.P99 })
 	}},
+	{"p1_second_p50_ms", "P1 the same, second client (Python) p50 (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P1Second != nil, func() float64 { return r.P1Second.FromEnd.P50 })
+	}},
+	{"p1_second_p99_ms", "P1 the same, second client (Python) p99 (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P1Second != nil, func() float64 { return r.P1Second.FromEnd.P99 })
+	}},
 	{"p2_p50_ms", "P2 Delta Chat ping round trip p50 (ms)", false, func(r *Result) (float64, bool) {
 		return val(r.P2 != nil && r.P2.RTT.N > 0, func() float64 { return r.P2.RTT.P50 })
 	}},
@@ -54,6 +60,9 @@ var metrics = []metric{
 	}},
 	{"p5_cpu_s", "P5 server CPU during the storm (s)", false, func(r *Result) (float64, bool) {
 		return val(r.P5 != nil, func() float64 { return r.P5.CPUSeconds })
+	}},
+	{"p5_p1_during_p99_ms", "P5 during the storm: P1 p99 of a client that stayed connected (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.P1During != nil && r.P5.P1During.N > 0, func() float64 { return r.P5.P1During.P99 })
 	}},
 	{"p5_warm_login_s", "P5 the storm again, server kept running: all logged in (s)", false, func(r *Result) (float64, bool) {
 		return val(r.P5 != nil && r.P5.Warm != nil && r.P5.Warm.LoggedIn == r.P5.Warm.Wanted, func() float64 { return r.P5.Warm.LoginSeconds })
