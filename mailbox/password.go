@@ -71,13 +71,11 @@ const hashPrefixHMAC = "$hmac-sha256$"
 type passwords struct {
 	key   []byte
 	slots chan struct{}
-	dummy string // a Chosen hash for failures to spend time on
 }
 
 func (p *passwords) init(key []byte) {
 	p.key = key
 	p.slots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))
-	p.dummy = p.hash("not a password", Chosen)
 }
 
 // loadPasswordKey reads the password key from dir, making it on the first
@@ -192,7 +190,17 @@ func (p *passwords) verify(encoded, password string) (ok, legacy bool) {
 }
 
 // fail spends what a wrong chosen password costs.
-func (p *passwords) fail(password string) { p.verify(p.dummy, password) }
+// It needs no stored hash (computing one at start cost a start-up hash and
+// its 19 MiB until the next collection): the same slow hash as a chosen
+// password's check, with a fixed salt, its result thrown away.
+func (p *passwords) fail(password string) {
+	p.slots <- struct{}{}
+	argon2.IDKey([]byte(password), failSalt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	<-p.slots
+}
+
+// failSalt is fail's salt.
+var failSalt = []byte("chatrelay: no such password")
 
 // looksGenerated tells whether a password has the shape the relay gives
 // its generated ones: 24 letters and digits with all three classes. A
