@@ -14,7 +14,9 @@ BENCH_IMAPS, BENCH_SUBMISSIONS (host:port, implicit TLS), BENCH_FROM,
 BENCH_FROM_PASS, BENCH_TO, BENCH_TO_PASS, BENCH_N (messages),
 BENCH_GAP_MIN_MS and BENCH_GAP_MAX_MS (the pause before each message),
 BENCH_MSG_FILE (the message, the same encrypted-format message the Go
-client sends, so both measure the same work). Prints one JSON object. Loopback only; every wait is
+client sends, so both measure the same work), BENCH_REIDLE=1 (after each
+EXISTS, DONE and a new IDLE, as Delta Chat does; the Go client stays in
+one IDLE). Prints one JSON object. Loopback only; every wait is
 bounded.
 """
 
@@ -72,11 +74,15 @@ def quote(s):
 
 
 class Idler(threading.Thread):
-    """Reads the IDLE connection and timestamps each EXISTS count."""
+    """Reads the IDLE connection and timestamps each EXISTS count. With
+    reidle, it answers each EXISTS as Delta Chat does: DONE, then IDLE
+    again once the server has ended the first."""
 
-    def __init__(self, lines):
+    def __init__(self, lines, reidle=False):
         super().__init__(daemon=True)
         self.lines = lines
+        self.reidle = reidle
+        self.tag = 3
         self.cond = threading.Condition()
         self.exists = 0
         self.at = {}  # count -> perf_counter when read
@@ -91,14 +97,34 @@ class Idler(threading.Thread):
                 now = time.perf_counter()
                 m = pat.match(line)
                 if m:
-                    with self.cond:
-                        self.exists = int(m.group(1))
-                        self.at.setdefault(self.exists, now)
-                        self.cond.notify_all()
+                    self.note(int(m.group(1)), now)
+                    if self.reidle:
+                        self.again(pat)
         except Exception as e:  # closed at the end, or a failure
             with self.cond:
                 self.error = e
                 self.cond.notify_all()
+
+    def note(self, n, now):
+        with self.cond:
+            self.exists = n
+            self.at.setdefault(n, now)
+            self.cond.notify_all()
+
+    def again(self, pat):
+        """DONE, then IDLE again, noting any EXISTS on the way."""
+        self.lines.sock.sendall(b"DONE\r\n")
+        for done, want in ((f"a{self.tag} ", None), ("+", f"a{self.tag + 1} IDLE\r\n")):
+            if want:
+                self.tag += 1
+                self.lines.sock.sendall(want.encode())
+            for _ in range(1000):
+                line = self.lines.line()
+                m = pat.match(line)
+                if m:
+                    self.note(int(m.group(1)), time.perf_counter())
+                if line.startswith(done):
+                    break
 
     def wait_for(self, n, timeout):
         deadline = time.monotonic() + timeout
@@ -156,7 +182,7 @@ def main():
     imap.sock.sendall(b"a3 IDLE\r\n")
     if not imap.line().startswith("+"):
         raise RuntimeError("IDLE refused")
-    idler = Idler(imap)
+    idler = Idler(imap, reidle=env.get("BENCH_REIDLE", "") == "1")
     idler.exists = exists
     idler.start()
 
@@ -199,7 +225,8 @@ def main():
         return {"n": len(xs), "p50_ms": round(pct(xs, 0.5), 3), "p90_ms": round(pct(xs, 0.9), 3),
                 "p99_ms": round(pct(xs, 0.99), 3), "max_ms": round(max(xs) if xs else 0, 3)}
 
-    print(json.dumps({"client": "python ssl/socket", "end_of_data_to_exists": summary(end_to_exists),
+    client = "python ssl/socket" + (", DONE and IDLE again after each EXISTS" if idler.reidle else "")
+    print(json.dumps({"client": client, "end_of_data_to_exists": summary(end_to_exists),
                       "end_of_data_to_250": summary(end_to_250), "failures": failures}))
     try:
         smtp.sock.sendall(b"QUIT\r\n")

@@ -7,6 +7,9 @@
 #   QUICK=1          small sizes, about 10 minutes instead of about 50
 #   SERVERS=a,b      only these (chatrelay, postfix-dovecot, maddy)
 #   ONLY=P1,P4       only these measurements (P6 always), for working on one
+#   P1_MESSAGES=N    P1's sample size (default 500, 100 when QUICK)
+#   BENCH_REIDLE=1   the second P1 client (bench/p1.py) answers each EXISTS
+#                    with DONE and a new IDLE, as Delta Chat does
 #   PROFILE=1        instead: CPU/heap profiles of chatrelay in-process
 #                    (go test ./bench -bench ... -profdir $OUT/profiles)
 #   MICRO=1          instead: the Go micro benchmarks of every package
@@ -40,6 +43,7 @@ args=(-cache "$CACHE" -out "$OUT")
 [ -n "${QUICK:-}" ] && args+=(-quick)
 [ -n "${SERVERS:-}" ] && args+=(-servers "$SERVERS")
 [ -n "${ONLY:-}" ] && args+=(-only "$ONLY")
+[ -n "${P1_MESSAGES:-}" ] && args+=(-p1-messages "$P1_MESSAGES")
 [ -n "${SOAK:-}" ] && args+=(-soak "$SOAK" -soak-idle "${SOAK_IDLE:-15000}" -soak-rate "${SOAK_RATE:-200}")
 "$CACHE/loadgen" "${args[@]}"
 echo "results: $OUT/results.md, $OUT/results.json"

@@ -99,6 +99,9 @@ type LatencyResult struct {
 	// Submit: end of DATA -> 250.
 	Submit   Summary `json:"end_of_data_to_250"`
 	Failures int     `json:"failures"`
+	// Marked and Unmarked split FromEnd by LatencyProbe.Mark.
+	Marked   *Summary `json:"marked,omitempty"`
+	Unmarked *Summary `json:"unmarked,omitempty"`
 }
 
 // dialIdle connects as user, selects INBOX and starts IDLE.
@@ -135,6 +138,11 @@ func Latency(ctx context.Context, t Target, sender, rcpt int, n int, maxGap time
 // LatencyProbe is P1's pair of connections: the recipient in IDLE and the
 // sender logged in to submission.
 type LatencyProbe struct {
+	// Mark, when set, is asked before each message whether to count it
+	// among the marked (LatencyResult.Marked), to split the sample by
+	// something the server did in the pause before it.
+	Mark func() bool
+
 	t      Target
 	sender int
 	rcpt   int
@@ -168,14 +176,19 @@ func (p *LatencyProbe) Close() {
 func (p *LatencyProbe) Run(ctx context.Context, n int, maxGap time.Duration, size int) (res LatencyResult, err error) {
 	t, rcpt := p.t, p.rcpt
 	msg := Message(t.User(p.sender), t.User(rcpt), size)
-	var fromEnd, fromAccept, submit []time.Duration
+	var fromEnd, fromAccept, submit, marked, unmarked []time.Duration
 	defer func() {
 		res.FromEnd, res.FromAccept, res.Submit = Summarize(fromEnd), Summarize(fromAccept), Summarize(submit)
+		if p.Mark != nil {
+			m, u := Summarize(marked), Summarize(unmarked)
+			res.Marked, res.Unmarked = &m, &u
+		}
 	}()
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		if maxGap > 0 {
 			time.Sleep(time.Duration(rand.Int64N(int64(maxGap))))
 		}
+		mark := p.Mark != nil && p.Mark()
 		before := p.ic.Exists()
 		sent, serr := p.sub.Send(t.User(rcpt), msg)
 		if serr != nil {
@@ -195,6 +208,11 @@ func (p *LatencyProbe) Run(ctx context.Context, n int, maxGap time.Duration, siz
 			continue
 		}
 		fromEnd = append(fromEnd, at.Sub(sent.End))
+		if mark {
+			marked = append(marked, at.Sub(sent.End))
+		} else {
+			unmarked = append(unmarked, at.Sub(sent.End))
+		}
 		fromAccept = append(fromAccept, max(0, at.Sub(sent.Accepted)))
 		submit = append(submit, sent.Accepted.Sub(sent.End))
 	}

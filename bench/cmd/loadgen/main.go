@@ -166,6 +166,7 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the servers' temporary directory")
 	remake := flag.String("report", "", "only rewrite results.md (and the ratios) from this results.json")
 	onlyP := flag.String("only", "", "measure only these, comma separated (P1,P2,P3,P4,P4b,P5; P6 always), for working on one figure")
+	p1n := flag.Int("p1-messages", 0, "P1 sample size (default 500, quick 100)")
 	soak := flag.Duration("soak", 0, "instead of P1..P6: the soak (make soak) for this long, chatrelay only")
 	soakIdle := flag.Int("soak-idle", 15000, "soak: connections in IDLE")
 	soakRate := flag.Float64("soak-rate", 200, "soak: messages submitted per second")
@@ -197,6 +198,9 @@ func main() {
 	p := fullPlan()
 	if *quick {
 		p = quickPlan()
+	}
+	if *p1n > 0 {
+		p.P1Messages = *p1n
 	}
 	if *onlyP != "" {
 		p.Only = map[string]bool{}
@@ -345,14 +349,32 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 	senders, rcpts := 100, 200
 	if p.does("P1") {
 		lctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-		res, err := load.Latency(lctx, t, 1, 0, p.P1Messages, p.P1MaxGap, p.P3Size)
+		var res load.LatencyResult
+		probe, err := load.OpenLatency(lctx, t, 1, 0)
+		if err == nil {
+			// Split the sample by whether the server gave memory back
+			// (RSS fell by 1 MiB or more) in the pause before a message.
+			last := s.Group().rss()
+			probe.Mark = func() bool {
+				now := s.Group().rss()
+				fell := now <= last-1024
+				last = now
+				return fell
+			}
+			res, err = probe.Run(lctx, p.P1Messages, p.P1MaxGap, p.P3Size)
+			probe.Close()
+		}
 		cancel()
 		if err != nil {
 			fail("P1", err)
 		}
 		if res.FromEnd.N > 0 {
 			r.P1 = &res
-			logf("P1: n=%d p50 %.1f ms p99 %.1f ms (end of DATA -> EXISTS)", res.FromEnd.N, res.FromEnd.P50, res.FromEnd.P99)
+			logf("P1: n=%d p50 %.2f ms p99 %.2f ms (end of DATA -> EXISTS)", res.FromEnd.N, res.FromEnd.P50, res.FromEnd.P99)
+			if m, u := res.Marked, res.Unmarked; m != nil && u != nil {
+				logf("P1 after the server gave memory back: n=%d p50 %.2f p99 %.2f max %.2f ms; otherwise n=%d p50 %.2f p99 %.2f max %.2f ms",
+					m.N, m.P50, m.P99, m.Max, u.N, u.P50, u.P99, u.Max)
+			}
 		}
 		// The same figure from a second client stack (Python), written
 		// apart from the first: a figure must survive both.
@@ -694,7 +716,7 @@ func secondP1(ctx context.Context, p plan, t load.Target, tmp string) (*SecondP1
 		"BENCH_FROM="+t.User(3), "BENCH_FROM_PASS="+t.Pass(3),
 		"BENCH_TO="+t.User(2), "BENCH_TO_PASS="+t.Pass(2),
 		fmt.Sprintf("BENCH_N=%d", p.P1Messages), "BENCH_GAP_MIN_MS=100", "BENCH_GAP_MAX_MS=500",
-		"BENCH_MSG_FILE="+msgFile)
+		"BENCH_MSG_FILE="+msgFile, "BENCH_REIDLE="+os.Getenv("BENCH_REIDLE"))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
