@@ -533,7 +533,7 @@ func measure(ctx context.Context, p plan, s server, r *Result, tmp string) {
 
 	// The search goes on from a storm that finished; a server that could
 	// not take the storm in time would not get further in the search.
-	if p.SearchStep > 0 && n == p.P4Large {
+	if p.SearchStep > 0 && n == p.P4Large && p.does("P4") {
 		r.P4Max = search(ctx, p, s, &idlers, base, logf)
 	}
 	idlers.Close()
