@@ -158,6 +158,12 @@ func (ss *submissionSession) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	// Every local recipient must have room before anything goes
+	// anywhere: a 552 means nobody got the message, so the sender's
+	// retry sends no remote recipient a second copy.
+	if err := ss.s.checkQuota(in, ss.local, errMailbox); err != nil {
+		return err
+	}
 	// Queue for other servers first: once the spool is durable the local
 	// copies follow; a failure here leaves nothing half-sent.
 	if len(ss.remote) > 0 {
@@ -289,6 +295,22 @@ func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quot
 		in.Abort()
 		return nil
 	}
+	if err := s.checkQuota(in, rcpts, quotaErr); err != nil {
+		return err
+	}
+	ds, err := in.Deliver(rcpts, "INBOX")
+	if err != nil {
+		s.log.Error("deliver", "err", err)
+		return errTempFailure
+	}
+	s.notify(rcpts, from)
+	s.trimAfterDelivery(ds)
+	return nil
+}
+
+// checkQuota answers quotaErr unless every recipient has room for the
+// message; on any refusal the Incoming is discarded.
+func (s *Server) checkQuota(in *mailbox.Incoming, rcpts []*mailbox.Account, quotaErr error) error {
 	for _, a := range rcpts {
 		if ok, err := s.store.QuotaFits(a.Addr, in.Size()); err != nil {
 			in.Abort()
@@ -298,13 +320,6 @@ func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quot
 			return quotaErr
 		}
 	}
-	ds, err := in.Deliver(rcpts, "INBOX")
-	if err != nil {
-		s.log.Error("deliver", "err", err)
-		return errTempFailure
-	}
-	s.notify(rcpts, from)
-	s.trimAfterDelivery(ds)
 	return nil
 }
 
