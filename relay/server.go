@@ -25,6 +25,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/chatrelay/chatrelay/acme"
+	"github.com/chatrelay/chatrelay/internal/accept"
 	"github.com/chatrelay/chatrelay/internal/memtrim"
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/mailbox/imapext"
@@ -280,22 +281,14 @@ func (s *Server) buildIMAP() {
 // layer.
 func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
 	return func(ln net.Listener) error {
-		var backoff time.Duration
+		retry := accept.Retry{OnPause: func(err error, pause time.Duration) {
+			s.log.Warn("imap accept", "err", err, "retry_in", pause)
+		}}
 		for {
-			conn, err := ln.Accept()
+			conn, err := retry.Accept(ln)
 			if err != nil {
-				// Out of file descriptors is temporary: wait rather than
-				// take IMAP down for good.
-				var te interface{ Temporary() bool }
-				if errors.As(err, &te) && te.Temporary() && !errors.Is(err, net.ErrClosed) {
-					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-					s.log.Warn("imap accept", "err", err, "retry_in", backoff)
-					time.Sleep(backoff)
-					continue
-				}
 				return err
 			}
-			backoff = 0
 			if !s.conns.add(conn) {
 				conn.Close()
 				continue

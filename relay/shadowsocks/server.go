@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/chatrelay/chatrelay/internal/accept"
 )
 
 // Refusal reasons, for metrics. A refused connection looks the same to
@@ -103,19 +105,12 @@ func NewServer(opts Options) *Server {
 
 // Serve accepts until ln is closed.
 func (s *Server) Serve(ln net.Listener) error {
-	var backoff time.Duration
+	var retry accept.Retry
 	for {
-		c, err := ln.Accept()
+		c, err := retry.Accept(ln)
 		if err != nil {
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() && !errors.Is(err, net.ErrClosed) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
 			return err
 		}
-		backoff = 0
 		s.opts.Accepted()
 		key := ipKey(c.RemoteAddr())
 		if reason := s.acquire(key, c); reason != "" {
