@@ -4,10 +4,11 @@ import (
 	"container/list"
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/chatrelay/chatrelay/internal/accept"
 )
 
 const (
@@ -91,30 +92,15 @@ func (m *Mux) Serve() error {
 	if limit <= 0 {
 		limit = defaultMaxHandshakes
 	}
-	var backoff time.Duration
+	retry := accept.Retry{Done: m.ctx.Done()}
 	for {
-		c, err := m.ln.Accept()
+		c, err := retry.Accept(m.ln)
 		if err != nil {
 			if m.ctx.Err() != nil {
 				return nil
 			}
-			// Running out of file descriptors is temporary: wait and try
-			// again instead of taking port 443 down (as net/http does).
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				t := time.NewTimer(backoff)
-				select {
-				case <-t.C:
-				case <-m.ctx.Done():
-					t.Stop()
-					return nil
-				}
-				continue
-			}
 			return err
 		}
-		backoff = 0
 		m.mu.Lock()
 		if m.inFlight.Len() >= limit {
 			// Its goroutine ends at once: the handshake fails.

@@ -541,9 +541,23 @@ func TestReplyError(t *testing.T) {
 		{ErrNoSuchUser, "550 5.1.1 No such user"},
 		{ErrSenderMismatch, "553 5.7.1 Envelope sender must equal the login name"},
 		{ErrFromMismatch, "500 5.7.1 From header must equal the envelope sender"},
+		{ErrMailboxFull, "552 5.2.2 Mailbox full"},
+		{ErrMailboxFullTemp, "452 4.2.2 Mailbox full, try again later"},
+		{ErrTLSRequired, "530 5.7.0 Must issue a STARTTLS command first"},
+		{AuthRefused("name too short"), "535 5.7.8 name too short"},
 	} {
 		if got := tc.r.Error(); got != tc.want {
 			t.Errorf("Error() = %q, want %q", got, tc.want)
+		}
+	}
+	// Every reply of the table: its enhanced code's class is its code's.
+	for _, r := range []*Reply{ErrEncryptionNeeded, ErrSenderMismatch, ErrFromMismatch, ErrTooBig,
+		ErrNoSuchUser, ErrTooManyRecipients, ErrHeaderTooBig, ErrLineTooLong, ErrMalformed,
+		ErrReadFailed, ErrWriteFailed, ErrNoDKIMSignature, ErrTempFailure, ErrRelayDenied,
+		ErrBadRcptSyntax, ErrAuthTemp, ErrMailboxFull, ErrMailboxFullTemp, ErrCommandLineTooLong,
+		ErrDKIMTemp, ErrIPMismatch, ErrTLSRequired, ErrNoRecipients, ErrBadRecipientCount} {
+		if r.Code/100 != r.Enhanced[0] || r.Text == "" {
+			t.Errorf("%v: enhanced class differs from the code's, or no text", r)
 		}
 	}
 	var none *Reply

@@ -45,7 +45,7 @@ func (s *Server) bounce(item *queue.Item, failed []queue.Rcpt) error {
 	if _, err := in.Deliver([]*mailbox.Account{acc}, "INBOX"); err != nil {
 		return err
 	}
-	s.notify([]*mailbox.Account{acc}, "")
+	s.router.Notify([]*mailbox.Account{acc}, "")
 	return nil
 }
 

@@ -32,8 +32,6 @@ type federation struct {
 	queue    *queue.Queue
 	// keyClient fetches DKIM keys from static-route peers over HTTPS.
 	keyClient *http.Client
-	cancel    context.CancelFunc
-	done      chan struct{}
 }
 
 func (s *Server) setupFederation(opts Options) error {
@@ -119,23 +117,6 @@ func localTCPAddr(ip net.IP) net.Addr {
 		return nil
 	}
 	return &net.TCPAddr{IP: ip}
-}
-
-func (f *federation) start() {
-	ctx, cancel := context.WithCancel(context.Background())
-	f.cancel, f.done = cancel, make(chan struct{})
-	go func() {
-		defer close(f.done)
-		f.queue.Run(ctx)
-	}()
-}
-
-func (f *federation) stop() {
-	if f.cancel != nil {
-		f.cancel()
-		<-f.done
-	}
-	f.courier.Close()
 }
 
 // dkimLookup finds a peer's DKIM key: from the peer itself over HTTPS when

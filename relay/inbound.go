@@ -12,14 +12,7 @@ import (
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/policy"
 	"github.com/chatrelay/chatrelay/relay/dkim"
-)
-
-var (
-	errDKIMTemp   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 5}, Message: "DKIM key lookup failed, try again later"}
-	errIPMismatch = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender address literal does not match the connecting address"}
-	// RFC 3207 section 4: the reply to a command that needs TLS first.
-	errTLSRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
-	errQuotaTemp   = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "Mailbox full, try again later"}
+	"github.com/chatrelay/chatrelay/relay/router"
 )
 
 // inboundSession is another server delivering to our users on port 25. It
@@ -93,7 +86,7 @@ func (is *inboundSession) Logout() error { return nil }
 // durable.
 func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account, r io.Reader) error {
 	if len(rcpts) == 0 {
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "No valid recipients"}
+		return errNoRecipients
 	}
 	raw, err := s.store.NewIncoming()
 	if err != nil {
@@ -101,10 +94,10 @@ func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account
 		return errTempFailure
 	}
 	defer raw.Abort()
-	rr := &readErr{r: r}
+	rr := &router.ReadErr{R: r}
 	if _, err := io.Copy(raw, rr); err != nil {
-		if rr.err != nil {
-			return readFailure(rr.err)
+		if rr.Err != nil {
+			return smtpErr(router.ReadFailure(rr.Err))
 		}
 		s.log.Error("spool inbound message", "err", err)
 		return errTempFailure
@@ -129,10 +122,13 @@ func (s *Server) receive(remote net.IP, envFrom string, rcpts []*mailbox.Account
 	for _, a := range rcpts {
 		env.To = append(env.To, a.Addr)
 	}
-	return s.deliverLocal(in, rcpts, errQuotaTemp, envFrom, func(r io.Reader, w io.Writer) *policy.Reply {
+	err = s.router.Route(in, router.Envelope{
+		From: envFrom, Local: rcpts, MailboxFull: policy.ErrMailboxFullTemp, Path: "in",
+	}, func(r io.Reader, w io.Writer) *policy.Reply {
 		_, reply := policy.Incoming(env, r, w)
 		return reply
 	})
+	return smtpErr(err)
 }
 
 // checkSender authenticates the From: domain of a spooled message and

@@ -31,7 +31,7 @@ func (s *Server) handleMXDeliv(w http.ResponseWriter, r *http.Request) {
 	from := strings.ToLower(strings.Trim(strings.TrimSpace(r.Header.Get("X-MAIL-FROM")), "<>"))
 	tos := r.Header.Values("X-MAIL-TO")
 	if len(tos) == 0 || len(tos) > s.cfg.MaxRecipients {
-		mxdelivReply(w, &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Bad recipient count"})
+		mxdelivReply(w, errBadRecipientCount)
 		return
 	}
 	var rcpts []*mailbox.Account

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/accept"
 	"github.com/chatrelay/chatrelay/internal/safeio"
 	"github.com/chatrelay/chatrelay/relay/shadowsocks"
 )
@@ -377,8 +378,7 @@ func (l *injectListener) pump() {
 			}
 			return
 		}
-		var te interface{ Temporary() bool }
-		if err != nil && !(errors.As(err, &te) && te.Temporary() && !errors.Is(err, net.ErrClosed)) {
+		if err != nil && !accept.Temporary(err) {
 			return
 		}
 	}

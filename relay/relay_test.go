@@ -730,3 +730,29 @@ func TestFetchOfShortFileIsRefused(t *testing.T) {
 	x.send("e NOOP\r\n")
 	x.expect("e OK")
 }
+
+// A message a local recipient has no room for is refused with 552 as a
+// whole: its remote recipients get nothing either, so that the sender's
+// retry does not send them a second copy.
+func TestMailboxFullQueuesNothingRemote(t *testing.T) {
+	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.QuotaBytes = 16 << 10 })
+	const alice, remote = "alicealic@localhost", "bobbobbob@elsewhere.test"
+	login(t, r, alice).Close()
+	msg := testmsg.Encrypted(alice, remote, 32<<10)
+	for attempt := range 2 {
+		err := submit(t, r, alice, password, alice, []string{remote, alice}, msg)
+		if got := smtpCode(err); got != 552 {
+			t.Fatalf("attempt %d: got %d (%v), want 552", attempt, got, err)
+		}
+		items, err := r.Queue().List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(items) != 0 {
+			t.Fatalf("attempt %d: %d messages queued for remote recipients after a 552", attempt, len(items))
+		}
+	}
+	if used, _, _ := r.Store().Quota(alice); used != 0 {
+		t.Fatalf("alice's mailbox holds %d bytes after a 552", used)
+	}
+}

@@ -25,7 +25,9 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/chatrelay/chatrelay/acme"
+	"github.com/chatrelay/chatrelay/internal/accept"
 	"github.com/chatrelay/chatrelay/internal/memtrim"
+	"github.com/chatrelay/chatrelay/internal/rungroup"
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/mailbox/imapext"
 	"github.com/chatrelay/chatrelay/policy"
@@ -34,6 +36,7 @@ import (
 	"github.com/chatrelay/chatrelay/relay/iroh"
 	"github.com/chatrelay/chatrelay/relay/metrics"
 	"github.com/chatrelay/chatrelay/relay/push"
+	"github.com/chatrelay/chatrelay/relay/router"
 	"github.com/chatrelay/chatrelay/relay/turn"
 )
 
@@ -72,10 +75,10 @@ type Server struct {
 	stopControl func()
 	version     string
 	recent      *metrics.RecentErrors
-	// background work (queue, push) stops with this
-	bgCancel context.CancelFunc
-	bgDone   sync.WaitGroup
-	trimming sync.Map // addr -> true while a quota trim runs
+	// router takes accepted messages to their recipients; bg runs the
+	// background work (queue, push, retention, trims) until Shutdown.
+	router *router.Router
+	bg     *rungroup.Group
 
 	imap       *imapserver.Server // behind the imapext layer of every connection
 	imapTLS    *imapext.Options   // implicit TLS (993, 443 by ALPN)
@@ -139,6 +142,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		rules:     policy.AccountRules{MinNameLen: cfg.MinNameLen, MaxNameLen: cfg.MaxNameLen, MinPasswordLen: cfg.MinPasswordLen},
 		listeners: map[string]net.Listener{},
 		limits:    newConnLimits(cfg.Limits),
+		bg:        rungroup.New(),
 	}
 	s.auth = newAuthenticator(s)
 	if err := s.setupFederation(opts); err != nil {
@@ -174,6 +178,10 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		}
 	}
 	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: imapext.Hibernated})
+	s.router = router.New(router.Options{
+		Store: store, Queue: s.fed.queue, Push: s.push, Metrics: s.metrics, Logger: s.log,
+		Quota: cfg.QuotaBytes, Lifecycle: cfg.Lifecycle(), Background: s.bg.Go,
+	})
 	if err := s.setupProxy(); err != nil {
 		store.Close()
 		return nil, err
@@ -280,22 +288,14 @@ func (s *Server) buildIMAP() {
 // layer.
 func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
 	return func(ln net.Listener) error {
-		var backoff time.Duration
+		retry := accept.Retry{OnPause: func(err error, pause time.Duration) {
+			s.log.Warn("imap accept", "err", err, "retry_in", pause)
+		}}
 		for {
-			conn, err := ln.Accept()
+			conn, err := retry.Accept(ln)
 			if err != nil {
-				// Out of file descriptors is temporary: wait rather than
-				// take IMAP down for good.
-				var te interface{ Temporary() bool }
-				if errors.As(err, &te) && te.Temporary() && !errors.Is(err, net.ErrClosed) {
-					backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-					s.log.Warn("imap accept", "err", err, "retry_in", backoff)
-					time.Sleep(backoff)
-					continue
-				}
 				return err
 			}
-			backoff = 0
 			if !s.conns.add(conn) {
 				conn.Close()
 				continue
@@ -401,17 +401,12 @@ func (s *Server) Start() error {
 			s.log.Error("metrics endpoint not started", "err", err)
 		}
 	}
-	s.fed.start()
-	ctx, cancel := context.WithCancel(context.Background())
-	s.bgCancel = cancel
-	s.bgDone.Add(1)
-	go func() { defer s.bgDone.Done(); s.push.Run(ctx) }()
-	s.bgDone.Add(1)
-	go func() { defer s.bgDone.Done(); s.expireLoop(ctx) }()
-	s.bgDone.Add(1)
-	go func() { defer s.bgDone.Done(); memtrim.Run(ctx, 5*time.Second) }()
-	s.bgDone.Add(1)
-	go func() { defer s.bgDone.Done(); s.saveSaltsLoop(ctx) }()
+	// Each returns when Shutdown stops the group.
+	s.bg.Go("outbound queue", func(ctx context.Context) error { s.fed.queue.Run(ctx); return nil })
+	s.bg.Go("push notifications", func(ctx context.Context) error { s.push.Run(ctx); return nil })
+	s.bg.Go("retention", func(ctx context.Context) error { s.expireLoop(ctx); return nil })
+	s.bg.Go("memory trim", func(ctx context.Context) error { memtrim.Run(ctx, 5*time.Second); return nil })
+	s.bg.Go("proxy salts", func(ctx context.Context) error { s.saveSaltsLoop(ctx); return nil })
 	return nil
 }
 
@@ -536,11 +531,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.proxy.ss.Close()
 		s.proxy.saveSalts()
 	}
-	s.fed.stop()
-	if s.bgCancel != nil {
-		s.bgCancel()
-		s.bgDone.Wait()
+	if err := s.bg.Stop(); err != nil {
+		s.log.Error("background work", "err", err)
 	}
+	s.fed.courier.Close()
 	if s.stopControl != nil {
 		s.stopControl()
 	}
@@ -679,29 +673,6 @@ func (s *Server) expireLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-	}
-}
-
-// trimAfterDelivery trims recipients a delivery took past the quota's high
-// mark, in the background and once at a time per account.
-func (s *Server) trimAfterDelivery(ds []mailbox.Delivery) {
-	lc := s.cfg.Lifecycle()
-	for _, d := range ds {
-		a := d.Account
-		if s.cfg.QuotaBytes <= 0 || float64(d.Used) <= lc.QuotaHigh*float64(s.cfg.QuotaBytes) {
-			continue
-		}
-		if _, busy := s.trimming.LoadOrStore(a.Addr, true); busy {
-			continue
-		}
-		s.bgDone.Add(1)
-		go func(addr string) {
-			defer s.bgDone.Done()
-			defer s.trimming.Delete(addr)
-			if _, _, err := s.store.TrimQuota(addr, lc); err != nil {
-				s.log.Warn("quota trim", "err", err)
-			}
-		}(a.Addr)
 	}
 }
 

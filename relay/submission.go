@@ -2,10 +2,8 @@ package relay
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -14,23 +12,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/policy"
-)
-
-// smtpReply turns a policy refusal into the SMTP error go-smtp writes.
-func smtpReply(r *policy.Reply) *smtp.SMTPError {
-	if r.Colon {
-		return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.NoEnhancedCode, Message: r.EnhancedCode() + ": " + r.Text}
-	}
-	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode(r.Enhanced), Message: r.Text}
-}
-
-var (
-	errTempFailure = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary server error, try again later"}
-	errNoRelay     = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relaying denied"}
-	errBadAddress  = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad address syntax"}
-	errAuthTemp    = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure, try again later"}
-	errMailbox     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
-	errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 6}, Message: "Line too long"}
+	"github.com/chatrelay/chatrelay/relay/router"
 )
 
 func (s *Server) buildSMTP() {
@@ -93,7 +75,7 @@ func (ss *submissionSession) Auth(mech string) (sasl.Server, error) {
 		if errors.Is(err, mailbox.ErrUnavailable) {
 			return errAuthTemp
 		} else if errors.As(err, &rule) {
-			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: rule.ClientText()}
+			return smtpReply(policy.AuthRefused(rule.ClientText()))
 		} else if err != nil {
 			return smtp.ErrAuthFailed
 		}
@@ -146,41 +128,17 @@ func (ss *submissionSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (ss *submissionSession) Data(r io.Reader) error {
-	r = progressDeadline(ss.conn, r)
 	env := policy.Envelope{From: ss.from, To: ss.remote}
 	for _, a := range ss.local {
 		env.To = append(env.To, a.Addr)
 	}
-	start := time.Now()
-	in, err := ss.s.filter(r, func(r io.Reader, w io.Writer) *policy.Reply {
+	err := ss.s.router.Route(progressDeadline(ss.conn, r), router.Envelope{
+		From: ss.from, Local: ss.local, Remote: ss.remote,
+		MailboxFull: policy.ErrMailboxFull, Path: "local",
+	}, func(r io.Reader, w io.Writer) *policy.Reply {
 		return policy.Outgoing(env, r, w)
 	})
-	if err != nil {
-		return err
-	}
-	// Queue for other servers first: once the spool is durable the local
-	// copies follow; a failure here leaves nothing half-sent.
-	if len(ss.remote) > 0 {
-		f, err := in.Open()
-		if err != nil {
-			in.Abort()
-			return errTempFailure
-		}
-		_, err = ss.s.fed.queue.Put(ss.from, ss.remote, f)
-		f.Close()
-		if err != nil {
-			in.Abort()
-			ss.s.log.Error("queue message", "err", err)
-			return errTempFailure
-		}
-	}
-	if err := ss.s.storeLocal(in, ss.local, errMailbox, ss.from); err != nil {
-		return err
-	}
-	if len(ss.local) > 0 {
-		ss.s.metrics.Delivered("local", time.Since(start))
-	}
-	return nil
+	return smtpErr(err)
 }
 
 func (ss *submissionSession) Reset() {
@@ -211,116 +169,4 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 	// go-smtp's DATA reader fills p line by line from the network before
 	// returning: small reads keep each one within a deadline.
 	return d.r.Read(p[:min(len(p), 1024)])
-}
-
-// readErr remembers the first read error, so that a message cut short (too
-// big, connection lost) is reported as such rather than as a policy refusal.
-type readErr struct {
-	r   io.Reader
-	err error
-}
-
-func (e *readErr) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF && e.err == nil {
-		e.err = err
-	}
-	return n, err
-}
-
-// readFailure is the reply for a message that could not be read whole.
-func readFailure(err error) error {
-	var tooBig *http.MaxBytesError
-	if errors.Is(err, smtp.ErrDataTooLarge) || errors.As(err, &tooBig) {
-		return smtpReply(policy.ErrTooBig)
-	}
-	if errors.Is(err, smtp.ErrTooLongLine) {
-		// RFC 5321 section 4.5.3.1.6; go-smtp closes the connection after.
-		return errLineTooLong
-	}
-	return err
-}
-
-// filter runs a message through a policy check into a new Incoming. On
-// refusal or a read error the Incoming is already discarded.
-func (s *Server) filter(r io.Reader, check func(io.Reader, io.Writer) *policy.Reply) (*mailbox.Incoming, error) {
-	in, err := s.store.NewIncoming()
-	if err != nil {
-		s.log.Error("start message", "err", err)
-		return nil, errTempFailure
-	}
-	rr := &readErr{r: r}
-	reply := check(rr, in)
-	io.Copy(io.Discard, rr)
-	if rr.err != nil {
-		in.Abort()
-		return nil, readFailure(rr.err)
-	}
-	if reply != nil {
-		in.Abort()
-		s.metrics.Refused(fmt.Sprintf("%d %s", reply.Code, reply.EnhancedCode()))
-		s.log.Info("message refused", "code", reply.Code, "reason", reply.Reason())
-		return nil, smtpReply(reply)
-	}
-	return in, nil
-}
-
-// deliverLocal runs the message through check into the store and delivers
-// it to local accounts. It returns nil only when the message is durable.
-// quotaErr is what a full mailbox answers.
-func (s *Server) deliverLocal(r io.Reader, rcpts []*mailbox.Account, quotaErr error, from string, check func(io.Reader, io.Writer) *policy.Reply) error {
-	start := time.Now()
-	in, err := s.filter(r, check)
-	if err != nil {
-		return err
-	}
-	if err := s.storeLocal(in, rcpts, quotaErr, from); err != nil {
-		return err
-	}
-	s.metrics.Delivered("in", time.Since(start))
-	return nil
-}
-
-// storeLocal delivers a filtered message to local accounts, or drops it when
-// there are none, and wakes the recipients' phones. The Incoming is
-// consumed.
-func (s *Server) storeLocal(in *mailbox.Incoming, rcpts []*mailbox.Account, quotaErr error, from string) error {
-	if len(rcpts) == 0 {
-		in.Abort()
-		return nil
-	}
-	for _, a := range rcpts {
-		if ok, err := s.store.QuotaFits(a.Addr, in.Size()); err != nil {
-			in.Abort()
-			return errTempFailure
-		} else if !ok {
-			in.Abort()
-			return quotaErr
-		}
-	}
-	ds, err := in.Deliver(rcpts, "INBOX")
-	if err != nil {
-		s.log.Error("deliver", "err", err)
-		return errTempFailure
-	}
-	s.notify(rcpts, from)
-	s.trimAfterDelivery(ds)
-	return nil
-}
-
-// notify queues push notifications for recipients of a new message from
-// someone else (SPEC section 7); a user's own copies wake nobody.
-func (s *Server) notify(rcpts []*mailbox.Account, from string) {
-	for _, a := range rcpts {
-		if strings.EqualFold(a.Addr, from) {
-			continue
-		}
-		tokens, err := s.store.PushTokens(a.Addr)
-		if err != nil || len(tokens) == 0 {
-			continue
-		}
-		if err := s.push.Notify(a.Addr, tokens); err != nil {
-			s.log.Warn("queue push notification", "err", err)
-		}
-	}
 }

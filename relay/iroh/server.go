@@ -14,6 +14,8 @@ import (
 
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
+
+	"github.com/chatrelay/chatrelay/policy"
 )
 
 // Paths served (iroh-relay 0.35 http.rs and server.rs).
@@ -80,10 +82,12 @@ type Server struct {
 	m    *Metrics
 	log  *slog.Logger
 
+	// caps count admitted connections, handshake or not, in all and by
+	// address.
+	caps *policy.Caps[string]
+
 	mu      sync.Mutex
 	closed  bool
-	total   int            // admitted connections, handshake or not
-	perIP   map[string]int // admitted connections by address
 	clients map[NodeKey]*client
 	// sentTo and sentBy record who sent to whom, so that when a node
 	// leaves, those that sent to it get NodeGone.
@@ -126,7 +130,7 @@ func New(opts Options) *Server {
 	}
 	return &Server{
 		opts: opts, m: opts.Metrics, log: log,
-		perIP:   map[string]int{},
+		caps:    policy.NewCaps[string](opts.MaxClients, opts.MaxClientsPerIP),
 		clients: map[NodeKey]*client{},
 		sentTo:  map[NodeKey]map[NodeKey]struct{}{},
 		sentBy:  map[NodeKey]map[NodeKey]struct{}{},
@@ -236,27 +240,19 @@ func (s *Server) serveRelay(w http.ResponseWriter, r *http.Request) {
 func (s *Server) admit(ip string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.closed:
+	if s.closed {
 		return "shutdown"
-	case s.total >= s.opts.MaxClients:
+	}
+	switch s.caps.Acquire(ip) {
+	case policy.TotalFull:
 		return "busy"
-	case s.perIP[ip] >= s.opts.MaxClientsPerIP:
+	case policy.KeyFull:
 		return "busy_ip"
 	}
-	s.total++
-	s.perIP[ip]++
 	return ""
 }
 
-func (s *Server) release(ip string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.total--
-	if s.perIP[ip]--; s.perIP[ip] <= 0 {
-		delete(s.perIP, ip)
-	}
-}
+func (s *Server) release(ip string) { s.caps.Release(ip) }
 
 func (s *Server) track(t transport) bool {
 	s.mu.Lock()

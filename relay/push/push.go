@@ -16,15 +16,15 @@
 //	push-queue/<sha256(token)>            -> entry (JSON)
 //	push-due/<next-attempt><sha256(token)> -> empty
 //
+// push-due is the due index of relay/schedule, which runs the attempts:
 // <next-attempt> is 8 bytes of big-endian Unix nanoseconds, so a cursor
-// walks push-due in the order entries are due. Entries are keyed by token:
+// walks it in the order entries are due. Entries are keyed by token:
 // a token with a wake-up pending gets no second one (a wake-up is a
 // wake-up), and the key length does not depend on what a client stored.
 package push
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,10 +32,11 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/chatrelay/chatrelay/relay/schedule"
 )
 
 // DefaultURL is the notification proxy Delta Chat's apps are registered
@@ -72,7 +73,8 @@ type Options struct {
 	// Workers bounds concurrent POSTs (default 4).
 	Workers int
 	// BaseDelay is the wait before the first retry; each further failure
-	// doubles it, up to an hour, plus up to 25 % jitter (default 8 s).
+	// doubles it, up to an hour, plus up to a fifth as jitter
+	// (schedule.Backoff; default 8 s).
 	BaseDelay time.Duration
 	// GiveUp is how long after the latest Notify for a token it is
 	// retried before being dropped (default 5 h).
@@ -87,13 +89,10 @@ type Options struct {
 // Notifier queues and sends wake-ups. Its methods are safe for concurrent
 // use.
 type Notifier struct {
-	opts Options
-	db   *bolt.DB
-	log  *slog.Logger
-	kick chan struct{}
-
-	mu       sync.Mutex
-	inflight map[entryID]bool
+	opts  Options
+	db    *bolt.DB
+	log   *slog.Logger
+	sched *schedule.Scheduler
 
 	// attempted, when set by tests, is told the outcome of every attempt
 	// after it has been recorded.
@@ -153,15 +152,17 @@ func Open(opts Options) (*Notifier, error) {
 		opts.Client = defaultClient(opts.Workers)
 	}
 	n := &Notifier{
-		opts:     opts,
-		db:       opts.DB,
-		log:      opts.Logger.With("part", "push"),
-		kick:     make(chan struct{}, 1),
-		inflight: map[entryID]bool{},
+		opts: opts,
+		db:   opts.DB,
+		log:  opts.Logger.With("part", "push"),
 	}
 	if err := n.load(); err != nil {
 		return nil, fmt.Errorf("open push queue: %w", err)
 	}
+	n.sched = schedule.New(schedule.Options{
+		DB: opts.DB, Due: bucketDue, Workers: opts.Workers,
+		Claim: n.claim, Attempt: n.attempt, Now: opts.Now, Logger: n.log,
+	})
 	return n, nil
 }
 
@@ -185,12 +186,7 @@ func (n *Notifier) load() error {
 		if err != nil {
 			return err
 		}
-		if tx.Bucket(bucketDue) != nil {
-			if err := tx.DeleteBucket(bucketDue); err != nil {
-				return err
-			}
-		}
-		due, err := tx.CreateBucket(bucketDue)
+		due, err := schedule.Rebuild(tx, bucketDue)
 		if err != nil {
 			return err
 		}
@@ -278,12 +274,7 @@ func (n *Notifier) Pending() int {
 }
 
 // wake makes Run look at the queue again; it never blocks.
-func (n *Notifier) wake() {
-	select {
-	case n.kick <- struct{}{}:
-	default:
-	}
-}
+func (n *Notifier) wake() { n.sched.Wake() }
 
 func addAddr(addrs []string, addr string) []string {
 	if i := slices.Index(addrs, addr); i >= 0 {
@@ -296,19 +287,7 @@ func addAddr(addrs []string, addr string) []string {
 	return addrs
 }
 
-func dueKey(t time.Time, id entryID) []byte {
-	k := make([]byte, 8+len(id))
-	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
-	copy(k[8:], id[:])
-	return k
-}
-
-func parseDueKey(k []byte) (time.Time, entryID, bool) {
-	if len(k) != 8+sha256.Size {
-		return time.Time{}, entryID{}, false
-	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), entryID(k[8:]), true
-}
+func dueKey(t time.Time, id entryID) []byte { return schedule.Key(t, id[:]) }
 
 // getEntry returns the entry, or nil if there is none.
 func getEntry(q *bolt.Bucket, id entryID) (*entry, error) {

@@ -3,24 +3,21 @@ package push
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net/http"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/chatrelay/chatrelay/relay/schedule"
 )
 
 const (
 	// maxBackoff caps the wait between attempts. Once the proxy is back,
 	// no phone waits longer than this for its wake-up.
 	maxBackoff = time.Hour
-	// maxWait caps how long the scheduler sleeps while entries are
-	// pending: its timer runs on the monotonic clock while due times are
-	// wall time, so a wall clock set back must not strand due wake-ups.
-	maxWait = 10 * time.Minute
 	// attemptTimeout backs up Client's own timeout: a Client without one
 	// must not hold a worker forever.
 	attemptTimeout = time.Minute
@@ -52,95 +49,31 @@ type claim struct {
 }
 
 // Run sends queued wake-ups until ctx ends. It sleeps until the earliest
-// entry is due or until Notify or a finished attempt wakes it; with nothing
-// queued it sleeps until Notify. When ctx ends, POSTs in flight are
-// cancelled and Run returns once they are accounted for, so DB can be
-// closed after Run returns. A cancelled attempt does not count: the entry
-// is due again at the next start.
-func (n *Notifier) Run(ctx context.Context) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		wake, ok := n.dispatch(ctx, &wg)
-		var tick <-chan time.Time
-		if ok {
-			timer.Reset(min(max(wake.Sub(n.opts.Now()), 0), maxWait))
-			tick = timer.C
-		} else {
-			timer.Stop()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.kick:
-		case <-tick:
-		}
-	}
-}
+// entry is due or until Notify or a finished attempt wakes it. When ctx
+// ends, POSTs in flight are cancelled and Run returns once they are
+// accounted for, so DB can be closed after Run returns. A cancelled
+// attempt does not count: the entry is due again at the next start.
+func (n *Notifier) Run(ctx context.Context) { n.sched.Run(ctx) }
 
-// dispatch starts an attempt for due entries while workers are free, and
-// returns when the earliest entry not yet due is due (false if none, or if
-// workers are busy: a finishing attempt wakes the scheduler).
-func (n *Notifier) dispatch(ctx context.Context, wg *sync.WaitGroup) (time.Time, bool) {
-	if ctx.Err() != nil {
-		return time.Time{}, false
+// claim takes a due entry for an attempt (schedule.Claim).
+func (n *Notifier) claim(tx *bolt.Tx, key, _ []byte, _ time.Time) (any, time.Time, bool) {
+	if len(key) != sha256.Size {
+		return nil, time.Time{}, false
 	}
-	now := n.opts.Now()
-	var (
-		claims []claim
-		wake   time.Time
-		ok     bool
-	)
-	n.mu.Lock()
-	err := n.db.View(func(tx *bolt.Tx) error {
-		q := tx.Bucket(bucketQueue)
-		c := tx.Bucket(bucketDue).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			t, id, valid := parseDueKey(k)
-			if !valid || n.inflight[id] {
-				continue
-			}
-			if t.After(now) {
-				wake, ok = t, true
-				return nil
-			}
-			if len(n.inflight) >= n.opts.Workers {
-				return nil
-			}
-			e, err := getEntry(q, id)
-			if err != nil || e == nil {
-				n.log.Error("push due key without a readable entry", "err", err)
-				continue
-			}
-			n.inflight[id] = true
-			claims = append(claims, claim{id: id, e: e, seq: e.Seq})
-		}
-		return nil
-	})
-	n.mu.Unlock()
-	if err != nil {
-		n.log.Error("scan push queue", "err", err)
+	id := entryID(key)
+	e, err := getEntry(tx.Bucket(bucketQueue), id)
+	if err != nil || e == nil {
+		n.log.Error("push due key without a readable entry", "err", err)
+		return nil, time.Time{}, false
 	}
-	for _, c := range claims {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.attempt(ctx, c)
-		}()
-	}
-	return wake, ok
+	return claim{id: id, e: e, seq: e.Seq}, time.Time{}, true
 }
 
 // attempt POSTs one token and records the answer.
-func (n *Notifier) attempt(ctx context.Context, c claim) {
+func (n *Notifier) attempt(ctx context.Context, job any) {
+	c := job.(claim)
 	status, err := n.post(ctx, c.e.Token)
 	res := n.finish(ctx, c, status, err)
-	n.mu.Lock()
-	delete(n.inflight, c.id)
-	n.mu.Unlock()
-	n.wake()
 	if n.attempted != nil {
 		n.attempted(outcome{token: string(c.e.Token), result: res, status: status})
 	}
@@ -192,13 +125,10 @@ func (n *Notifier) finish(ctx context.Context, c claim, status int, postErr erro
 			return q.Delete(c.id[:])
 		}
 		reschedule := func(t time.Time) error {
-			if err := due.Delete(dueKey(e.Next, c.id)); err != nil {
+			if err := schedule.Move(due, c.id[:], e.Next, t, nil); err != nil {
 				return err
 			}
 			e.Next = t
-			if err := due.Put(dueKey(t, c.id), nil); err != nil {
-				return err
-			}
 			return putEntry(q, c.id, e)
 		}
 		switch {
@@ -263,17 +193,10 @@ func failure(status int, err error) slog.Attr {
 	return slog.Int("status", status)
 }
 
-// backoff is the wait after the n-th failed attempt: BaseDelay doubled
-// each time, capped, plus up to 25 % so that tokens that failed together
-// (a proxy outage) are not retried together. Doubling rather than the
-// reference notifier's powers of BaseDelay keeps the wait after an outage
-// in proportion to the outage.
+// backoff is the wait after the n-th failed attempt (schedule.Backoff),
+// so that tokens that failed together (a proxy outage) are not retried
+// together. Doubling rather than the reference notifier's powers of
+// BaseDelay keeps the wait after an outage in proportion to the outage.
 func (n *Notifier) backoff(attempts int) time.Duration {
-	limit := max(maxBackoff, n.opts.BaseDelay)
-	d := n.opts.BaseDelay
-	for i := 1; i < attempts && d < limit; i++ {
-		d *= 2
-	}
-	d = min(d, limit)
-	return d + time.Duration(mrand.Int64N(int64(d)/4+1))
+	return schedule.Backoff(attempts, n.opts.BaseDelay, maxBackoff)
 }

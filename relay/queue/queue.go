@@ -15,9 +15,9 @@
 //	queue/<id>                     -> item record (JSON)
 //	queue-next/<next-attempt><id>  -> pending destination domains, comma-separated
 //
+// queue-next is the due index of relay/schedule, which runs the attempts:
 // <next-attempt> is 8 bytes of big-endian Unix nanoseconds, so a cursor
-// walks queue-next in the order items are due; the scheduler reads it and
-// keeps nothing but in-flight bookkeeping in memory.
+// walks it in the order items are due.
 package queue
 
 import (
@@ -30,7 +30,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,6 +40,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
+	"github.com/chatrelay/chatrelay/relay/schedule"
 )
 
 var (
@@ -130,7 +130,8 @@ type Options struct {
 	// (default 48h, SPEC section 6).
 	MaxAge time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts, which
-	// doubles each time and is jittered by ±20% (defaults 1m and 1h).
+	// doubles each time, plus up to a fifth as jitter (schedule.Backoff;
+	// defaults 1m and 1h).
 	MinBackoff, MaxBackoff time.Duration
 	// Workers bounds concurrent deliveries in total, PerDomain for any
 	// one destination domain (defaults 32 and 8).
@@ -146,25 +147,19 @@ type Options struct {
 
 // Queue is the outbound queue. Its methods are safe for concurrent use.
 type Queue struct {
-	opts Options
-	db   *bolt.DB
-	log  *slog.Logger
-	kick chan struct{}
-	sem  chan struct{} // one slot per concurrent delivery
+	opts  Options
+	db    *bolt.DB
+	log   *slog.Logger
+	sched *schedule.Scheduler
+	sem   chan struct{} // one slot per concurrent delivery
 
 	mu       sync.Mutex
-	inflight map[string]bool          // item IDs being attempted
 	reserved map[string]int           // domain -> jobs claimed for it
 	domSem   map[string]chan struct{} // domain -> its delivery slots
 	// hold keeps items whose outcome could not be recorded (the index
 	// refused a write) from being retried in a tight loop.
 	hold map[string]time.Time
 }
-
-// maxWait caps how long the scheduler sleeps even when nothing is due: the
-// timer runs on the monotonic clock while NextAttempt is wall time, so a
-// wall clock that is set forward should not leave due mail waiting long.
-const maxWait = 10 * time.Minute
 
 // Open loads the queue: every indexed item will be attempted again (it may
 // have been in flight when the relay stopped), spool files without an index
@@ -206,9 +201,7 @@ func Open(opts Options) (*Queue, error) {
 		opts:     opts,
 		db:       opts.DB,
 		log:      opts.Logger.With("part", "queue"),
-		kick:     make(chan struct{}, 1),
 		sem:      make(chan struct{}, opts.Workers),
-		inflight: map[string]bool{},
 		reserved: map[string]int{},
 		domSem:   map[string]chan struct{}{},
 		hold:     map[string]time.Time{},
@@ -216,6 +209,10 @@ func Open(opts Options) (*Queue, error) {
 	if err := q.load(); err != nil {
 		return nil, fmt.Errorf("open queue: %w", err)
 	}
+	q.sched = schedule.New(schedule.Options{
+		DB: opts.DB, Due: bucketNext, Workers: opts.Workers,
+		Claim: q.claim, Attempt: q.attempt, Now: opts.Now, Logger: q.log,
+	})
 	return q, nil
 }
 
@@ -236,12 +233,7 @@ func (q *Queue) load() error {
 		if err != nil {
 			return err
 		}
-		if tx.Bucket(bucketNext) != nil {
-			if err := tx.DeleteBucket(bucketNext); err != nil {
-				return err
-			}
-		}
-		next, err := tx.CreateBucket(bucketNext)
+		next, err := schedule.Rebuild(tx, bucketNext)
 		if err != nil {
 			return err
 		}
@@ -457,25 +449,13 @@ func (q *Queue) removeSpool(id string) {
 }
 
 // wake makes the scheduler look at the queue again.
-func (q *Queue) wake() {
-	select {
-	case q.kick <- struct{}{}:
-	default:
-	}
-}
+func (q *Queue) wake() { q.sched.Wake() }
 
-// backoff is the wait after the n-th failed attempt: MinBackoff doubled
-// n-1 times, capped at MaxBackoff, times a random factor in [0.8, 1.2)
-// (and capped again). The jitter keeps a restart, or the return of a
-// network that was down, from retrying everything at the same moment.
+// backoff is the wait after the n-th failed attempt (schedule.Backoff):
+// the jitter keeps a restart, or the return of a network that was down,
+// from retrying everything at the same moment.
 func (q *Queue) backoff(n int) time.Duration {
-	d := q.opts.MinBackoff
-	for i := 1; i < n && d < q.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, q.opts.MaxBackoff)
-	d = time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
-	return min(d, q.opts.MaxBackoff)
+	return schedule.Backoff(n, q.opts.MinBackoff, q.opts.MaxBackoff)
 }
 
 // newID returns a fresh item ID: creation time then randomness, in hex, so
@@ -506,18 +486,7 @@ func ownFile(name string) bool {
 	return ok && strings.HasPrefix(name, ".") && validID(id)
 }
 
-func nextKey(t time.Time, id string) []byte {
-	k := make([]byte, 8, 8+len(id))
-	binary.BigEndian.PutUint64(k, uint64(max(t.UnixNano(), 0)))
-	return append(k, id...)
-}
-
-func parseNextKey(k []byte) (time.Time, string) {
-	if len(k) < 8 {
-		return time.Time{}, ""
-	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))), string(k[8:])
-}
+func nextKey(t time.Time, id string) []byte { return schedule.Key(t, []byte(id)) }
 
 // domainOf returns the lower-cased domain of an address ("" if none).
 // IP literals ("[1.2.3.4]") are domains like any other here.
@@ -564,12 +533,11 @@ func getItem(tx *bolt.Tx, id string) (*Item, error) {
 // putItem writes the item with its next attempt at next, moving its
 // queue-next entry.
 func putItem(tx *bolt.Tx, it *Item, next time.Time) error {
+	prev := next
 	if old := tx.Bucket(bucketItems).Get([]byte(it.ID)); old != nil {
-		var prev Item
-		if err := json.Unmarshal(old, &prev); err == nil {
-			if err := tx.Bucket(bucketNext).Delete(nextKey(prev.NextAttempt, it.ID)); err != nil {
-				return err
-			}
+		var p Item
+		if err := json.Unmarshal(old, &p); err == nil {
+			prev = p.NextAttempt
 		}
 	}
 	it.NextAttempt = next
@@ -580,7 +548,7 @@ func putItem(tx *bolt.Tx, it *Item, next time.Time) error {
 	if err := tx.Bucket(bucketItems).Put([]byte(it.ID), rec); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketNext).Put(nextKey(next, it.ID), pendingDomains(it))
+	return schedule.Move(tx.Bucket(bucketNext), []byte(it.ID), prev, next, pendingDomains(it))
 }
 
 func deleteItem(tx *bolt.Tx, it *Item) error {

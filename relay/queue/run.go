@@ -17,26 +17,7 @@ import (
 // no polling interval. When ctx ends, deliveries in flight are cancelled
 // and Run returns once they have recorded what they achieved, so the DB can
 // be closed after Run returns.
-func (q *Queue) Run(ctx context.Context) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		wake := q.dispatch(ctx, &wg)
-		d := maxWait
-		if !wake.IsZero() {
-			d = min(max(wake.Sub(q.opts.Now()), 0), maxWait)
-		}
-		timer.Reset(d)
-		select {
-		case <-ctx.Done():
-			return
-		case <-q.kick:
-		case <-timer.C:
-		}
-	}
-}
+func (q *Queue) Run(ctx context.Context) { q.sched.Run(ctx) }
 
 // claim is one item picked for an attempt.
 type claim struct {
@@ -44,73 +25,28 @@ type claim struct {
 	domains []string
 }
 
-// dispatch starts an attempt for every due item that has room, and returns
-// when the next not-yet-due item is due (zero if none). An item is left for
-// later when every domain it needs already has PerDomain jobs, so a dead
-// domain with a long backlog cannot hold up mail for the others; the end
-// of any attempt wakes the scheduler to look again.
-func (q *Queue) dispatch(ctx context.Context, wg *sync.WaitGroup) time.Time {
-	if ctx.Err() != nil {
-		return time.Time{}
-	}
-	now := q.opts.Now()
-	var (
-		wake   time.Time
-		claims []claim
-	)
+// claim takes a due item for an attempt (schedule.Claim). An item is left
+// for later when every domain it needs already has PerDomain jobs, so a
+// dead domain with a long backlog cannot hold up mail for the others; the
+// end of any attempt wakes the scheduler to look again.
+func (q *Queue) claim(_ *bolt.Tx, key, v []byte, now time.Time) (any, time.Time, bool) {
+	id := string(key)
 	q.mu.Lock()
-	err := q.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketNext).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			t, id := parseNextKey(k)
-			if q.inflight[id] {
-				continue
-			}
-			if t.After(now) {
-				wake = earliest(wake, t)
-				return nil
-			}
-			if h, ok := q.hold[id]; ok {
-				if now.Before(h) {
-					wake = earliest(wake, h)
-					continue
-				}
-				delete(q.hold, id)
-			}
-			if len(q.inflight) >= q.opts.Workers {
-				return nil
-			}
-			domains := splitDomains(v)
-			if q.saturated(domains) {
-				continue
-			}
-			q.inflight[id] = true
-			for _, d := range domains {
-				q.reserved[d]++
-			}
-			claims = append(claims, claim{id, domains})
+	defer q.mu.Unlock()
+	if h, ok := q.hold[id]; ok {
+		if now.Before(h) {
+			return nil, h, false
 		}
-		return nil
-	})
-	q.mu.Unlock()
-	if err != nil {
-		q.log.Error("scan queue", "err", err)
+		delete(q.hold, id)
 	}
-	for _, c := range claims {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			q.attempt(ctx, c)
-		}()
+	domains := splitDomains(v)
+	if q.saturated(domains) {
+		return nil, time.Time{}, false
 	}
-	return wake
-}
-
-func earliest(a, b time.Time) time.Time {
-	if a.IsZero() || b.Before(a) {
-		return b
+	for _, d := range domains {
+		q.reserved[d]++
 	}
-	return a
+	return claim{id, domains}, time.Time{}, true
 }
 
 // holdBack keeps an item out of dispatch for a while after its state could
@@ -137,15 +73,13 @@ func (q *Queue) saturated(domains []string) bool {
 
 func (q *Queue) release(c claim) {
 	q.mu.Lock()
-	delete(q.inflight, c.id)
+	defer q.mu.Unlock()
 	for _, d := range c.domains {
 		if q.reserved[d]--; q.reserved[d] <= 0 {
 			delete(q.reserved, d)
 			delete(q.domSem, d)
 		}
 	}
-	q.mu.Unlock()
-	q.wake()
 }
 
 // domainSlots returns the semaphore of a domain. The claim holds a
@@ -163,7 +97,8 @@ func (q *Queue) domainSlots(d string) chan struct{} {
 
 // attempt tries every pending recipient of one item, one Deliver call per
 // domain, and records the outcome.
-func (q *Queue) attempt(ctx context.Context, c claim) {
+func (q *Queue) attempt(ctx context.Context, job any) {
+	c := job.(claim)
 	defer q.release(c)
 	var it *Item
 	err := q.db.View(func(tx *bolt.Tx) error {

@@ -9,6 +9,9 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/chatrelay/chatrelay/internal/accept"
+	"github.com/chatrelay/chatrelay/policy"
 )
 
 // Refusal reasons, for metrics. A refused connection looks the same to
@@ -64,9 +67,10 @@ type Server struct {
 	opts   Options
 	replay *replayFilter
 
+	// caps count connections in the handshake, in all and by address.
+	caps *policy.Caps[string]
+
 	mu    sync.Mutex
-	n     int
-	byIP  map[string]int
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 	close bool
@@ -98,24 +102,17 @@ func NewServer(opts Options) *Server {
 	if opts.Bytes == nil {
 		opts.Bytes = func(int, int) {}
 	}
-	return &Server{opts: opts, replay: newReplayFilter(opts.ReplayWindow, opts.Now), byIP: map[string]int{}, conns: map[net.Conn]struct{}{}}
+	return &Server{opts: opts, replay: newReplayFilter(opts.ReplayWindow, opts.Now), caps: policy.NewCaps[string](opts.MaxConns, opts.MaxConnsPerIP), conns: map[net.Conn]struct{}{}}
 }
 
 // Serve accepts until ln is closed.
 func (s *Server) Serve(ln net.Listener) error {
-	var backoff time.Duration
+	var retry accept.Retry
 	for {
-		c, err := ln.Accept()
+		c, err := retry.Accept(ln)
 		if err != nil {
-			var te interface{ Temporary() bool }
-			if errors.As(err, &te) && te.Temporary() && !errors.Is(err, net.ErrClosed) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
 			return err
 		}
-		backoff = 0
 		s.opts.Accepted()
 		key := ipKey(c.RemoteAddr())
 		if reason := s.acquire(key, c); reason != "" {
@@ -146,16 +143,15 @@ func (s *Server) Close() {
 func (s *Server) acquire(key string, c net.Conn) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.close:
+	if s.close {
 		return RefusedTotal
-	case s.opts.MaxConns > 0 && s.n >= s.opts.MaxConns:
+	}
+	switch s.caps.Acquire(key) {
+	case policy.TotalFull:
 		return RefusedTotal
-	case s.opts.MaxConnsPerIP > 0 && s.byIP[key] >= s.opts.MaxConnsPerIP:
+	case policy.KeyFull:
 		return RefusedPerIP
 	}
-	s.n++
-	s.byIP[key]++
 	s.conns[c] = struct{}{}
 	// Under the lock that Close takes: no Add after Close's Wait began.
 	s.wg.Add(1)
@@ -169,10 +165,7 @@ func (s *Server) release(key string, c net.Conn) {
 		return
 	}
 	delete(s.conns, c)
-	s.n--
-	if s.byIP[key]--; s.byIP[key] <= 0 {
-		delete(s.byIP, key)
-	}
+	s.caps.Release(key)
 }
 
 func (s *Server) handle(c net.Conn, key string) {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/chatrelay/chatrelay/policy"
 )
 
 // clientKey is how caps are counted: per client address, IPv6 per /64
@@ -33,101 +35,74 @@ func clientKey(addr net.Addr) netip.Addr {
 	return a
 }
 
-// client is what one client address holds: live allocations, open TCP
-// connections, and its share of bandwidth.
-type client struct {
-	allocations int
-	tcpConns    int
-	bw          *rate.Limiter
-}
-
-// clients counts per client address.
+// clients counts per client address: live allocations and open TCP
+// connections (each against a cap per client, allocations also in all),
+// and each client's share of bandwidth, kept while it holds either.
 type clients struct {
 	mu          sync.Mutex
-	m           map[netip.Addr]*client
-	total       int
+	allocs, tcp *policy.Caps[netip.Addr]
+	bw          map[netip.Addr]*rate.Limiter
 	bytesPerSec int
 	burst       int
 }
 
-func newClients(bytesPerSec int) *clients {
-	c := &clients{m: map[netip.Addr]*client{}, bytesPerSec: bytesPerSec}
+func newClients(bytesPerSec, maxAllocs, allocsPerClient, tcpPerClient int) *clients {
+	c := &clients{
+		allocs:      policy.NewCaps[netip.Addr](maxAllocs, allocsPerClient),
+		tcp:         policy.NewCaps[netip.Addr](0, tcpPerClient),
+		bw:          map[netip.Addr]*rate.Limiter{},
+		bytesPerSec: bytesPerSec,
+	}
 	// A second's worth, and at least a few full-size datagrams.
 	c.burst = max(bytesPerSec, 16*1600)
 	return c
 }
 
-func (c *clients) get(k netip.Addr) *client {
-	cl := c.m[k]
-	if cl == nil {
-		cl = &client{}
-		if c.bytesPerSec > 0 {
-			cl.bw = rate.NewLimiter(rate.Limit(c.bytesPerSec), c.burst)
-		}
-		c.m[k] = cl
-	}
-	return cl
-}
-
-func (c *clients) drop(k netip.Addr, cl *client) {
-	if cl.allocations == 0 && cl.tcpConns == 0 {
-		delete(c.m, k)
+// forget drops k's bandwidth share once it holds nothing. c.mu is held.
+func (c *clients) forget(k netip.Addr) {
+	if c.allocs.Held(k) == 0 && c.tcp.Held(k) == 0 {
+		delete(c.bw, k)
 	}
 }
 
 // mayAllocate is true if k is under both allocation caps.
-func (c *clients) mayAllocate(k netip.Addr, perClient, total int) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if total > 0 && c.total >= total {
-		return false
-	}
-	cl := c.m[k]
-	return perClient <= 0 || cl == nil || cl.allocations < perClient
-}
+func (c *clients) mayAllocate(k netip.Addr) bool { return c.allocs.Fits(k) }
 
 // allocated counts an allocation of k and returns its bandwidth limiter
 // (nil: no cap).
 func (c *clients) allocated(k netip.Addr) *rate.Limiter {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cl := c.get(k)
-	cl.allocations++
-	c.total++
-	return cl.bw
+	c.allocs.Add(k)
+	if c.bytesPerSec <= 0 {
+		return nil
+	}
+	bw := c.bw[k]
+	if bw == nil {
+		bw = rate.NewLimiter(rate.Limit(c.bytesPerSec), c.burst)
+		c.bw[k] = bw
+	}
+	return bw
 }
 
 func (c *clients) deallocated(k netip.Addr) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cl := c.m[k]
-	if cl == nil || cl.allocations == 0 {
-		return
-	}
-	cl.allocations--
-	c.total--
-	c.drop(k, cl)
+	c.allocs.Release(k)
+	c.forget(k)
 }
 
-func (c *clients) tcpOpen(k netip.Addr, perClient int) bool {
+func (c *clients) tcpOpen(k netip.Addr) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cl := c.get(k)
-	if perClient > 0 && cl.tcpConns >= perClient {
-		c.drop(k, cl)
-		return false
-	}
-	cl.tcpConns++
-	return true
+	return c.tcp.Acquire(k) == policy.NotFull
 }
 
 func (c *clients) tcpClosed(k netip.Addr) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cl := c.m[k]; cl != nil && cl.tcpConns > 0 {
-		cl.tcpConns--
-		c.drop(k, cl)
-	}
+	c.tcp.Release(k)
+	c.forget(k)
 }
 
 // relayConn is an allocation's relay socket. It counts the bytes relayed,
@@ -192,7 +167,7 @@ func (l *tcpListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		k := clientKey(c.RemoteAddr())
-		if !l.s.clients.tcpOpen(k, l.s.opts.TCPConnsPerClient) {
+		if !l.s.clients.tcpOpen(k) {
 			l.s.stats.refusedQuota.Add(1)
 			c.Close()
 			continue

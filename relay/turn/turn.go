@@ -139,7 +139,7 @@ func Listen(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts:    opts,
-		clients: newClients(opts.BandwidthPerClient),
+		clients: newClients(opts.BandwidthPerClient, opts.MaxAllocations, opts.MaxAllocationsPerClient, opts.TCPConnsPerClient),
 		relay:   map[int]*relayConn{},
 		peers: &peerPolicy{
 			allow: opts.AllowPeers, own: ownAddrs(opts.RelayIP),
@@ -261,9 +261,7 @@ func (s *Server) Close() error {
 
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
-	s.clients.mu.Lock()
-	live := s.clients.total
-	s.clients.mu.Unlock()
+	live := s.clients.allocs.Len()
 	return Stats{
 		Allocations:      live,
 		AllocationsTotal: s.stats.allocations.Load(),
@@ -291,7 +289,7 @@ func (s *Server) auth(user, realm string, _ net.Addr) ([]byte, bool) {
 // requests of one client served at once (over separate TCP connections)
 // may both pass; TCPConnsPerClient bounds by how much.
 func (s *Server) quota(_, _ string, src net.Addr) bool {
-	if s.clients.mayAllocate(clientKey(src), s.opts.MaxAllocationsPerClient, s.opts.MaxAllocations) {
+	if s.clients.mayAllocate(clientKey(src)) {
 		return true
 	}
 	s.stats.refusedQuota.Add(1)
