@@ -74,7 +74,7 @@ crashtest:
 # QUICK=1 for a short run, SERVERS=chatrelay,maddy to pick, PROFILE=1 for
 # pprof profiles of chatrelay, MICRO=1 for the Go micro benchmarks.
 bench:
-	QUICK="$(QUICK)" SERVERS="$(SERVERS)" ONLY="$(ONLY)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
+	QUICK="$(QUICK)" SERVERS="$(SERVERS)" ONLY="$(ONLY)" P1_MESSAGES="$(P1_MESSAGES)" PROFILE="$(PROFILE)" MICRO="$(MICRO)" GO="$(GO)" bench/run.sh
 
 # The soak (docs/BENCHMARKS.md): SOAK_IDLE connections in IDLE and
 # SOAK_RATE messages a second to them for SOAK (default 10 minutes);
