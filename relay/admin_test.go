@@ -18,6 +18,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/backup"
 	"github.com/chatrelay/chatrelay/relay/control"
 	"github.com/chatrelay/chatrelay/relay/invite"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
@@ -160,7 +161,7 @@ func TestAdminBackupDuringDeliveryRestoresEveryAckedMessage(t *testing.T) {
 
 	fresh := filepath.Join(t.TempDir(), "data")
 	var said []string
-	if err := relay.Restore(fresh, dir, func(f string, a ...any) { said = append(said, f) }); err != nil {
+	if err := backup.Restore(fresh, dir, func(f string, a ...any) { said = append(said, f) }); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	if len(said) == 0 {
@@ -207,7 +208,7 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := serveControl(t, r)
-	backup := func(dir string) error {
+	takeBackup := func(dir string) error {
 		return control.Call(context.Background(), sock, control.CmdBackup, control.BackupArgs{Dir: dir}, nil, nil)
 	}
 	notEmpty := t.TempDir()
@@ -220,20 +221,20 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 		"inside msgs":    filepath.Join(r.Dir, "msgs", "b"),
 		"trailing slash": r.Dir + "/",
 	} {
-		if err := backup(dir); !control.IsCode(err, control.CodeBadRequest) {
+		if err := takeBackup(dir); !control.IsCode(err, control.CodeBadRequest) {
 			t.Errorf("backup into %s (%s): %v, want a bad request", name, dir, err)
 		}
 	}
 
 	good := filepath.Join(t.TempDir(), "b")
-	if err := backup(good); err != nil {
+	if err := takeBackup(good); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := relay.VerifyBackup(good); err != nil {
+	if _, err := backup.Verify(good); err != nil {
 		t.Fatalf("fresh backup does not verify: %v", err)
 	}
 	// The running relay's store is locked.
-	if err := relay.Restore(r.Dir, good, nil); err == nil || !strings.Contains(err.Error(), "stop the relay") {
+	if err := backup.Restore(r.Dir, good, nil); err == nil || !strings.Contains(err.Error(), "stop the relay") {
 		t.Fatalf("restore over a running relay: %v", err)
 	}
 
@@ -267,7 +268,7 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 			dir := clone(t)
 			tc.spoil(dir)
 			target := t.TempDir()
-			err := relay.Restore(target, dir, nil)
+			err := backup.Restore(target, dir, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("restore: %v, want %q", err, tc.want)
 			}
@@ -281,7 +282,7 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 	// made after the backup is gone, the one before it is back.
 	login(t, r, "lateracco@localhost").Close()
 	r.Stop()
-	if err := relay.Restore(r.Dir, good, nil); err != nil {
+	if err := backup.Restore(r.Dir, good, nil); err != nil {
 		t.Fatalf("restore over a stopped relay: %v", err)
 	}
 	r2 := relaytest.StartConfig(t, r.Cfg)
