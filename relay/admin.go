@@ -41,7 +41,8 @@ type Queue interface {
 type AdminOptions struct {
 	// Queue is the outbound queue; nil: queue commands say there is none.
 	Queue Queue
-	// Invites holds invite tokens; nil: one is opened on the store's DB.
+	// Invites holds invite tokens: the relay's own store, which its web
+	// page checks tokens against; required.
 	Invites *invite.Store
 	// RecentErrors gives the last error log lines for status
 	// (*metrics.RecentErrors has it); may be nil.
@@ -66,9 +67,7 @@ func (s *Server) ServeControl(path string, opts AdminOptions) (stop func(), err 
 		opts.Started = s.now()
 	}
 	if opts.Invites == nil {
-		if opts.Invites, err = invite.Open(s.store.DB(), s.now); err != nil {
-			return nil, err
-		}
+		return nil, errors.New("control socket: no invite store given")
 	}
 	a := &admin{s: s, opts: opts}
 	cs := control.NewServer(s.log)

@@ -24,19 +24,13 @@ import (
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
 
-// serveControl starts the control socket of a test relay, unless the
-// relay serves it already.
+// serveControl is the control socket a test relay serves from its start.
 func serveControl(t *testing.T, r *relaytest.Relay) string {
 	t.Helper()
 	path := relay.ControlSocketPath(r.Dir)
-	if _, err := os.Stat(path); err == nil {
-		return path
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the relay serves no control socket: %v", err)
 	}
-	stop, err := r.ServeControl(path, relay.AdminOptions{Queue: r.Queue(), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
 	return path
 }
 
@@ -316,9 +310,22 @@ func TestAdminStatusOverControlSocket(t *testing.T) {
 	if st.DiskFree <= 0 || !strings.HasPrefix(st.NewURL, "https://127.0.0.1:") {
 		t.Errorf("disk %d, new url %q", st.DiskFree, st.NewURL)
 	}
+	invites, err := invite.Open(r.Store().DB(), r.Clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A second relay cannot take the socket of a live one.
-	if _, err := r.ServeControl(sock, relay.AdminOptions{}); err == nil {
-		t.Error("second control server on a live socket")
+	if _, err := r.ServeControl(sock, relay.AdminOptions{Invites: invites}); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Errorf("second control server on a live socket: %v", err)
+	}
+	// The invite store is the relay's own, never a second one made
+	// behind its back.
+	other := filepath.Join(t.TempDir(), "control.sock")
+	if _, err := r.ServeControl(other, relay.AdminOptions{Queue: r.Queue()}); err == nil || !strings.Contains(err.Error(), "no invite store") {
+		t.Errorf("control server without an invite store: %v", err)
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Error("a refused control server left its socket")
 	}
 }
 
@@ -326,16 +333,9 @@ func TestAdminStatusOverControlSocket(t *testing.T) {
 // /new?token= as often as it says, then no more.
 func TestAdminInviteLinkCreatesAccounts(t *testing.T) {
 	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.Registration = "invite" })
-	invites, err := invite.Open(r.Store().DB(), r.Clock.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Both stores share the "invites" bucket, so the relay's own control
-	// socket, once it serves one, sees the same tokens.
-	r.SetInviteChecker(invites)
 	serveControl(t, r)
 	var inv control.Invite
-	err = control.Call(context.Background(), relay.ControlSocketPath(r.Dir), control.CmdInviteCreate,
+	err := control.Call(context.Background(), relay.ControlSocketPath(r.Dir), control.CmdInviteCreate,
 		control.InviteArgs{Uses: 1, TTL: control.Duration(time.Hour)}, &inv, nil)
 	if err != nil {
 		t.Fatal(err)
