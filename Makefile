@@ -3,7 +3,7 @@ GO ?= go
 DELTACHAT_DIR ?= $(CURDIR)/.cache/deltachat
 export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rpc-server-linux-x64/deltachat-rpc-server
 
-.PHONY: build run test check deltachat tools fuzz fuzz-list crashtest bench soak clean release release-check hosttest
+.PHONY: build run test check deltachat tools fuzz fuzz-short fuzz-list crashtest bench soak clean release release-check hosttest
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev) -X github.com/chatrelay/chatrelay/release.compiledKey=$(RELEASE_PUB)" -o bin/chatrelay ./cmd/chatrelay
@@ -17,15 +17,16 @@ deltachat:
 	scripts/install-deltachat.sh $(DELTACHAT_DIR)
 
 # Debian packages some tests use: systemd-analyze (unit check), chromium
-# (the web page as a browser shows it) and a CJK font for its Chinese
-# screenshot. Installed when running as root (CI);
+# (the web page as a browser shows it), a CJK font for its Chinese
+# screenshot and strace (safeio's fsyncs). Installed when running as root (CI);
 # otherwise those tests skip and say which package they need.
-TOOLS_PKGS = systemd chromium fonts-wqy-microhei
+TOOLS_PKGS = systemd chromium fonts-wqy-microhei strace
 tools:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing fonts-wqy-microhei"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing"; \
@@ -34,12 +35,16 @@ tools:
 	  else echo "not root: tests needing$$missing will skip"; fi; \
 	fi
 
+# gofmt, go vet, and go.mod/go.sum as `go mod tidy` would leave them
+# (-diff changes nothing; it prints what tidy would change and fails).
 check:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 test: deltachat tools check
 	$(GO) test -race -timeout 25m ./...
+	@$(MAKE) --no-print-directory fuzz-short
 	GO="$(GO)" scripts/hosttest.sh --optional
 
 # Real Debian hosts (TESTING.md layer 8): install, reboot, upgrade,
@@ -51,16 +56,19 @@ hosttest: deltachat
 
 FUZZTIME ?= 30s
 fuzz:
-	@for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
-	  done; \
-	done
+	@$(MAKE) --no-print-directory -s fuzz-list | GO="$(GO)" scripts/fuzz.sh $(FUZZTIME)
 
-# Every fuzz target, as `make fuzz` runs them.
+# make test runs every fuzz target briefly: new inputs for a few seconds
+# each, on top of its seed corpus.
+FUZZTIME_SHORT ?= 3s
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT)
+
+# Every fuzz target, as `make fuzz` runs them: "package FuzzName" a line,
+# read from the test files (go test -list would build every package).
 fuzz-list:
-	@for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do echo "$$pkg $$f"; done; \
+	@$(GO) list -f '{{.ImportPath}} {{.Dir}}' ./... | while read pkg dir; do \
+	  cat "$$dir"/*_test.go 2>/dev/null | sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' | sort | sed "s|^|$$pkg |"; \
 	done
 
 # kill -9 under load, then restart and count (TESTING.md layer 6): every

@@ -36,7 +36,7 @@ type Incoming struct {
 
 // NewIncoming starts a message.
 func (s *Store) NewIncoming() (*Incoming, error) {
-	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "in-*")
+	f, err := os.CreateTemp(filepath.Join(s.dir, tempDir), "in-*")
 	if err != nil {
 		return nil, fmt.Errorf("create incoming message: %w", err)
 	}

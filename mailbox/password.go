@@ -64,18 +64,22 @@ var keyPasswordKeyID = []byte("password-key-id")
 // $hmac-sha256$<salt>$<HMAC-SHA-256(key, salt || password)>.
 const hashPrefixHMAC = "$hmac-sha256$"
 
-// passwords hashes and checks account passwords. slots bounds concurrent
-// slow hashes to GOMAXPROCS-1 (at least 1): a login storm queues instead of
-// taking every core from deliveries, and instead of allocating 19 MiB per
-// waiting client.
+// passwords hashes and checks account passwords for one store. slots
+// bounds concurrent slow hashes (Options.SlowHashes, by default
+// GOMAXPROCS-1, at least 1): a login storm queues instead of taking every
+// core from deliveries, and instead of allocating 19 MiB per waiting
+// client.
 type passwords struct {
 	key   []byte
 	slots chan struct{}
 }
 
-func (p *passwords) init(key []byte) {
+func (p *passwords) init(key []byte, slow int) {
+	if slow <= 0 {
+		slow = max(1, runtime.GOMAXPROCS(0)-1)
+	}
 	p.key = key
-	p.slots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1))
+	p.slots = make(chan struct{}, slow)
 }
 
 // loadPasswordKey reads the password key from dir, making it on the first

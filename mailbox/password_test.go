@@ -261,3 +261,37 @@ func TestSlowHashesBoundedBelowGOMAXPROCS(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// The bound on slow hashes is each store's own, sized by SlowHashes: a
+// store whose every slot is held does not hold up another store's chosen
+// password logins.
+func TestSlowHashSlotsArePerStore(t *testing.T) {
+	open := func(slow int) *Store {
+		t.Helper()
+		s, err := Open(t.TempDir(), Options{SlowHashes: slow})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	busy, free := open(1), open(3)
+	if cap(busy.pw.slots) != 1 || cap(free.pw.slots) != 3 {
+		t.Fatalf("slots %d and %d, want 1 and 3", cap(busy.pw.slots), cap(free.pw.slots))
+	}
+	busy.pw.slots <- struct{}{}
+	defer func() { <-busy.pw.slots }()
+	done := make(chan error, 1)
+	go func() {
+		_, err := free.Login("chosen@x.test", "password123", func(string, string) error { return nil })
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("a chosen-password login on one store waited for another store's slow hashes")
+	}
+}

@@ -1,10 +1,13 @@
 // Package mailbox is chatrelay's store: a bbolt index plus one file per
 // message, the accounts that own them, and the IMAP backend that serves them.
 //
-// Durability: a message file is written to tmp/, fsynced, linked into the
-// account's directory (fsynced), and only then is the index committed. A
-// crash between the two leaves an orphan file that Open sweeps away; it never
-// leaves an index entry without its file.
+// Durability: a message file is written to tmp/ and linked into the
+// account's directory; the fsyncs of the file and of that directory run
+// side by side with the index commit (see Deliver), and the message is
+// acknowledged only when all three are done. A crash before then can leave
+// a file no index entry names, or an index entry whose file is missing or
+// short; neither was acknowledged, and the sweep that Open runs after an
+// unclean shutdown removes both.
 package mailbox
 
 import (
@@ -63,6 +66,9 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives store events; defaults to slog.Default().
 	Logger *slog.Logger
+	// SlowHashes is how many slow password hashes (argon2id, 19 MiB each)
+	// may run at once; 0 means GOMAXPROCS-1, at least 1, read at Open.
+	SlowHashes int
 }
 
 // Store is the message store of one relay. It holds the data directory's
@@ -94,12 +100,12 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	for _, d := range []string{dir, filepath.Join(dir, "msgs"), filepath.Join(dir, "tmp")} {
+	for _, d := range []string{dir, filepath.Join(dir, MessagesDir), filepath.Join(dir, tempDir)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create store directory: %w", err)
 		}
 	}
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	db, err := bolt.Open(filepath.Join(dir, IndexFile), 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: locked by another process (is chatrelay already running?)", dir)
@@ -132,7 +138,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
-	s.pw.init(key)
+	s.pw.init(key, opts.SlowHashes)
 	// Only a crash leaves orphans: after a clean shutdown the walk over
 	// the whole index is skipped.
 	clean := filepath.Join(dir, cleanMarker)
@@ -164,7 +170,7 @@ func (s *Store) Close() error {
 	}
 	// Temp files of aborted deliveries would be swept at the next start;
 	// without a sweep they must go now.
-	tmp := filepath.Join(s.dir, "tmp")
+	tmp := filepath.Join(s.dir, tempDir)
 	if entries, err := os.ReadDir(tmp); err == nil && len(entries) > 0 {
 		return nil
 	}
@@ -193,7 +199,7 @@ func stripeIndex(accountID uint64, mailbox string) int {
 }
 
 func (s *Store) accountDir(id uint64) string {
-	return filepath.Join(s.dir, "msgs", strconv.FormatUint(id, 10))
+	return filepath.Join(s.dir, MessagesDir, strconv.FormatUint(id, 10))
 }
 
 func (s *Store) msgPath(accountID uint64, file string) string {
@@ -211,7 +217,7 @@ func (s *Store) newFileName() string {
 // missing or shorter than recorded (a delivery that was cut short before it
 // was acknowledged; see Deliver).
 func (s *Store) sweep() error {
-	tmp := filepath.Join(s.dir, "tmp")
+	tmp := filepath.Join(s.dir, tempDir)
 	entries, err := os.ReadDir(tmp)
 	if err != nil {
 		return err
@@ -245,7 +251,7 @@ func (s *Store) sweep() error {
 	if err != nil {
 		return err
 	}
-	accts, err := os.ReadDir(filepath.Join(s.dir, "msgs"))
+	accts, err := os.ReadDir(filepath.Join(s.dir, MessagesDir))
 	if err != nil {
 		return err
 	}

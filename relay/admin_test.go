@@ -18,24 +18,19 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/backup"
 	"github.com/chatrelay/chatrelay/relay/control"
 	"github.com/chatrelay/chatrelay/relay/invite"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
 
-// serveControl starts the control socket of a test relay, unless the
-// relay serves it already.
+// serveControl is the control socket a test relay serves from its start.
 func serveControl(t *testing.T, r *relaytest.Relay) string {
 	t.Helper()
 	path := relay.ControlSocketPath(r.Dir)
-	if _, err := os.Stat(path); err == nil {
-		return path
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the relay serves no control socket: %v", err)
 	}
-	stop, err := r.ServeControl(path, relay.AdminOptions{Queue: r.Queue(), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
 	return path
 }
 
@@ -160,7 +155,7 @@ func TestAdminBackupDuringDeliveryRestoresEveryAckedMessage(t *testing.T) {
 
 	fresh := filepath.Join(t.TempDir(), "data")
 	var said []string
-	if err := relay.Restore(fresh, dir, func(f string, a ...any) { said = append(said, f) }); err != nil {
+	if err := backup.Restore(fresh, dir, func(f string, a ...any) { said = append(said, f) }); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	if len(said) == 0 {
@@ -207,7 +202,7 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := serveControl(t, r)
-	backup := func(dir string) error {
+	takeBackup := func(dir string) error {
 		return control.Call(context.Background(), sock, control.CmdBackup, control.BackupArgs{Dir: dir}, nil, nil)
 	}
 	notEmpty := t.TempDir()
@@ -220,20 +215,20 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 		"inside msgs":    filepath.Join(r.Dir, "msgs", "b"),
 		"trailing slash": r.Dir + "/",
 	} {
-		if err := backup(dir); !control.IsCode(err, control.CodeBadRequest) {
+		if err := takeBackup(dir); !control.IsCode(err, control.CodeBadRequest) {
 			t.Errorf("backup into %s (%s): %v, want a bad request", name, dir, err)
 		}
 	}
 
 	good := filepath.Join(t.TempDir(), "b")
-	if err := backup(good); err != nil {
+	if err := takeBackup(good); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := relay.VerifyBackup(good); err != nil {
+	if _, err := backup.Verify(good); err != nil {
 		t.Fatalf("fresh backup does not verify: %v", err)
 	}
 	// The running relay's store is locked.
-	if err := relay.Restore(r.Dir, good, nil); err == nil || !strings.Contains(err.Error(), "stop the relay") {
+	if err := backup.Restore(r.Dir, good, nil); err == nil || !strings.Contains(err.Error(), "stop the relay") {
 		t.Fatalf("restore over a running relay: %v", err)
 	}
 
@@ -267,7 +262,7 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 			dir := clone(t)
 			tc.spoil(dir)
 			target := t.TempDir()
-			err := relay.Restore(target, dir, nil)
+			err := backup.Restore(target, dir, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("restore: %v, want %q", err, tc.want)
 			}
@@ -281,7 +276,7 @@ func TestAdminBackupAndRestoreRefuseMistakes(t *testing.T) {
 	// made after the backup is gone, the one before it is back.
 	login(t, r, "lateracco@localhost").Close()
 	r.Stop()
-	if err := relay.Restore(r.Dir, good, nil); err != nil {
+	if err := backup.Restore(r.Dir, good, nil); err != nil {
 		t.Fatalf("restore over a stopped relay: %v", err)
 	}
 	r2 := relaytest.StartConfig(t, r.Cfg)
@@ -315,9 +310,22 @@ func TestAdminStatusOverControlSocket(t *testing.T) {
 	if st.DiskFree <= 0 || !strings.HasPrefix(st.NewURL, "https://127.0.0.1:") {
 		t.Errorf("disk %d, new url %q", st.DiskFree, st.NewURL)
 	}
+	invites, err := invite.Open(r.Store().DB(), r.Clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A second relay cannot take the socket of a live one.
-	if _, err := r.ServeControl(sock, relay.AdminOptions{}); err == nil {
-		t.Error("second control server on a live socket")
+	if _, err := r.ServeControl(sock, relay.AdminOptions{Invites: invites}); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Errorf("second control server on a live socket: %v", err)
+	}
+	// The invite store is the relay's own, never a second one made
+	// behind its back.
+	other := filepath.Join(t.TempDir(), "control.sock")
+	if _, err := r.ServeControl(other, relay.AdminOptions{Queue: r.Queue()}); err == nil || !strings.Contains(err.Error(), "no invite store") {
+		t.Errorf("control server without an invite store: %v", err)
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Error("a refused control server left its socket")
 	}
 }
 
@@ -325,16 +333,9 @@ func TestAdminStatusOverControlSocket(t *testing.T) {
 // /new?token= as often as it says, then no more.
 func TestAdminInviteLinkCreatesAccounts(t *testing.T) {
 	r := relaytest.Start(t, func(c *relaytest.Cfg) { c.Registration = "invite" })
-	invites, err := invite.Open(r.Store().DB(), r.Clock.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Both stores share the "invites" bucket, so the relay's own control
-	// socket, once it serves one, sees the same tokens.
-	r.SetInviteChecker(invites)
 	serveControl(t, r)
 	var inv control.Invite
-	err = control.Call(context.Background(), relay.ControlSocketPath(r.Dir), control.CmdInviteCreate,
+	err := control.Call(context.Background(), relay.ControlSocketPath(r.Dir), control.CmdInviteCreate,
 		control.InviteArgs{Uses: 1, TTL: control.Duration(time.Hour)}, &inv, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -74,7 +74,7 @@ func (s *Server) setupFederation(opts Options) error {
 	})
 	f.queue, err = queue.Open(queue.Options{
 		DB:      s.store.DB(),
-		Dir:     filepath.Join(s.cfg.DataDir, "queue"),
+		Dir:     filepath.Join(s.cfg.DataDir, queue.SpoolDir),
 		Deliver: s.countOutbound(f.courier.Deliver),
 		Bounce:  s.bounce,
 		MaxAge:  time.Duration(fc.BounceAfterHours) * time.Hour,

@@ -1,9 +1,6 @@
 package relay
 
-import (
-	"errors"
-	"fmt"
-)
+import "fmt"
 
 // ListenError is a listener that could not be opened, by its name in the
 // config (imaps, imap, submissions, submission, smtp, https, http), so the
@@ -18,6 +15,3 @@ func (e *ListenError) Error() string {
 }
 
 func (e *ListenError) Unwrap() error { return e.Err }
-
-// ErrRelayRunning is a restore refused because a relay holds the store.
-var ErrRelayRunning = errors.New("a relay is running on it: stop the relay first")

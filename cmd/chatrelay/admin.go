@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/chatrelay/chatrelay/relay"
+	"github.com/chatrelay/chatrelay/relay/backup"
 	"github.com/chatrelay/chatrelay/relay/control"
 )
 
@@ -623,8 +624,8 @@ certificates from the backup are put back only where missing.`,
 				return fmt.Errorf("a relay is running with data dir %s: stop it first (%s)", dataDir, t.stopHint())
 			}
 			out := cmd.OutOrStdout()
-			err = relay.Restore(dataDir, args[0], func(f string, a ...any) { fmt.Fprintf(out, "restore: "+f+"\n", a...) })
-			if errors.Is(err, relay.ErrRelayRunning) {
+			err = backup.Restore(dataDir, args[0], func(f string, a ...any) { fmt.Fprintf(out, "restore: "+f+"\n", a...) })
+			if errors.Is(err, backup.ErrRelayRunning) {
 				return fmt.Errorf("%w (%s)", err, t.stopHint())
 			}
 			if err == nil {

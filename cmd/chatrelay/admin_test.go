@@ -35,14 +35,9 @@ func cli(t *testing.T, stdin string, args ...string) (stdout, stderr string, err
 func startAdminRelay(t *testing.T) *relaytest.Relay {
 	t.Helper()
 	r := relaytest.Start(t, nil)
-	if _, err := os.Stat(relay.ControlSocketPath(r.Dir)); err == nil {
-		return r // the relay serves its control socket itself
+	if _, err := os.Stat(relay.ControlSocketPath(r.Dir)); err != nil {
+		t.Fatalf("the relay serves no control socket: %v", err)
 	}
-	stop, err := r.ServeControl(relay.ControlSocketPath(r.Dir), relay.AdminOptions{Queue: r.Queue(), Version: "v-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stop)
 	return r
 }
 

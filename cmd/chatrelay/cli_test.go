@@ -29,9 +29,6 @@ func TestCLIHintsForDevRelay(t *testing.T) {
 	work := t.TempDir()
 	t.Chdir(work)
 	r := relaytest.StartConfig(t, relaytest.Config(filepath.Join(work, relay.DevDefault().DataDir)))
-	if stop, err := r.ServeControl(relay.ControlSocketPath(r.Dir), relay.AdminOptions{Queue: r.Queue(), Version: "v-test"}); err == nil {
-		t.Cleanup(stop)
-	}
 	if _, _, err := cli(t, "", "status"); err == nil || !strings.Contains(err.Error(), "a dev relay runs with data in "+r.Dir+": add --dev") {
 		t.Fatalf("status without --dev beside a dev relay: %v", err)
 	}

@@ -18,8 +18,11 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 	})
 }
 
-// WriteFrom atomically replaces path with what fill writes. Nothing is left
-// at path (or at a temporary name) when fill or any step fails.
+// WriteFrom atomically replaces path with what fill writes: readers see the
+// old contents or the new, never part of them. When fill or any step up to
+// the rename fails, path is as it was (or still absent) and no temporary
+// file is left; an error from the directory's fsync after the rename means
+// the new contents are in place but may not survive a crash.
 func WriteFrom(path string, perm os.FileMode, fill func(w io.Writer) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
