@@ -3,7 +3,7 @@ GO ?= go
 DELTACHAT_DIR ?= $(CURDIR)/.cache/deltachat
 export DELTACHAT_RPC_SERVER ?= $(DELTACHAT_DIR)/node_modules/@deltachat/stdio-rpc-server-linux-x64/deltachat-rpc-server
 
-.PHONY: build run test check deltachat tools fuzz fuzz-short fuzz-list crashtest bench soak clean release release-check hosttest
+.PHONY: build run test check deltachat tools fuzz fuzz-short fuzz-list crashtest bench soak clean release release-check hosttest conformance
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev) -X github.com/chatrelay/chatrelay/release.compiledKey=$(RELEASE_PUB)" -o bin/chatrelay ./cmd/chatrelay
@@ -53,6 +53,14 @@ test: deltachat tools check
 # CHATRELAY_HOSTTEST_CACHE keeps the guest image (default .cache/hosttest).
 hosttest: deltachat
 	GO="$(GO)" scripts/hosttest.sh
+
+# Delta Chat core's own Python suite against the relay (docs/CONFORMANCE.md):
+# CORE_SRC is a copy of the chatmail/core repository at the version of the
+# deltachat-rpc-server we test with. Needs root (a network namespace);
+# installs pytest and imap-tools from Debian packages.
+conformance: deltachat
+	@test -n "$(CORE_SRC)" || { echo "usage: make conformance CORE_SRC=DIR (a copy of github.com/chatmail/core)"; exit 1; }
+	GO="$(GO)" scripts/conformance.sh "$(CORE_SRC)" $(PYTEST_ARGS)
 
 FUZZTIME ?= 30s
 fuzz:

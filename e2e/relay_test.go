@@ -107,6 +107,11 @@ type relayOptions struct {
 	// ports. The test skips when those ports are taken (by a developer's
 	// own dev relay, say).
 	IP string
+	// Domain runs the relay for this mail domain on the standard ports
+	// (993, 143, 465, 587, 25, 443, 80) of 127.0.0.1: only for a test
+	// inside a network namespace of its own, whose hosts file names the
+	// domain.
+	Domain string
 	// OnlyHTTPS turns off the dedicated IMAP and submission listeners, so
 	// IMAP and SMTP are served only over the HTTPS listener (by ALPN).
 	OnlyHTTPS bool
@@ -172,6 +177,19 @@ func startRelayWith(t *testing.T, opts relayOptions) *relay {
 			t.Skipf("the dev ports on %s are not free (a dev relay of your own running?), skipping: %v", r.Host, err)
 		}
 		args = append(args, "--ip", opts.IP)
+	} else if opts.Domain != "" {
+		r.Domain, r.Host = opts.Domain, "127.0.0.1"
+		r.IMAPS, r.IMAP, r.Submissions, r.Submission, r.SMTP, r.HTTPS, r.HTTP = 993, 143, 465, 587, 25, 443, 80
+		args = append(args,
+			"--domain", r.Domain,
+			"--listen-imaps="+addr(r.IMAPS),
+			"--listen-imap="+addr(r.IMAP),
+			"--listen-submissions="+addr(r.Submissions),
+			"--listen-submission="+addr(r.Submission),
+			"--listen-smtp="+addr(r.SMTP),
+			"--listen-https="+addr(r.HTTPS),
+			"--listen-http="+addr(r.HTTP),
+		)
 	} else {
 		r.Domain, r.Host = "localhost", "127.0.0.1"
 		ports := freePorts(t, 7)

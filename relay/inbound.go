@@ -26,7 +26,7 @@ type inboundSession struct {
 }
 
 func (is *inboundSession) Mail(from string, opts *smtp.MailOptions) error {
-	if _, ok := is.conn.TLSConnectionState(); !ok {
+	if _, ok := connTLS(is.conn); !ok {
 		// Mail between relays is never carried in the clear (SPEC
 		// section 5): the sender must use STARTTLS, as ours does.
 		return errTLSRequired

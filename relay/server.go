@@ -83,8 +83,8 @@ type Server struct {
 	imap       *imapserver.Server // behind the imapext layer of every connection
 	imapTLS    *imapext.Options   // implicit TLS (993, 443 by ALPN)
 	imapPlain  *imapext.Options   // STARTTLS (143)
-	submission *smtp.Server
-	inbound    *smtp.Server
+	submission *smtpService
+	inbound    *smtpService
 	https      *http.Server
 	iroh       *iroh.Server // nil when iroh_relay is "off"
 	httpSrv    *http.Server

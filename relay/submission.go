@@ -23,18 +23,14 @@ func (s *Server) buildSMTP() {
 		srv.MaxLineLength = 4096
 		srv.ReadTimeout = 5 * time.Minute
 		srv.WriteTimeout = 5 * time.Minute
-		srv.TLSConfig = s.certs.TLSConfig()
 		srv.ErrorLog = stdLogger(s.log, "smtp")
 	}
-	s.submission = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+	s.submission = newSMTPService(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &submissionSession{s: s, conn: c}, nil
-	}))
-	common(s.submission)
-	s.submission.TLSConfig = s.clientTLS()
-	s.inbound = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+	}), s.clientTLS(), common)
+	s.inbound = newSMTPService(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &inboundSession{s: s, conn: c}, nil
-	}))
-	common(s.inbound)
+	}), s.certs.TLSConfig(), common)
 }
 
 // isLocal tells whether an address belongs to this relay's domain.
@@ -44,8 +40,9 @@ func (s *Server) isLocal(addr string) bool {
 }
 
 // submissionSession is one authenticated client sending mail (465, 587,
-// 443 by ALPN). go-smtp refuses AUTH before TLS since AllowInsecureAuth is
-// off, and refuses MAIL before AUTH once an AuthSession is offered.
+// 443 by ALPN). AUTH before TLS is refused (by go-smtp before STARTTLS,
+// see smtpfront.go, and here again), and go-smtp refuses MAIL before AUTH
+// once an AuthSession is offered.
 type submissionSession struct {
 	s      *Server
 	conn   *smtp.Conn
@@ -65,6 +62,9 @@ func (ss *submissionSession) AuthMechanisms() []string { return []string{sasl.Pl
 func (ss *submissionSession) Auth(mech string) (sasl.Server, error) {
 	if mech != sasl.Plain {
 		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	if _, ok := connTLS(ss.conn); !ok {
+		return nil, errTLSRequired
 	}
 	return sasl.NewPlainServer(func(identity, username, password string) error {
 		if identity != "" && !strings.EqualFold(identity, username) {

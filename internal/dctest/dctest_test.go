@@ -83,6 +83,19 @@ func TestNetLogFindsTargets(t *testing.T) {
 	if got, want := r.NonLoopbackTargets(), []string{"93.184.215.14", "imap.example.org"}; !slices.Equal(got, want) {
 		t.Errorf("NonLoopbackTargets = %q, want %q", got, want)
 	}
+	// A domain of the test's own namespace, and names under it, are
+	// local; a name that merely ends the same way is not.
+	for _, line := range []string{
+		"INFO deltachat::imap::client: Attempting IMAP connection to _relay.test (127.0.0.1:993). account_id=1",
+		"INFO deltachat::net::dns: No memory-cached DNS resolution for autoconfig._relay.test available",
+		"INFO deltachat::smtp: SMTP trying to connect to x_relay.test:465:tls. account_id=1",
+	} {
+		n.scanLine(line)
+	}
+	r.LocalDomain("_relay.test")
+	if got, want := r.NonLoopbackTargets(), []string{"93.184.215.14", "imap.example.org", "x_relay.test"}; !slices.Equal(got, want) {
+		t.Errorf("NonLoopbackTargets with LocalDomain = %q, want %q", got, want)
+	}
 }
 
 // TestCoreOffline drives the real core with no server at all: everything an
