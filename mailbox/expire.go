@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Lifecycle are the retention rules (SPEC section 7).
@@ -115,21 +114,9 @@ type msgInfo struct {
 // messages lists an account's messages, oldest first.
 func (s *Store) messages(accountID uint64) ([]msgInfo, error) {
 	var out []msgInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
-		acct := accountBucket(tx, accountID)
-		if acct == nil {
-			return ErrNoAccount
-		}
-		return forEachMailbox(acct, func(m *mbox) error {
-			return m.forEach(func(uid imap.UID, v []byte) error {
-				var r msgRecord
-				if err := r.decode(v); err != nil {
-					return err
-				}
-				out = append(out, msgInfo{msgRef{m.name, uid, r.Size, r.Date}, r.hasFlag(imap.FlagSeen)})
-				return nil
-			})
-		})
+	err := s.idx.ForEachMessage(accountID, "", func(mailbox string, uid imap.UID, r *MessageRecord) error {
+		out = append(out, msgInfo{msgRef{mailbox, uid, r.Size, r.Date}, r.HasFlag(imap.FlagSeen)})
+		return nil
 	})
 	sort.SliceStable(out, func(i, j int) bool { return out[i].date.Before(out[j].date) })
 	return out, err
@@ -208,15 +195,7 @@ func (s *Store) DeleteAccount(addr string) error {
 	if _, _, err := s.removeRefs(acc, all); err != nil {
 		return err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketAccounts).Delete([]byte(addr)); err != nil {
-			return err
-		}
-		if tx.Bucket(bucketData).Bucket(u64key(rec.ID)) != nil {
-			return tx.Bucket(bucketData).DeleteBucket(u64key(rec.ID))
-		}
-		return nil
-	})
+	err = s.idx.DeleteAccount(addr)
 	if err != nil {
 		return fmt.Errorf("delete account: %w", err)
 	}

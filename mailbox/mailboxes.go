@@ -1,13 +1,13 @@
 package mailbox
 
 import (
+	"errors"
 	"io"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
-	bolt "go.etcd.io/bbolt"
 )
 
 func validMailboxName(name string) error {
@@ -28,19 +28,14 @@ func (c *imapSession) Create(name string, options *imap.CreateOptions) error {
 	if err := validMailboxName(name); err != nil {
 		return err
 	}
-	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		acct := accountBucket(tx, c.acc.ID)
-		if acct == nil {
-			return ErrNoAccount
-		}
-		if openMailbox(acct, name) != nil {
-			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "Mailbox already exists"}
-		}
-		if countMailboxes(acct) >= maxMailboxes {
-			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many mailboxes"}
-		}
-		return createMailbox(acct, name, c.s.now())
-	})
+	now := c.s.now()
+	err := c.s.idx.CreateMailbox(c.acc.ID, name, MailboxInfo{UIDValidity: uint32(now.Unix()), UIDNext: 1, Subscribed: true}, maxMailboxes)
+	switch {
+	case errors.Is(err, ErrMailboxExists):
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "Mailbox already exists"}
+	case errors.Is(err, ErrTooManyMailboxes):
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many mailboxes"}
+	}
 	if err != nil {
 		return c.internal("create", err)
 	}
@@ -55,30 +50,10 @@ func (c *imapSession) Delete(name string) error {
 	if c.s.hub.get(liveKey{c.acc.ID, name}) != nil {
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeInUse, Text: "Mailbox is selected"}
 	}
-	var files []string
-	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		m := findMailbox(tx, c.acc.ID, name)
-		if m == nil {
-			return errNoSuchMailbox
-		}
-		var freed int64
-		err := m.forEach(func(_ imap.UID, v []byte) error {
-			var r msgRecord
-			if err := r.decode(v); err != nil {
-				return err
-			}
-			freed += r.Size
-			files = append(files, r.File)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if _, err := addUsed(tx, c.acc.Addr, -freed); err != nil {
-			return err
-		}
-		return m.remove()
-	})
+	files, err := c.s.idx.DeleteMailbox(c.acc.ID, c.acc.Addr, name)
+	if errors.Is(err, ErrNoMailbox) {
+		return errNoSuchMailbox
+	}
 	if err != nil {
 		return c.internal("delete", err)
 	}
@@ -97,16 +72,13 @@ func (c *imapSession) Rename(oldName, newName string, options *imap.RenameOption
 	if c.s.hub.get(liveKey{c.acc.ID, oldName}) != nil {
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeInUse, Text: "Mailbox is selected"}
 	}
-	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		src := findMailbox(tx, c.acc.ID, oldName)
-		if src == nil {
-			return errNoSuchMailbox
-		}
-		if openMailbox(src.acct, newName) != nil {
-			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "Mailbox already exists"}
-		}
-		return src.rename(newName)
-	})
+	err := c.s.idx.RenameMailbox(c.acc.ID, oldName, newName)
+	switch {
+	case errors.Is(err, ErrNoMailbox):
+		return errNoSuchMailbox
+	case errors.Is(err, ErrMailboxExists):
+		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "Mailbox already exists"}
+	}
 	if err != nil {
 		return c.internal("rename", err)
 	}
@@ -114,18 +86,10 @@ func (c *imapSession) Rename(oldName, newName string, options *imap.RenameOption
 }
 
 func (c *imapSession) setSubscribed(name string, sub bool) error {
-	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		m := findMailbox(tx, c.acc.ID, name)
-		if m == nil {
-			return errNoSuchMailbox
-		}
-		info, err := m.info()
-		if err != nil {
-			return err
-		}
-		info.Subscribed = sub
-		return m.putInfo(info)
-	})
+	err := c.s.idx.SetSubscribed(c.acc.ID, mailboxName(name), sub)
+	if errors.Is(err, ErrNoMailbox) {
+		return errNoSuchMailbox
+	}
 	if err != nil {
 		return c.internal("subscribe", err)
 	}
@@ -141,40 +105,33 @@ func (c *imapSession) List(w *imapserver.ListWriter, ref string, patterns []stri
 		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: mailboxDelim})
 	}
 	var out []imap.ListData
-	err := c.s.db.View(func(tx *bolt.Tx) error {
-		acct := accountBucket(tx, c.acc.ID)
-		if acct == nil {
-			return ErrNoAccount
+	err := c.s.idx.ForEachMailbox(c.acc.ID, func(name string, info *MailboxInfo) error {
+		match := false
+		for _, p := range patterns {
+			if imapserver.MatchList(name, mailboxDelim, ref, p) {
+				match = true
+				break
+			}
 		}
-		return forEachMailbox(acct, func(m *mbox) error {
-			match := false
-			for _, p := range patterns {
-				if imapserver.MatchList(m.name, mailboxDelim, ref, p) {
-					match = true
-					break
-				}
-			}
-			if !match {
-				return nil
-			}
-			info, err := m.info()
-			if err != nil {
-				return err
-			}
-			if options != nil && options.SelectSubscribed && !info.Subscribed {
-				return nil
-			}
-			d := imap.ListData{Mailbox: m.name, Delim: mailboxDelim}
-			if info.Subscribed && options != nil && (options.ReturnSubscribed || options.SelectSubscribed) {
-				d.Attrs = append(d.Attrs, imap.MailboxAttrSubscribed)
-			}
-			if options != nil && options.ReturnStatus != nil {
-				d.Status = statusOf(m, options.ReturnStatus)
-			}
-			out = append(out, d)
+		if !match {
 			return nil
-		})
+		}
+		if options != nil && options.SelectSubscribed && !info.Subscribed {
+			return nil
+		}
+		d := imap.ListData{Mailbox: name, Delim: mailboxDelim}
+		if info.Subscribed && options != nil && (options.ReturnSubscribed || options.SelectSubscribed) {
+			d.Attrs = append(d.Attrs, imap.MailboxAttrSubscribed)
+		}
+		out = append(out, d)
+		return nil
 	})
+	if err == nil && options != nil && options.ReturnStatus != nil {
+		// After the walk: a status reads the index again.
+		for i := range out {
+			out[i].Status = c.s.status(c.acc.ID, out[i].Mailbox, options.ReturnStatus)
+		}
+	}
 	if err != nil {
 		return c.internal("list", err)
 	}
@@ -186,15 +143,17 @@ func (c *imapSession) List(w *imapserver.ListWriter, ref string, patterns []stri
 	return nil
 }
 
-func statusOf(m *mbox, options *imap.StatusOptions) *imap.StatusData {
-	d := &imap.StatusData{Mailbox: m.name}
-	info, err := m.info()
+// status answers STATUS for a mailbox; what it cannot read stays unset.
+func (s *Store) status(accountID uint64, name string, options *imap.StatusOptions) *imap.StatusData {
+	d, _ := s.statusOf(accountID, name, options)
+	return d
+}
+
+func (s *Store) statusOf(accountID uint64, name string, options *imap.StatusOptions) (*imap.StatusData, error) {
+	d := &imap.StatusData{Mailbox: name}
+	info, err := s.idx.Mailbox(accountID, name)
 	if err != nil {
-		return d
-	}
-	n := uint32(m.count())
-	if options.NumMessages {
-		d.NumMessages = &n
+		return d, err
 	}
 	if options.UIDNext {
 		d.UIDNext = imap.UID(info.UIDNext)
@@ -202,22 +161,24 @@ func statusOf(m *mbox, options *imap.StatusOptions) *imap.StatusData {
 	if options.UIDValidity {
 		d.UIDValidity = info.UIDValidity
 	}
+	var n uint32
 	if options.NumUnseen || options.NumDeleted || options.Size {
 		var unseen, deleted uint32
 		var size int64
-		m.forEach(func(_ imap.UID, v []byte) error {
-			var r msgRecord
-			if r.decode(v) == nil {
-				if !r.hasFlag(imap.FlagSeen) {
-					unseen++
-				}
-				if r.hasFlag(imap.FlagDeleted) {
-					deleted++
-				}
-				size += r.Size
+		err := s.idx.ForEachMessage(accountID, name, func(_ string, _ imap.UID, r *MessageRecord) error {
+			n++
+			if !r.HasFlag(imap.FlagSeen) {
+				unseen++
 			}
+			if r.HasFlag(imap.FlagDeleted) {
+				deleted++
+			}
+			size += r.Size
 			return nil
 		})
+		if err != nil {
+			return d, err
+		}
 		if options.NumUnseen {
 			d.NumUnseen = &unseen
 		}
@@ -227,21 +188,24 @@ func statusOf(m *mbox, options *imap.StatusOptions) *imap.StatusData {
 		if options.Size {
 			d.Size = &size
 		}
+	} else if options.NumMessages {
+		count, err := s.idx.CountMessages(accountID, name)
+		if err != nil {
+			return d, err
+		}
+		n = uint32(count)
 	}
-	return d
+	if options.NumMessages {
+		d.NumMessages = &n
+	}
+	return d, nil
 }
 
 func (c *imapSession) Status(name string, options *imap.StatusOptions) (*imap.StatusData, error) {
-	var d *imap.StatusData
-	err := c.s.db.View(func(tx *bolt.Tx) error {
-		m := findMailbox(tx, c.acc.ID, name)
-		if m == nil {
-			return errNoSuchMailbox
-		}
-		d = statusOf(m, options)
-		return nil
-	})
-	if err != nil {
+	d, err := c.s.statusOf(c.acc.ID, mailboxName(name), options)
+	if errors.Is(err, ErrNoMailbox) {
+		return nil, errNoSuchMailbox
+	} else if err != nil {
 		return nil, c.internal("status", err)
 	}
 	return d, nil
@@ -256,13 +220,10 @@ func (c *imapSession) Append(name string, r imap.LiteralReader, options *imap.Ap
 	} else if !ok {
 		return nil, errOverQuota
 	}
-	var exists bool
-	c.s.db.View(func(tx *bolt.Tx) error {
-		exists = findMailbox(tx, c.acc.ID, name) != nil
-		return nil
-	})
-	if !exists {
+	if _, err := c.s.idx.Mailbox(c.acc.ID, mailboxName(name)); errors.Is(err, ErrNoMailbox) {
 		return nil, errTryCreate
+	} else if err != nil {
+		return nil, c.internal("append", err)
 	}
 	in, err := c.s.NewIncoming()
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
 )
@@ -91,22 +90,15 @@ func staticRange(start, stop *uint32, max uint32) {
 
 // loadRecords reads the index entries of targets in one read transaction.
 // Targets whose entry vanished (expunged meanwhile) get a nil record.
-func (c *imapSession) loadRecords(ts []target) ([]*msgRecord, error) {
-	recs := make([]*msgRecord, len(ts))
-	err := c.s.db.View(func(tx *bolt.Tx) error {
-		m := findMailbox(tx, c.acc.ID, c.sel.live.key.mailbox)
-		if m == nil {
-			return nil
-		}
-		for i, t := range ts {
-			r, err := m.record(t.uid)
-			if err != nil {
-				return err
-			}
-			recs[i] = r
-		}
-		return nil
-	})
+func (c *imapSession) loadRecords(ts []target) ([]*MessageRecord, error) {
+	uids := make([]imap.UID, len(ts))
+	for i, t := range ts {
+		uids[i] = t.uid
+	}
+	recs, err := c.s.idx.Messages(c.acc.ID, c.sel.live.key.mailbox, uids)
+	if errors.Is(err, ErrNoMailbox) {
+		return make([]*MessageRecord, len(ts)), nil
+	}
 	return recs, err
 }
 
@@ -125,7 +117,7 @@ func (c *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, optio
 			chunk = chunk[:fetchChunk]
 		}
 		ts = ts[len(chunk):]
-		var recs []*msgRecord
+		var recs []*MessageRecord
 		var err error
 		if markSeen {
 			recs, err = c.updateFlags(chunk, imap.StoreFlagsAdd, []imap.Flag{imap.FlagSeen})
@@ -151,7 +143,7 @@ func (c *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, optio
 	return nil
 }
 
-func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, rec *msgRecord, options *imap.FetchOptions) error {
+func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, rec *MessageRecord, options *imap.FetchOptions) error {
 	w.WriteUID(uid)
 	if options.Flags {
 		w.WriteFlags(rec.Flags)
@@ -242,42 +234,24 @@ func (c *imapSession) fetchOne(w *imapserver.FetchResponseWriter, uid imap.UID, 
 
 // updateFlags changes flags of targets in one write transaction, tells the
 // other sessions, and returns the updated records.
-func (c *imapSession) updateFlags(ts []target, op imap.StoreFlagsOp, flags []imap.Flag) ([]*msgRecord, error) {
-	recs := make([]*msgRecord, len(ts))
-	changed := make([]bool, len(ts))
+func (c *imapSession) updateFlags(ts []target, op imap.StoreFlagsOp, flags []imap.Flag) ([]*MessageRecord, error) {
+	uids := make([]imap.UID, len(ts))
+	for i, t := range ts {
+		uids[i] = t.uid
+	}
 	k := c.sel.live.key
 	stripe := c.s.stripe(k.account, k.mailbox)
 	stripe.Lock()
 	defer stripe.Unlock()
-	err := c.s.db.Update(func(tx *bolt.Tx) error {
-		m := findMailbox(tx, k.account, k.mailbox)
-		if m == nil {
-			return errNoSuchMailbox
-		}
-		for i, t := range ts {
-			changed[i] = false
-			r, err := m.record(t.uid)
-			if err != nil {
-				return err
-			}
-			if recs[i] = r; r == nil {
-				continue
-			}
-			if r.applyFlags(op, flags) {
-				changed[i] = true
-				if err := m.put(t.uid, r); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	recs, changed, err := c.s.idx.SetFlags(k.account, k.mailbox, uids, op, flags)
+	if errors.Is(err, ErrNoMailbox) {
+		return nil, errNoSuchMailbox
+	} else if err != nil {
 		return nil, err
 	}
 	for i, t := range ts {
 		if changed[i] {
-			c.s.flagsChanged(k, t.uid, recs[i].Flags, c.sel.tracker)
+			c.s.idx.Publish(Change{Kind: ChangeFlags, Account: k.account, Mailbox: k.mailbox, UID: t.uid, Flags: recs[i].Flags, Origin: c.sel.tracker})
 		}
 	}
 	return recs, nil
@@ -316,25 +290,18 @@ func (c *imapSession) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) er
 		return &imap.Error{Type: imap.StatusResponseTypeNo, Text: "Mailbox is read-only"}
 	}
 	var pick []imap.UID
-	err := c.s.db.View(func(tx *bolt.Tx) error {
-		m := findMailbox(tx, c.acc.ID, c.sel.live.key.mailbox)
-		if m == nil {
+	err := c.s.idx.ForEachMessage(c.acc.ID, c.sel.live.key.mailbox, func(_ string, uid imap.UID, r *MessageRecord) error {
+		if uids != nil && !uids.Contains(uid) {
 			return nil
 		}
-		return m.forEach(func(uid imap.UID, v []byte) error {
-			if uids != nil && !uids.Contains(uid) {
-				return nil
-			}
-			var r msgRecord
-			if err := r.decode(v); err != nil {
-				return err
-			}
-			if r.hasFlag(imap.FlagDeleted) {
-				pick = append(pick, uid)
-			}
-			return nil
-		})
+		if r.HasFlag(imap.FlagDeleted) {
+			pick = append(pick, uid)
+		}
+		return nil
 	})
+	if errors.Is(err, ErrNoMailbox) {
+		err = nil
+	}
 	if err != nil {
 		return c.internal("expunge", err)
 	}
@@ -357,37 +324,13 @@ func (s *Store) Remove(acc *Account, mailbox string, uids []imap.UID, onlyDelete
 	stripe := s.stripe(acc.ID, mailbox)
 	stripe.Lock()
 	defer stripe.Unlock()
-	var files []string
-	var gone []imap.UID
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		files, gone = nil, nil
-		m := findMailbox(tx, acc.ID, mailbox)
-		if m == nil {
-			return nil
-		}
-		var freed int64
-		for _, uid := range uids {
-			r, err := m.record(uid)
-			if err != nil {
-				return err
-			}
-			if r == nil || onlyDeleted && !r.hasFlag(imap.FlagDeleted) {
-				continue
-			}
-			if err := m.delete(uid); err != nil {
-				return err
-			}
-			freed += r.Size
-			files = append(files, r.File)
-			gone = append(gone, uid)
-		}
-		_, err := addUsed(tx, acc.Addr, -freed)
-		return err
-	})
+	gone, files, err := s.idx.Remove(acc.ID, acc.Addr, mailbox, uids, onlyDeleted)
 	if err != nil {
 		return err
 	}
-	s.expunged(liveKey{acc.ID, mailbox}, gone)
+	if len(gone) > 0 {
+		s.idx.Publish(Change{Kind: ChangeExpunged, Account: acc.ID, Mailbox: mailbox, UIDs: gone})
+	}
 	s.removeFiles(acc.ID, files)
 	return nil
 }
@@ -414,13 +357,11 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 	if err != nil {
 		return nil, nil, c.internal("copy", err)
 	}
-	var exists bool
-	c.s.db.View(func(tx *bolt.Tx) error {
-		exists = findMailbox(tx, c.acc.ID, dest) != nil
-		return nil
-	})
-	if !exists {
+	destInfo, err := c.s.idx.Mailbox(c.acc.ID, dest)
+	if errors.Is(err, ErrNoMailbox) {
 		return nil, nil, errTryCreate
+	} else if err != nil {
+		return nil, nil, c.internal("copy", err)
 	}
 	if len(ts) == 0 {
 		// A UID set naming no message (e.g. "*" on an empty mailbox) copies
@@ -460,50 +401,32 @@ func (c *imapSession) copy(numSet imap.NumSet, dest string) (*imap.CopyData, []i
 	stripe := c.s.stripe(c.acc.ID, dest)
 	stripe.Lock()
 	defer stripe.Unlock()
-	var data imap.CopyData
+	var ms []NewMessage
 	var srcUIDs []imap.UID
-	var destUIDs []imap.UID
-	err = c.s.db.Update(func(tx *bolt.Tx) error {
-		data, srcUIDs, destUIDs = imap.CopyData{}, nil, nil
-		m := findMailbox(tx, c.acc.ID, dest)
-		if m == nil {
-			return errTryCreate
+	for i, r := range recs {
+		if r == nil {
+			continue
 		}
-		info, err := m.info()
-		if err != nil {
-			return err
-		}
-		data.UIDValidity = info.UIDValidity
-		var added int64
-		for i, r := range recs {
-			if r == nil {
-				continue
-			}
-			uid := imap.UID(info.UIDNext)
-			info.UIDNext++
-			nr := *r
-			nr.File = newFiles[i]
-			if err := m.put(uid, &nr); err != nil {
-				return err
-			}
-			added += r.Size
-			data.SourceUIDs.AddNum(ts[i].uid)
-			data.DestUIDs.AddNum(uid)
-			srcUIDs = append(srcUIDs, ts[i].uid)
-			destUIDs = append(destUIDs, uid)
-		}
-		if err := m.putInfo(info); err != nil {
-			return err
-		}
-		_, err = addUsed(tx, c.acc.Addr, added)
-		return err
-	})
+		nr := *r
+		nr.File = newFiles[i]
+		ms = append(ms, NewMessage{AccountID: c.acc.ID, Addr: c.acc.Addr, Mailbox: dest, Record: nr})
+		srcUIDs = append(srcUIDs, ts[i].uid)
+	}
+	err = c.s.idx.Append(ms)
+	if errors.Is(err, ErrNoMailbox) {
+		cleanup()
+		return nil, nil, errTryCreate
+	}
 	if err != nil {
 		cleanup()
 		return nil, nil, c.internal("copy", err)
 	}
-	for _, uid := range destUIDs {
-		c.s.appended(liveKey{c.acc.ID, dest}, uid)
+	data := imap.CopyData{UIDValidity: destInfo.UIDValidity}
+	for i, n := range ms {
+		data.UIDValidity = n.UIDValidity
+		data.SourceUIDs.AddNum(srcUIDs[i])
+		data.DestUIDs.AddNum(n.UID)
+		c.s.idx.Publish(Change{Kind: ChangeAppended, Account: c.acc.ID, Mailbox: dest, UID: n.UID})
 	}
 	return &data, srcUIDs, nil
 }

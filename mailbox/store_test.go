@@ -240,9 +240,9 @@ func TestOpenDropsEntriesWithoutWholeFile(t *testing.T) {
 	gone := put(t, s, acc, 300, 0)
 	put(t, s, other, 400, 0)
 	files := map[imap.UID]string{}
-	s.db.View(func(tx *bolt.Tx) error {
+	s.DB().View(func(tx *bolt.Tx) error {
 		return findMailbox(tx, acc.ID, "INBOX").forEach(func(uid imap.UID, v []byte) error {
-			var r msgRecord
+			var r MessageRecord
 			if err := r.decode(v); err != nil {
 				t.Fatal(err)
 			}
@@ -302,8 +302,8 @@ func TestSecondOpenFailsWhileLocked(t *testing.T) {
 }
 
 func TestRecordRoundTrip(t *testing.T) {
-	r := msgRecord{Size: 123456, Date: time.Unix(1700000000, 42), File: "abc", Flags: []imap.Flag{imap.FlagSeen, "$Custom"}}
-	var got msgRecord
+	r := MessageRecord{Size: 123456, Date: time.Unix(1700000000, 42), File: "abc", Flags: []imap.Flag{imap.FlagSeen, "$Custom"}}
+	var got MessageRecord
 	if err := got.decode(r.encode()); err != nil {
 		t.Fatal(err)
 	}
