@@ -60,8 +60,16 @@ type boltBackend struct {
 
 var _ Backend = (*boltBackend)(nil)
 
-// openBolt opens (creating if needed) dir's index and brings it to the
-// current schema.
+// OpenBolt opens (creating if needed) the embedded index in dir, as Open
+// does when Options.Index is nil, and brings it to the current schema. It
+// holds the file's lock until closed.
+func OpenBolt(dir string, log *slog.Logger) (Backend, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	return openBolt(dir, log)
+}
+
 func openBolt(dir string, log *slog.Logger) (*boltBackend, error) {
 	db, err := bolt.Open(filepath.Join(dir, IndexFile), 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
