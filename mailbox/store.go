@@ -128,6 +128,11 @@ func (s *Store) Close() error {
 	return safeio.WriteFile(filepath.Join(s.dir, cleanMarker), nil, 0o600)
 }
 
+// Index is the store's index, for tools that fill or inspect it in bulk
+// (benchmarks); changes made through it bypass the Store's locks, live
+// views and message files.
+func (s *Store) Index() Backend { return s.idx }
+
 // Dir is the store's data directory.
 func (s *Store) Dir() string { return s.dir }
 
