@@ -12,6 +12,9 @@ import (
 	"github.com/chatrelay/chatrelay/internal/safeio"
 )
 
+// flagsSeen is what a FETCH of a body sets; shared, never changed.
+var flagsSeen = []imap.Flag{imap.FlagSeen}
+
 // target is a message picked by a sequence or UID set: its server-side
 // sequence number and its UID.
 type target struct {
@@ -120,7 +123,7 @@ func (c *imapSession) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, optio
 		var recs []*MessageRecord
 		var err error
 		if markSeen {
-			recs, err = c.updateFlags(chunk, imap.StoreFlagsAdd, []imap.Flag{imap.FlagSeen})
+			recs, err = c.updateFlags(chunk, imap.StoreFlagsAdd, flagsSeen)
 		} else {
 			recs, err = c.loadRecords(chunk)
 		}
