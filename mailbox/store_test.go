@@ -182,6 +182,35 @@ func TestQuotaTrim(t *testing.T) {
 	}
 }
 
+// TestExpireTrimsQuota: the retention pass trims an account past the quota
+// mark (the expiry of old messages first counts towards it), and leaves an
+// account under it alone.
+func TestExpireTrimsQuota(t *testing.T) {
+	s, _, _ := openTest(t, 1000)
+	full := account(t, s, "fullfullf@x.test")
+	put(t, s, full, 100, 21*day) // expired by age
+	var old []imap.UID
+	for i := range 8 {
+		old = append(old, put(t, s, full, 100, time.Duration(10-i)*day))
+	}
+	light := account(t, s, "lightligh@x.test")
+	lightUIDs := []imap.UID{put(t, s, light, 300, 10*day), put(t, s, light, 300, 9*day)}
+	st, err := s.Expire(DefaultLifecycle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 900 bytes: the expired one goes, then 800 is past 75 %: down to 700.
+	if st.Messages != 2 || st.Bytes != 200 {
+		t.Fatalf("stats %+v, want the expired message and the oldest other", st)
+	}
+	if got := uids(t, s, full); !equalUIDs(got, old[1:]) {
+		t.Fatalf("left %v", got)
+	}
+	if got := uids(t, s, light); !equalUIDs(got, lightUIDs) {
+		t.Fatalf("an account at 60 %% lost messages: left %v", got)
+	}
+}
+
 func TestOpenSweepsOrphans(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})
