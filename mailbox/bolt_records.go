@@ -92,7 +92,7 @@ func keyUID(k []byte) imap.UID {
 	return imap.UID(binary.BigEndian.Uint32(k))
 }
 
-// The kinds of key in an account bucket (the layout is in store.go).
+// The kinds of key in an account bucket (the layout is in bolt.go).
 const (
 	kindMailbox = 'b'
 	kindMeta    = 'd'

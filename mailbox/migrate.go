@@ -13,7 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// schemaVersion is the index layout this code reads and writes (store.go),
+// schemaVersion is the index layout this code reads and writes (bolt.go),
 // recorded under keySchema. Version 1 had no such key and nested buckets in
 // each account's: metadata/<key> and mailboxes/<name>/{info, msgs/<uid>}.
 const schemaVersion = 2

@@ -1,10 +1,13 @@
-// Package mailbox is chatrelay's store: a bbolt index plus one file per
-// message, the accounts that own them, and the IMAP backend that serves them.
+// Package mailbox is chatrelay's store: an index (Backend; a bbolt file by
+// default, bolt.go) plus one file per message, the accounts that own them,
+// and the IMAP backend that serves them.
 //
-// Durability: a message file is written to tmp/, fsynced, linked into the
-// account's directory (fsynced), and only then is the index committed. A
-// crash between the two leaves an orphan file that Open sweeps away; it never
-// leaves an index entry without its file.
+// Durability: a message file is written to tmp/ and linked into the
+// account's directory; its fsync and its directories' run while the index
+// commits, and the message is acknowledged and announced only when all
+// have finished (Deliver). A crash before that can leave a file no index
+// entry names, or an entry whose file is short or missing; Open's sweep
+// after an unclean shutdown removes both.
 package mailbox
 
 import (
