@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/testclock"
 )
@@ -269,16 +268,13 @@ func TestOpenDropsEntriesWithoutWholeFile(t *testing.T) {
 	gone := put(t, s, acc, 300, 0)
 	put(t, s, other, 400, 0)
 	files := map[imap.UID]string{}
-	s.DB().View(func(tx *bolt.Tx) error {
-		return findMailbox(tx, acc.ID, "INBOX").forEach(func(uid imap.UID, v []byte) error {
-			var r MessageRecord
-			if err := r.decode(v); err != nil {
-				t.Fatal(err)
-			}
-			files[uid] = r.File
-			return nil
-		})
+	err = s.Index().ForEachMessage(acc.ID, "INBOX", func(_ string, uid imap.UID, r *MessageRecord) error {
+		files[uid] = r.File
+		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.Close()
 	os.Remove(filepath.Join(dir, cleanMarker))
 	accDir := filepath.Join(dir, "msgs", strconv.FormatUint(acc.ID, 10))
