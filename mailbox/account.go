@@ -4,13 +4,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // ErrAuthFailed is returned for a wrong password, an unknown account that may
@@ -40,15 +37,6 @@ type AccountInfo struct {
 	LastLogin string // day, YYYY-MM-DD; nothing finer is kept
 	UsedBytes int64
 	Blocked   bool
-}
-
-type accountRecord struct {
-	ID        uint64 `json:"id"`
-	Hash      string `json:"hash"`
-	Created   int64  `json:"created"`
-	LastLogin string `json:"last_login,omitempty"`
-	Used      int64  `json:"used"`
-	Blocked   bool   `json:"blocked,omitempty"`
 }
 
 // CreateCheck decides whether an unknown address may be created at its
@@ -178,20 +166,15 @@ func (s *Store) Login(addr, password string, create CreateCheck) (*Account, erro
 // touchLogin records the day of a successful login, once per day, and a
 // converted password record when rehash is set.
 func (s *Store) touchLogin(addr, password string, id uint64, today, rehash string) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAccounts)
-		rec, err := getAccount(b, addr)
-		if err != nil {
-			return err
-		}
+	err := s.idx.UpdateAccount(addr, func(rec *AccountRecord) bool {
 		if rec.LastLogin == today && rehash == "" {
-			return nil
+			return false
 		}
 		rec.LastLogin = today
 		if rehash != "" {
 			rec.Hash = rehash
 		}
-		return putAccount(b, addr, rec)
+		return true
 	})
 	if err != nil {
 		s.log.Warn("record last login", "err", err)
@@ -215,19 +198,11 @@ func (s *Store) CreateAccount(addr, password string, kind PasswordKind) error {
 // password matches it.
 func (s *Store) createAccount(addr, password string, kind PasswordKind, loginRace bool) (uint64, error) {
 	hash := s.pw.hash(password, kind)
-	var id uint64
-	var existing *accountRecord
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAccounts)
-		if rec, err := getAccount(b, addr); err == nil {
-			existing = rec
-			return nil
-		}
-		var err error
-		id, err = s.newAccount(tx, addr, hash)
-		return err
-	})
-	if err != nil {
+	now := s.now()
+	rec := AccountRecord{Hash: hash, Created: now.Unix(), LastLogin: s.today()}
+	inbox := MailboxInfo{UIDValidity: uint32(now.Unix()), UIDNext: 1, Subscribed: true}
+	id, existing, err := s.idx.CreateAccount(addr, rec, inbox)
+	if err != nil && !errors.Is(err, ErrExists) {
 		return 0, fmt.Errorf("create account: %w", err)
 	}
 	if existing != nil {
@@ -241,31 +216,6 @@ func (s *Store) createAccount(addr, password string, kind PasswordKind, loginRac
 	}
 	s.log.Info("account created", "id", id)
 	return id, nil
-}
-
-// newAccount adds an account that does not exist yet, with its INBOX.
-func (s *Store) newAccount(tx *bolt.Tx, addr, hash string) (uint64, error) {
-	meta := tx.Bucket(bucketMeta)
-	id := uint64(1)
-	if v := meta.Get(keyNextAccountID); v != nil {
-		id = decodeU64(v)
-	}
-	if err := meta.Put(keyNextAccountID, u64key(id+1)); err != nil {
-		return 0, err
-	}
-	data := tx.Bucket(bucketData)
-	// Ids only grow, so a new account goes last: a full leaf split in
-	// halves would leave every leaf behind half empty.
-	data.FillPercent = 0.9
-	acct, err := data.CreateBucket(u64key(id))
-	if err != nil {
-		return 0, err
-	}
-	if err := createMailbox(acct, "INBOX", s.now()); err != nil {
-		return 0, err
-	}
-	rec := &accountRecord{ID: id, Hash: hash, Created: s.now().Unix(), LastLogin: s.today()}
-	return id, putAccount(tx.Bucket(bucketAccounts), addr, rec)
 }
 
 // AccountExists tells whether addr has an account (blocked ones included).
@@ -287,14 +237,8 @@ func (s *Store) Lookup(addr string) (*Account, error) {
 	return &Account{ID: rec.ID, Addr: addr}, nil
 }
 
-func (s *Store) account(addr string) (*accountRecord, error) {
-	var rec *accountRecord
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		rec, err = getAccount(tx.Bucket(bucketAccounts), addr)
-		return err
-	})
-	return rec, err
+func (s *Store) account(addr string) (*AccountRecord, error) {
+	return s.idx.Account(addr)
 }
 
 // Info returns what the admin tools show of one account.
@@ -310,30 +254,17 @@ func (s *Store) Info(addr string) (*AccountInfo, error) {
 // Accounts lists every account in address order.
 func (s *Store) Accounts() ([]AccountInfo, error) {
 	var out []AccountInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketAccounts).ForEach(func(k, v []byte) error {
-			var rec accountRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
-			}
-			out = append(out, *rec.info(string(k)))
-			return nil
-		})
+	err := s.idx.ForEachAccount(func(addr string, rec *AccountRecord) error {
+		out = append(out, *rec.info(addr))
+		return nil
 	})
 	return out, err
 }
 
 // CountAccounts returns the number of accounts.
-func (s *Store) CountAccounts() (int, error) {
-	n := 0
-	err := s.db.View(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketAccounts).Stats().KeyN
-		return nil
-	})
-	return n, err
-}
+func (s *Store) CountAccounts() (int, error) { return s.idx.CountAccounts() }
 
-func (r *accountRecord) info(addr string) *AccountInfo {
+func (r *AccountRecord) info(addr string) *AccountInfo {
 	return &AccountInfo{Addr: addr, Created: time.Unix(r.Created, 0).UTC(), LastLogin: r.LastLogin, UsedBytes: r.Used, Blocked: r.Blocked}
 }
 
@@ -342,7 +273,7 @@ func (r *accountRecord) info(addr string) *AccountInfo {
 func (s *Store) SetPassword(addr, password string, kind PasswordKind) error {
 	addr = normAddr(addr)
 	hash := s.pw.hash(password, kind)
-	err := s.updateAccount(addr, func(r *accountRecord) { r.Hash = hash })
+	err := s.updateAccount(addr, func(r *AccountRecord) { r.Hash = hash })
 	s.auth.forget(addr)
 	return err
 }
@@ -350,51 +281,14 @@ func (s *Store) SetPassword(addr, password string, kind PasswordKind) error {
 // SetBlocked blocks or unblocks logins for an account (admin tools).
 func (s *Store) SetBlocked(addr string, blocked bool) error {
 	addr = normAddr(addr)
-	err := s.updateAccount(addr, func(r *accountRecord) { r.Blocked = blocked })
+	err := s.updateAccount(addr, func(r *AccountRecord) { r.Blocked = blocked })
 	s.auth.forget(addr)
 	return err
 }
 
-func (s *Store) updateAccount(addr string, f func(*accountRecord)) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAccounts)
-		rec, err := getAccount(b, addr)
-		if err != nil {
-			return err
-		}
-		f(rec)
-		return putAccount(b, addr, rec)
+func (s *Store) updateAccount(addr string, f func(*AccountRecord)) error {
+	return s.idx.UpdateAccount(addr, func(r *AccountRecord) bool {
+		f(r)
+		return true
 	})
-}
-
-func getAccount(b *bolt.Bucket, addr string) (*accountRecord, error) {
-	v := b.Get([]byte(addr))
-	if v == nil {
-		return nil, ErrNoAccount
-	}
-	var rec accountRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return nil, fmt.Errorf("account %s: %w", addr, err)
-	}
-	return &rec, nil
-}
-
-func putAccount(b *bolt.Bucket, addr string, rec *accountRecord) error {
-	v, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	return b.Put([]byte(addr), v)
-}
-
-// addUsed adjusts an account's stored byte count inside a write
-// transaction and returns the new count.
-func addUsed(tx *bolt.Tx, addr string, delta int64) (int64, error) {
-	b := tx.Bucket(bucketAccounts)
-	rec, err := getAccount(b, addr)
-	if err != nil {
-		return 0, err
-	}
-	rec.Used = max(rec.Used+delta, 0)
-	return rec.Used, putAccount(b, addr, rec)
 }

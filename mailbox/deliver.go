@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
 )
@@ -18,7 +17,8 @@ import (
 // ErrQuota is returned when a message does not fit in an account's quota.
 var ErrQuota = errors.New("mailbox full")
 
-var errNoMailbox = errors.New("no such mailbox")
+// errNoMailbox is the Backend's ErrNoMailbox.
+var errNoMailbox = ErrNoMailbox
 
 // Incoming is a message being received: the caller writes it, then Delivers
 // or Aborts. It lives in the store's tmp directory so that delivering it is
@@ -139,36 +139,20 @@ func (in *Incoming) Deliver(rcpts []*Account, mailbox string) ([]Delivery, error
 	for _, f := range in.Flags {
 		flags = append(flags, canonicalFlag(f))
 	}
-	out := make([]Delivery, len(rcpts))
-	err := s.commits.do(func(tx *bolt.Tx) error {
-		for i, a := range rcpts {
-			m := findMailbox(tx, a.ID, mailbox)
-			if m == nil {
-				return fmt.Errorf("deliver to %s: %w", a.Addr, errNoMailbox)
-			}
-			info, err := m.info()
-			if err != nil {
-				return err
-			}
-			uid := imap.UID(info.UIDNext)
-			info.UIDNext++
-			if err := m.putInfo(info); err != nil {
-				return err
-			}
-			rec := msgRecord{Size: in.size, Date: date, File: files[i], Flags: flags}
-			if err := m.put(uid, &rec); err != nil {
-				return err
-			}
-			used, err := addUsed(tx, a.Addr, in.size)
-			if err != nil {
-				return err
-			}
-			out[i] = Delivery{Account: a, UID: uid, UIDValidity: info.UIDValidity, Used: used}
+	ms := make([]NewMessage, len(rcpts))
+	for i, a := range rcpts {
+		ms[i] = NewMessage{AccountID: a.ID, Addr: a.Addr, Mailbox: mailbox, Record: MessageRecord{Size: in.size, Date: date, File: files[i], Flags: flags}}
+	}
+	var out []Delivery
+	err := s.idx.Append(ms)
+	if err == nil {
+		out = make([]Delivery, len(rcpts))
+		for i, m := range ms {
+			out[i] = Delivery{Account: rcpts[i], UID: m.UID, UIDValidity: m.UIDValidity, Used: m.Used}
 		}
-		return nil
-	})
+	}
 	if serr := waitSynced(); err == nil && serr != nil {
-		if uerr := s.undeliver(out, mailbox, in.size); uerr != nil {
+		if uerr := s.undeliver(out, mailbox); uerr != nil {
 			s.log.Error("take back index entries of a message that could not be synced", "err", uerr)
 		}
 		err = serr
@@ -178,27 +162,20 @@ func (in *Incoming) Deliver(rcpts []*Account, mailbox string) ([]Delivery, error
 		return nil, err
 	}
 	for _, d := range out {
-		s.appended(liveKey{d.Account.ID, mailbox}, d.UID)
+		s.idx.Publish(Change{Kind: ChangeAppended, Account: d.Account.ID, Mailbox: mailbox, UID: d.UID})
 	}
 	return out, nil
 }
 
 // undeliver removes the index entries Deliver committed when the message
 // itself could not be made durable. The UIDs stay used.
-func (s *Store) undeliver(ds []Delivery, mailbox string, size int64) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, d := range ds {
-			if m := findMailbox(tx, d.Account.ID, mailbox); m != nil {
-				if err := m.delete(d.UID); err != nil {
-					return err
-				}
-			}
-			if _, err := addUsed(tx, d.Account.Addr, -size); err != nil {
-				return err
-			}
+func (s *Store) undeliver(ds []Delivery, mailbox string) error {
+	for _, d := range ds {
+		if _, _, err := s.idx.Remove(d.Account.ID, d.Account.Addr, mailbox, []imap.UID{d.UID}, false); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // lockStripes takes the stripe locks of one mailbox for several accounts, in

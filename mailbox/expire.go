@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Lifecycle are the retention rules (SPEC section 7).
@@ -55,29 +54,38 @@ type msgRef struct {
 }
 
 // Expire applies the retention rules to every account once. Sessions see
-// the removals as expunges.
+// the removals as expunges. Each account costs one read of its messages:
+// its record comes from the walk over all of them, and the quota is trimmed
+// only when that record says it is past the mark.
 func (s *Store) Expire(lc Lifecycle) (ExpireStats, error) {
 	var st ExpireStats
 	now := s.now()
-	accounts, err := s.Accounts()
+	type account struct {
+		addr string
+		rec  AccountRecord
+	}
+	var accounts []account
+	err := s.idx.ForEachAccount(func(addr string, rec *AccountRecord) error {
+		accounts = append(accounts, account{addr, *rec})
+		return nil
+	})
 	if err != nil {
 		return st, err
 	}
 	idleCutoff := now.Add(-lc.AccountIdle).UTC().Format("2006-01-02")
 	for _, a := range accounts {
-		if lc.AccountIdle > 0 && a.LastLogin != "" && a.LastLogin < idleCutoff {
-			if err := s.DeleteAccount(a.Addr); err != nil && !errors.Is(err, ErrNoAccount) {
+		if lc.AccountIdle > 0 && a.rec.LastLogin != "" && a.rec.LastLogin < idleCutoff {
+			if err := s.DeleteAccount(a.addr); err != nil && !errors.Is(err, ErrNoAccount) {
 				return st, err
 			}
 			st.Accounts++
 			continue
 		}
-		acc, err := s.Lookup(a.Addr)
-		if err != nil {
-			continue
-		}
+		acc := &Account{ID: a.rec.ID, Addr: a.addr}
 		refs, err := s.messages(acc.ID)
-		if err != nil {
+		if errors.Is(err, ErrNoAccount) {
+			continue // deleted meanwhile
+		} else if err != nil {
 			return st, err
 		}
 		var doomed []msgRef
@@ -97,7 +105,12 @@ func (s *Store) Expire(lc Lifecycle) (ExpireStats, error) {
 		if err != nil {
 			return st, err
 		}
-		n, b, err = s.TrimQuota(a.Addr, lc)
+		// Deliveries since the walk read the record trim the quota
+		// themselves (relay), or the next pass does.
+		if !s.overQuota(a.rec.Used-b, lc) {
+			continue
+		}
+		n, b, err = s.TrimQuota(a.addr, lc)
 		st.Messages += n
 		st.Bytes += b
 		if err != nil {
@@ -105,6 +118,10 @@ func (s *Store) Expire(lc Lifecycle) (ExpireStats, error) {
 		}
 	}
 	return st, nil
+}
+
+func (s *Store) overQuota(used int64, lc Lifecycle) bool {
+	return s.opts.QuotaBytes > 0 && lc.QuotaHigh > 0 && float64(used) > lc.QuotaHigh*float64(s.opts.QuotaBytes)
 }
 
 type msgInfo struct {
@@ -115,21 +132,9 @@ type msgInfo struct {
 // messages lists an account's messages, oldest first.
 func (s *Store) messages(accountID uint64) ([]msgInfo, error) {
 	var out []msgInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
-		acct := accountBucket(tx, accountID)
-		if acct == nil {
-			return ErrNoAccount
-		}
-		return forEachMailbox(acct, func(m *mbox) error {
-			return m.forEach(func(uid imap.UID, v []byte) error {
-				var r msgRecord
-				if err := r.decode(v); err != nil {
-					return err
-				}
-				out = append(out, msgInfo{msgRef{m.name, uid, r.Size, r.Date}, r.hasFlag(imap.FlagSeen)})
-				return nil
-			})
-		})
+	err := s.idx.ForEachMessage(accountID, "", func(mailbox string, uid imap.UID, r *MessageRecord) error {
+		out = append(out, msgInfo{msgRef{mailbox, uid, r.Size, r.Date}, r.HasFlag(imap.FlagSeen)})
+		return nil
 	})
 	sort.SliceStable(out, func(i, j int) bool { return out[i].date.Before(out[j].date) })
 	return out, err
@@ -158,7 +163,7 @@ func (s *Store) TrimQuota(addr string, lc Lifecycle) (int, int64, error) {
 		return 0, 0, nil
 	}
 	used, _, err := s.Quota(addr)
-	if err != nil || float64(used) <= lc.QuotaHigh*float64(s.opts.QuotaBytes) {
+	if err != nil || !s.overQuota(used, lc) {
 		return 0, 0, err
 	}
 	acc, err := s.Lookup(addr)
@@ -208,15 +213,7 @@ func (s *Store) DeleteAccount(addr string) error {
 	if _, _, err := s.removeRefs(acc, all); err != nil {
 		return err
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketAccounts).Delete([]byte(addr)); err != nil {
-			return err
-		}
-		if tx.Bucket(bucketData).Bucket(u64key(rec.ID)) != nil {
-			return tx.Bucket(bucketData).DeleteBucket(u64key(rec.ID))
-		}
-		return nil
-	})
+	err = s.idx.DeleteAccount(addr)
 	if err != nil {
 		return fmt.Errorf("delete account: %w", err)
 	}

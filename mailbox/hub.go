@@ -6,7 +6,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
-	bolt "go.etcd.io/bbolt"
 )
 
 // The hub keeps, for each mailbox some IMAP session has selected, the list
@@ -64,25 +63,11 @@ func (s *Store) openLive(accountID uint64, name string) (*live, error) {
 	s.hub.mu.Unlock()
 
 	l := &live{key: k, refs: 1}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		m := findMailbox(tx, k.account, k.mailbox)
-		if m == nil {
-			return errNoMailbox
-		}
-		info, err := m.info()
-		if err != nil {
-			return err
-		}
-		l.uidValidity, l.uidNext = info.UIDValidity, imap.UID(info.UIDNext)
-		l.uids = make([]imap.UID, 0, m.count())
-		return m.forEach(func(uid imap.UID, _ []byte) error {
-			l.uids = append(l.uids, uid)
-			return nil
-		})
-	})
+	info, uids, err := s.idx.UIDs(k.account, k.mailbox)
 	if err != nil {
 		return nil, err
 	}
+	l.uidValidity, l.uidNext, l.uids = info.UIDValidity, imap.UID(info.UIDNext), uids
 	l.tracker = imapserver.NewMailboxTracker(uint32(len(l.uids)))
 	s.hub.mu.Lock()
 	s.hub.m[k] = l
@@ -96,6 +81,22 @@ func (s *Store) closeLive(l *live) {
 	l.refs--
 	if l.refs == 0 {
 		delete(s.hub.m, l.key)
+	}
+}
+
+// applyChange brings the live view of a changed mailbox up to date and tells
+// its sessions (Backend.Subscribe). The publisher holds the mailbox's stripe
+// lock.
+func (s *Store) applyChange(c Change) {
+	k := liveKey{c.Account, c.Mailbox}
+	switch c.Kind {
+	case ChangeAppended:
+		s.appended(k, c.UID)
+	case ChangeExpunged:
+		s.expunged(k, c.UIDs)
+	case ChangeFlags:
+		source, _ := c.Origin.(*imapserver.SessionTracker)
+		s.flagsChanged(k, c.UID, c.Flags, source)
 	}
 }
 

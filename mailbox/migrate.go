@@ -13,7 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// schemaVersion is the index layout this code reads and writes (store.go),
+// schemaVersion is the index layout this code reads and writes (bolt.go),
 // recorded under keySchema. Version 1 had no such key and nested buckets in
 // each account's: metadata/<key> and mailboxes/<name>/{info, msgs/<uid>}.
 const schemaVersion = 2
@@ -34,9 +34,9 @@ const migrateBatch = 256
 // batches of one transaction each. A version 1 account is one with a
 // mailboxes bucket, so a conversion cut short goes on where it stopped at
 // the next start; the version is recorded with the last batch.
-func (s *Store) migrate() error {
+func (b *boltBackend) migrate() error {
 	var version uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := b.db.View(func(tx *bolt.Tx) error {
 		var err error
 		version, err = schemaOf(tx)
 		return err
@@ -53,7 +53,7 @@ func (s *Store) migrate() error {
 	var after []byte // the last account key looked at
 	converted := 0
 	for done := false; !done; {
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := b.db.Update(func(tx *bolt.Tx) error {
 			data := tx.Bucket(bucketData)
 			var batch [][]byte
 			c := data.Cursor()
@@ -87,7 +87,7 @@ func (s *Store) migrate() error {
 		}
 	}
 	if converted > 0 {
-		s.log.Info("index converted", "schema", schemaVersion, "accounts", converted)
+		b.log.Info("index converted", "schema", schemaVersion, "accounts", converted)
 	}
 	return nil
 }
@@ -179,7 +179,7 @@ func ForEachFile(tx *bolt.Tx, f func(accountID uint64, file string) error) error
 		}
 		accountID := binary.BigEndian.Uint64(id)
 		file := func(mailbox string, uid imap.UID, v []byte) error {
-			var r msgRecord
+			var r MessageRecord
 			if err := r.decode(v); err != nil {
 				return fmt.Errorf("index: account %d mailbox %q uid %d: %w", accountID, mailbox, uid, err)
 			}

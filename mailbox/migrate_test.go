@@ -70,7 +70,7 @@ type v1Msg struct {
 
 type v1Mailbox struct {
 	name string
-	info mailboxInfo
+	info MailboxInfo
 	msgs []v1Msg
 }
 
@@ -118,7 +118,7 @@ func writeV1(t *testing.T, dir string, accounts []v1Account, hash string) {
 				b.Put([]byte("info"), info)
 				msgs, _ := b.CreateBucket([]byte("msgs"))
 				for _, m := range mb.msgs {
-					r := msgRecord{Size: int64(len(m.body)), Date: m.date, File: m.file(mb.name), Flags: m.flags}
+					r := MessageRecord{Size: int64(len(m.body)), Date: m.date, File: m.file(mb.name), Flags: m.flags}
 					k := []byte{0, 0, 0, byte(m.uid)}
 					if err := msgs.Put(k, r.encode()); err != nil {
 						return err
@@ -131,7 +131,7 @@ func writeV1(t *testing.T, dir string, accounts []v1Account, hash string) {
 					}
 				}
 			}
-			rec, _ := json.Marshal(accountRecord{ID: a.id, Hash: hash, Created: 1700000000, LastLogin: "2026-01-01", Used: used})
+			rec, _ := json.Marshal(AccountRecord{ID: a.id, Hash: hash, Created: 1700000000, LastLogin: "2026-01-01", Used: used})
 			accts.Put([]byte(a.addr), rec)
 		}
 		return meta.Put(keyNextAccountID, u64key(uint64(len(accounts)+1)))
@@ -143,28 +143,28 @@ func writeV1(t *testing.T, dir string, accounts []v1Account, hash string) {
 
 func v1Fixture(now time.Time) []v1Account {
 	body := func(s string) string { return "Subject: " + s + "\r\n\r\n" + strings.Repeat(s, 10) + "\r\n" }
-	tokens, _ := json.Marshal([]pushToken{{Token: "device-token", Set: now.Add(-time.Hour).Unix()}})
+	tokens, _ := json.Marshal([]PushToken{{Token: "device-token", Set: now.Add(-time.Hour).Unix()}})
 	return []v1Account{{
 		id:   1,
 		addr: "alice@x.test",
 		mailboxes: []v1Mailbox{
-			{"INBOX", mailboxInfo{UIDValidity: 1111, UIDNext: 5, Subscribed: true}, []v1Msg{
+			{"INBOX", MailboxInfo{UIDValidity: 1111, UIDNext: 5, Subscribed: true}, []v1Msg{
 				{1, []imap.Flag{imap.FlagSeen}, body("one"), now.Add(-48 * time.Hour)},
 				{3, []imap.Flag{imap.FlagSeen, "$Custom"}, body("three"), now.Add(-24 * time.Hour)},
 				{4, nil, body("four"), now.Add(-time.Hour)},
 			}},
-			{"Entwürfe", mailboxInfo{UIDValidity: 2222, UIDNext: 3, Subscribed: false}, []v1Msg{
+			{"Entwürfe", MailboxInfo{UIDValidity: 2222, UIDNext: 3, Subscribed: false}, []v1Msg{
 				{2, []imap.Flag{imap.FlagDraft}, body("draft"), now.Add(-2 * time.Hour)},
 			}},
 			// A name that starts another one's.
-			{"a", mailboxInfo{UIDValidity: 3333, UIDNext: 2, Subscribed: true}, []v1Msg{
+			{"a", MailboxInfo{UIDValidity: 3333, UIDNext: 2, Subscribed: true}, []v1Msg{
 				{1, []imap.Flag{imap.FlagDeleted}, body("a"), now.Add(-3 * time.Hour)},
 			}},
-			{"ab", mailboxInfo{UIDValidity: 4444, UIDNext: 9, Subscribed: true}, []v1Msg{
+			{"ab", MailboxInfo{UIDValidity: 4444, UIDNext: 9, Subscribed: true}, []v1Msg{
 				{7, nil, body("ab7"), now.Add(-4 * time.Hour)},
 				{8, []imap.Flag{imap.FlagAnswered}, body("ab8"), now.Add(-5 * time.Hour)},
 			}},
-			{"日本語/メール", mailboxInfo{UIDValidity: 5555, UIDNext: 7, Subscribed: true}, nil},
+			{"日本語/メール", MailboxInfo{UIDValidity: 5555, UIDNext: 7, Subscribed: true}, nil},
 		},
 		meta: map[string]string{
 			"\x00/private/comment":    "server note",
@@ -174,7 +174,7 @@ func v1Fixture(now time.Time) []v1Account {
 	}, {
 		id:        2,
 		addr:      "bob@x.test",
-		mailboxes: []v1Mailbox{{"INBOX", mailboxInfo{UIDValidity: 6666, UIDNext: 1, Subscribed: true}, nil}},
+		mailboxes: []v1Mailbox{{"INBOX", MailboxInfo{UIDValidity: 6666, UIDNext: 1, Subscribed: true}, nil}},
 	}}
 }
 
@@ -320,7 +320,7 @@ func TestOpenConvertsV1Index(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkAccounts(t, s, accounts)
-	s.db.View(func(tx *bolt.Tx) error {
+	s.DB().View(func(tx *bolt.Tx) error {
 		if v, err := schemaOf(tx); v != schemaVersion || err != nil {
 			t.Errorf("schema version %d (%v)", v, err)
 		}
@@ -368,7 +368,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchema, u64key(schemaVersion+1)) })
+	s.DB().Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keySchema, u64key(schemaVersion+1)) })
 	s.Close()
 	_, err = Open(dir, Options{})
 	if err == nil || !strings.Contains(err.Error(), "newer") {
@@ -380,21 +380,18 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 // must share index pages with others.
 func TestIndexBytesPerAccount(t *testing.T) {
 	s, _, _ := openTest(t, 0)
-	s.db.NoSync = true
+	s.DB().NoSync = true
 	hash := s.pw.hash("password123", Chosen)
 	const n = 1000
 	for i := range n {
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			_, err := s.newAccount(tx, fmt.Sprintf("user%04d@x.test", i), hash)
-			return err
-		})
-		if err != nil {
+		rec := AccountRecord{Hash: hash, Created: 1700000000}
+		if _, _, err := s.idx.CreateAccount(fmt.Sprintf("user%04d@x.test", i), rec, MailboxInfo{UIDValidity: 1, UIDNext: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	st := s.db.Stats()
-	s.db.View(func(tx *bolt.Tx) error {
-		used := tx.Size() - int64(st.FreePageN+st.PendingPageN)*int64(s.db.Info().PageSize)
+	st := s.DB().Stats()
+	s.DB().View(func(tx *bolt.Tx) error {
+		used := tx.Size() - int64(st.FreePageN+st.PendingPageN)*int64(s.DB().Info().PageSize)
 		t.Logf("%d accounts: %d bytes of index pages in use, %d per account", n, used, used/n)
 		if used/n > 1024 {
 			t.Errorf("%d bytes of index per empty account, want at most 1 KiB", used/n)
@@ -413,7 +410,7 @@ func TestOpenResumesConversion(t *testing.T) {
 		accounts = append(accounts, v1Account{
 			id:   uint64(i + 1),
 			addr: fmt.Sprintf("user%04d@x.test", i),
-			mailboxes: []v1Mailbox{{"INBOX", mailboxInfo{UIDValidity: 1, UIDNext: 2, Subscribed: true}, []v1Msg{
+			mailboxes: []v1Mailbox{{"INBOX", MailboxInfo{UIDValidity: 1, UIDNext: 2, Subscribed: true}, []v1Msg{
 				{1, nil, "Subject: hi\r\n\r\nhi\r\n", now},
 			}}},
 			meta: map[string]string{"\x00/private/n": strconv.Itoa(i)},
@@ -446,7 +443,7 @@ func TestOpenResumesConversion(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got := dbFiles(t, s.db); !slices.Equal(got, before) {
+	if got := dbFiles(t, s.DB()); !slices.Equal(got, before) {
 		t.Fatalf("converted index names %d files, want %d", len(got), len(before))
 	}
 	for i, a := range accounts {
@@ -503,7 +500,7 @@ func TestRenameDeleteKeepPrefixNamesApart(t *testing.T) {
 	if used, _, _ := s.Quota(acc.Addr); used != int64(4*len(msg)) {
 		t.Errorf("used %d bytes, want %d", used, 4*len(msg))
 	}
-	if files := dbFiles(t, s.db); len(files) != 4 {
+	if files := dbFiles(t, s.DB()); len(files) != 4 {
 		t.Errorf("index names %d files, want 4: %q", len(files), files)
 	}
 }

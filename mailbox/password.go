@@ -15,7 +15,6 @@ import (
 	"strings"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/crypto/argon2"
 )
 
@@ -54,11 +53,11 @@ func legacyArgon(m, t uint32) bool { return m < argonMemory || t < argonTime }
 // test guesses) and included in backups with the other key files.
 const PasswordKeyFile = "password.key"
 
-// keyPasswordKeyID in the meta bucket holds a fingerprint of the password
+// keyPasswordKeyID, a store-wide setting, holds a fingerprint of the password
 // key the index's hashes are made with, so that a lost or swapped key file
 // is an error at start instead of every generated account failing to log
 // in.
-var keyPasswordKeyID = []byte("password-key-id")
+const keyPasswordKeyID = "password-key-id"
 
 // hashPrefixHMAC starts a generated password's record:
 // $hmac-sha256$<salt>$<HMAC-SHA-256(key, salt || password)>.
@@ -86,13 +85,10 @@ func (p *passwords) init(key []byte, slow int) {
 // start of an index that has none, and records its fingerprint in the
 // index. A key missing or different from the one the index was used with
 // is an error.
-func loadPasswordKey(dir string, db *bolt.DB) ([]byte, error) {
+func loadPasswordKey(dir string, idx Backend) ([]byte, error) {
 	path := filepath.Join(dir, PasswordKeyFile)
-	var used []byte
-	if err := db.View(func(tx *bolt.Tx) error {
-		used = bytes.Clone(tx.Bucket(bucketMeta).Get(keyPasswordKeyID))
-		return nil
-	}); err != nil {
+	used, err := idx.Setting(keyPasswordKeyID)
+	if err != nil {
 		return nil, err
 	}
 	key, err := os.ReadFile(path)
@@ -116,9 +112,7 @@ func loadPasswordKey(dir string, db *bolt.DB) ([]byte, error) {
 		return nil, fmt.Errorf("read password key: %w", err)
 	}
 	if used == nil {
-		if err := db.Update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(keyPasswordKeyID, keyID(key))
-		}); err != nil {
+		if err := idx.SetSetting(keyPasswordKeyID, keyID(key)); err != nil {
 			return nil, fmt.Errorf("record password key: %w", err)
 		}
 	}

@@ -38,7 +38,7 @@ func storedHash(t *testing.T, s *Store, addr string) string {
 
 func setHash(t *testing.T, s *Store, addr, hash string) {
 	t.Helper()
-	if err := s.updateAccount(addr, func(r *accountRecord) { r.Hash = hash }); err != nil {
+	if err := s.updateAccount(addr, func(r *AccountRecord) { r.Hash = hash }); err != nil {
 		t.Fatal(err)
 	}
 	s.auth.forget(addr)
@@ -193,7 +193,7 @@ func TestPasswordKeyMadeForAnUpgradedIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	setHash(t, s, "old@x.test", legacyHash("password123"))
-	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyPasswordKeyID) }); err != nil {
+	if err := s.DB().Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete([]byte(keyPasswordKeyID)) }); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()

@@ -104,7 +104,7 @@ type searchMsg struct {
 	c      *imapSession
 	seq    uint32
 	uid    imap.UID
-	rec    *msgRecord
+	rec    *MessageRecord
 	f      *os.File
 	opened bool
 	hdr    *textproto.Header
@@ -253,12 +253,12 @@ func (m *searchMsg) match(cr *imap.SearchCriteria) bool {
 		}
 	}
 	for _, f := range cr.Flag {
-		if !m.rec.hasFlag(f) {
+		if !m.rec.HasFlag(f) {
 			return false
 		}
 	}
 	for _, f := range cr.NotFlag {
-		if m.rec.hasFlag(f) {
+		if m.rec.HasFlag(f) {
 			return false
 		}
 	}

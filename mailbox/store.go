@@ -1,18 +1,16 @@
-// Package mailbox is chatrelay's store: a bbolt index plus one file per
-// message, the accounts that own them, and the IMAP backend that serves them.
+// Package mailbox is chatrelay's store: an index (Backend; a bbolt file by
+// default, bolt.go) plus one file per message, the accounts that own them,
+// and the IMAP backend that serves them.
 //
 // Durability: a message file is written to tmp/ and linked into the
-// account's directory; the fsyncs of the file and of that directory run
-// side by side with the index commit (see Deliver), and the message is
-// acknowledged only when all three are done. A crash before then can leave
-// a file no index entry names, or an index entry whose file is missing or
-// short; neither was acknowledged, and the sweep that Open runs after an
-// unclean shutdown removes both.
+// account's directory; its fsync and its directories' run while the index
+// commits, and the message is acknowledged and announced only when all
+// have finished (Deliver). A crash before that can leave a file no index
+// entry names, or an entry whose file is short or missing; Open's sweep
+// after an unclean shutdown removes both.
 package mailbox
 
 import (
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,37 +23,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/safeio"
-)
-
-// The index, index.db:
-//
-//	accounts  address -> accountRecord (JSON)
-//	meta      store-level counters and settings, the schema version
-//	data      account id (8 bytes) -> the account's bucket
-//
-// An account's bucket has no sub-buckets, so that bbolt keeps a small one
-// inline in the data bucket's leaf pages, many accounts to a page. A bucket
-// with sub-buckets always takes pages of its own: nested, an empty account
-// took three, and a login with SELECT paged them all in. The keys start
-// with the kind of entry:
-//
-//	'b' name                        -> mailboxInfo (JSON)
-//	'm' uvarint(len(name)) name uid -> msgRecord (uid: 4 bytes big endian)
-//	'd' key                         -> METADATA entry, push tokens (metadata.go)
-//
-// The name's length before it keeps one mailbox's message keys together
-// and in UID order under their prefix, apart from every other mailbox's.
-// Version 1 of the layout nested buckets instead (migrate.go).
-var (
-	bucketAccounts = []byte("accounts")
-	bucketData     = []byte("data")
-	bucketMeta     = []byte("meta")
-
-	keyNextAccountID = []byte("next-account-id")
-	keySchema        = []byte("schema") // the layout version, in meta
 )
 
 // Options configure a Store.
@@ -69,13 +38,16 @@ type Options struct {
 	// SlowHashes is how many slow password hashes (argon2id, 19 MiB each)
 	// may run at once; 0 means GOMAXPROCS-1, at least 1, read at Open.
 	SlowHashes int
+	// Index is the index to use; nil opens the embedded one, a bbolt file
+	// in the data directory (bolt.go). The Store closes it.
+	Index Backend
 }
 
 // Store is the message store of one relay. It holds the data directory's
 // lock for as long as it is open.
 type Store struct {
 	dir  string
-	db   *bolt.DB
+	idx  Backend
 	opts Options
 	log  *slog.Logger
 
@@ -105,37 +77,22 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("create store directory: %w", err)
 		}
 	}
-	db, err := bolt.Open(filepath.Join(dir, IndexFile), 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: locked by another process (is chatrelay already running?)", dir)
+	idx := opts.Index
+	if idx == nil {
+		b, err := openBolt(dir, opts.Logger)
+		if err != nil {
+			return nil, err
 		}
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
+		idx = b
 	}
-	s := &Store{dir: dir, db: db, opts: opts, log: opts.Logger}
-	s.commits.db = db
+	s := &Store{dir: dir, idx: idx, opts: opts, log: opts.Logger}
 	s.hub.init()
 	s.auth.init()
 	s.fileID.Store(uint64(time.Now().UnixNano()))
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketAccounts, bucketData, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	idx.Subscribe(s.applyChange)
+	key, err := loadPasswordKey(dir, idx)
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("init store %s: %w", dir, err)
-	}
-	if err := s.migrate(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open store %s: %w", dir, err)
-	}
-	key, err := loadPasswordKey(dir, db)
-	if err != nil {
-		db.Close()
+		idx.Close()
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	s.pw.init(key, opts.SlowHashes)
@@ -144,16 +101,16 @@ func Open(dir string, opts Options) (*Store, error) {
 	clean := filepath.Join(dir, cleanMarker)
 	if _, err := os.Stat(clean); err != nil {
 		if err := s.sweep(); err != nil {
-			db.Close()
+			idx.Close()
 			return nil, fmt.Errorf("sweep store %s: %w", dir, err)
 		}
 	}
 	if err := os.Remove(clean); err != nil && !errors.Is(err, os.ErrNotExist) {
-		db.Close()
+		idx.Close()
 		return nil, err
 	}
 	if err := safeio.SyncDir(dir); err != nil {
-		db.Close()
+		idx.Close()
 		return nil, err
 	}
 	return s, nil
@@ -165,7 +122,7 @@ const cleanMarker = "clean-shutdown"
 // Close closes the index and marks the shutdown clean. Sessions must be
 // closed first.
 func (s *Store) Close() error {
-	if err := s.db.Close(); err != nil {
+	if err := s.idx.Close(); err != nil {
 		return err
 	}
 	// Temp files of aborted deliveries would be swept at the next start;
@@ -177,12 +134,13 @@ func (s *Store) Close() error {
 	return safeio.WriteFile(filepath.Join(s.dir, cleanMarker), nil, 0o600)
 }
 
+// Index is the store's index, for tools that fill or inspect it in bulk
+// (benchmarks); changes made through it bypass the Store's locks, live
+// views and message files.
+func (s *Store) Index() Backend { return s.idx }
+
 // Dir is the store's data directory.
 func (s *Store) Dir() string { return s.dir }
-
-// DB exposes the index for packages that keep their own buckets in the same
-// file (the outbound queue); they must not touch the store's buckets.
-func (s *Store) DB() *bolt.DB { return s.db }
 
 func (s *Store) now() time.Time { return s.opts.Now() }
 
@@ -231,25 +189,24 @@ func (s *Store) sweep() error {
 		size    int64
 	}
 	referenced := map[uint64]map[string]entry{}
-	err = s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketData).ForEachBucket(func(k []byte) error {
-			id := binary.BigEndian.Uint64(k)
-			files := map[string]entry{}
-			referenced[id] = files
-			return forEachMailbox(tx.Bucket(bucketData).Bucket(k), func(m *mbox) error {
-				return m.forEach(func(uid imap.UID, v []byte) error {
-					var r msgRecord
-					if err := r.decode(v); err != nil {
-						return err
-					}
-					files[r.File] = entry{m.name, uid, r.Size}
-					return nil
-				})
-			})
-		})
+	addrs := map[uint64]string{}
+	err = s.idx.ForEachAccount(func(addr string, rec *AccountRecord) error {
+		addrs[rec.ID] = addr
+		return nil
 	})
 	if err != nil {
 		return err
+	}
+	for id := range addrs {
+		files := map[string]entry{}
+		referenced[id] = files
+		err := s.idx.ForEachMessage(id, "", func(mailbox string, uid imap.UID, r *MessageRecord) error {
+			files[r.File] = entry{mailbox, uid, r.Size}
+			return nil
+		})
+		if err != nil && !errors.Is(err, ErrNoAccount) {
+			return err
+		}
 	}
 	accts, err := os.ReadDir(filepath.Join(s.dir, MessagesDir))
 	if err != nil {
@@ -303,41 +260,16 @@ func (s *Store) sweep() error {
 		}
 	}
 	if n > 0 {
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			addrs := map[uint64]string{}
-			err := tx.Bucket(bucketAccounts).ForEach(func(k, v []byte) error {
-				var rec accountRecord
-				if err := json.Unmarshal(v, &rec); err != nil {
+		for id, es := range broken {
+			byMailbox := map[string][]imap.UID{}
+			for _, e := range es {
+				byMailbox[e.mailbox] = append(byMailbox[e.mailbox], e.uid)
+			}
+			for mailbox, uids := range byMailbox {
+				if _, _, err := s.idx.Remove(id, addrs[id], mailbox, uids, false); err != nil {
 					return err
 				}
-				if broken[rec.ID] != nil {
-					addrs[rec.ID] = string(k)
-				}
-				return nil
-			})
-			if err != nil {
-				return err
 			}
-			for id, es := range broken {
-				var size int64
-				for _, e := range es {
-					if m := findMailbox(tx, id, e.mailbox); m != nil {
-						if err := m.delete(e.uid); err != nil {
-							return err
-						}
-					}
-					size += e.size
-				}
-				if addr := addrs[id]; addr != "" {
-					if _, err := addUsed(tx, addr, -size); err != nil {
-						return err
-					}
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return err
 		}
 		s.log.Warn("dropped index entries of unacknowledged deliveries cut short by a crash", "count", n)
 	}
@@ -345,12 +277,6 @@ func (s *Store) sweep() error {
 		s.log.Info("removed orphan message files left by a crash", "count", removed)
 	}
 	return nil
-}
-
-func u64key(v uint64) []byte {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], v)
-	return b[:]
 }
 
 // normAddr lower-cases an address; relay code passes addresses through it

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/chatrelay/chatrelay/internal/testclock"
 )
@@ -182,6 +181,35 @@ func TestQuotaTrim(t *testing.T) {
 	}
 }
 
+// TestExpireTrimsQuota: the retention pass trims an account past the quota
+// mark (the expiry of old messages first counts towards it), and leaves an
+// account under it alone.
+func TestExpireTrimsQuota(t *testing.T) {
+	s, _, _ := openTest(t, 1000)
+	full := account(t, s, "fullfullf@x.test")
+	put(t, s, full, 100, 21*day) // expired by age
+	var old []imap.UID
+	for i := range 8 {
+		old = append(old, put(t, s, full, 100, time.Duration(10-i)*day))
+	}
+	light := account(t, s, "lightligh@x.test")
+	lightUIDs := []imap.UID{put(t, s, light, 300, 10*day), put(t, s, light, 300, 9*day)}
+	st, err := s.Expire(DefaultLifecycle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 900 bytes: the expired one goes, then 800 is past 75 %: down to 700.
+	if st.Messages != 2 || st.Bytes != 200 {
+		t.Fatalf("stats %+v, want the expired message and the oldest other", st)
+	}
+	if got := uids(t, s, full); !equalUIDs(got, old[1:]) {
+		t.Fatalf("left %v", got)
+	}
+	if got := uids(t, s, light); !equalUIDs(got, lightUIDs) {
+		t.Fatalf("an account at 60 %% lost messages: left %v", got)
+	}
+}
+
 func TestOpenSweepsOrphans(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{})
@@ -240,16 +268,13 @@ func TestOpenDropsEntriesWithoutWholeFile(t *testing.T) {
 	gone := put(t, s, acc, 300, 0)
 	put(t, s, other, 400, 0)
 	files := map[imap.UID]string{}
-	s.db.View(func(tx *bolt.Tx) error {
-		return findMailbox(tx, acc.ID, "INBOX").forEach(func(uid imap.UID, v []byte) error {
-			var r msgRecord
-			if err := r.decode(v); err != nil {
-				t.Fatal(err)
-			}
-			files[uid] = r.File
-			return nil
-		})
+	err = s.Index().ForEachMessage(acc.ID, "INBOX", func(_ string, uid imap.UID, r *MessageRecord) error {
+		files[uid] = r.File
+		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.Close()
 	os.Remove(filepath.Join(dir, cleanMarker))
 	accDir := filepath.Join(dir, "msgs", strconv.FormatUint(acc.ID, 10))
@@ -302,8 +327,8 @@ func TestSecondOpenFailsWhileLocked(t *testing.T) {
 }
 
 func TestRecordRoundTrip(t *testing.T) {
-	r := msgRecord{Size: 123456, Date: time.Unix(1700000000, 42), File: "abc", Flags: []imap.Flag{imap.FlagSeen, "$Custom"}}
-	var got msgRecord
+	r := MessageRecord{Size: 123456, Date: time.Unix(1700000000, 42), File: "abc", Flags: []imap.Flag{imap.FlagSeen, "$Custom"}}
+	var got MessageRecord
 	if err := got.decode(r.encode()); err != nil {
 		t.Fatal(err)
 	}
