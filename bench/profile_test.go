@@ -41,6 +41,7 @@ func benchConfig(dir string) relay.Config {
 	cfg := relaytest.Config(dir)
 	cfg.SendRatePerMinute, cfg.SendRateBurst = 1e9, 1e9
 	cfg.Limits = relay.ConnLimits{}
+	cfg.NewAccountsPerMinute = 0 // every account made at first login, from one address
 	// Idle connections hibernate soon, so that P4 sees them hibernated.
 	cfg.IMAPHibernateAfter = hibernateAfter
 	return cfg

@@ -88,12 +88,6 @@ func (sel *selected) encode(seq uint32) uint32 {
 	return sel.tracker.EncodeSeqNum(seq)
 }
 
-// keeper is a connection that may keep the session while it hibernates
-// (imapext.Conn with imapext.Options.HibernateAfter).
-type keeper interface {
-	Keep(imapext.KeptSession) bool
-}
-
 // Close ends the session, unless its connection hibernates: then the
 // session keeps its account, selection, tracker and notifier, and the
 // connection closes it later (or hands it to ResumeIMAPSession).
@@ -103,7 +97,7 @@ func (c *imapSession) Close() error {
 		c.unselect()
 		return nil
 	}
-	if k, ok := c.conn.NetConn().(keeper); ok && c.acc != nil {
+	if k, ok := c.conn.NetConn().(imapext.Keeper); ok && c.acc != nil {
 		// Kept, the session must not hold on to imapserver's connection
 		// (its buffers); ResumeIMAPSession gives it the next one.
 		conn := c.conn

@@ -117,7 +117,7 @@ func TestIMAPAwayHoldsNoGoroutine(t *testing.T) {
 		x.idle(u)
 		cs = append(cs, x)
 	}
-	waitHibernated(t, n)
+	waitHibernated(t, r, n)
 	waitFor(t, "connections to go away", func() bool { return layerGoroutines() == 0 })
 
 	// DONE brings one back, and it answers.
@@ -134,13 +134,16 @@ func TestIMAPAwayHoldsNoGoroutine(t *testing.T) {
 	cs[1].send("DONE\r\n")
 	cs[1].expect("c OK")
 
-	// The idle timeout, kept while away: with every deadline shortened,
-	// one more connection hibernates, goes away and is told BYE.
-	relay.SetMaxWaitForTest(r.Server, 1500*time.Millisecond)
-	late := dialRawIMAP(t, r)
+	// The idle timeout, kept while away: on a relay with every deadline
+	// shortened, a connection hibernates, goes away and is told BYE.
+	cfg := relaytest.Config(t.TempDir())
+	cfg.IMAPHibernateAfter = 20 * time.Millisecond
+	short := relaytest.StartWith(t, cfg, relay.Options{ClientTimeoutCap: 1500 * time.Millisecond})
+	login(t, short, users[0]).Close()
+	late := dialRawIMAP(t, short)
 	late.idle(users[0])
+	waitFor(t, "the connection to hibernate", func() bool { return short.HibernatedIMAP() == 1 })
 	late.expect("* BYE")
-	relay.SetMaxWaitForTest(r.Server, 0)
 
 	// Shutdown: every connection still away is closed, promptly.
 	done := make(chan struct{})

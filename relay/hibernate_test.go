@@ -9,7 +9,6 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
-	"github.com/chatrelay/chatrelay/mailbox/imapext"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
 
@@ -24,9 +23,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func waitHibernated(t *testing.T, n int64) {
+func waitHibernated(t *testing.T, r *relaytest.Relay, n int64) {
 	t.Helper()
-	waitFor(t, "hibernation", func() bool { return imapext.Hibernated() == n })
+	waitFor(t, "hibernation", func() bool { return r.HibernatedIMAP() == n })
 }
 
 // A connection idling in IDLE hibernates (imapserver's connection and
@@ -47,7 +46,7 @@ func TestIMAPHibernation(t *testing.T) {
 	}
 	deliver(0)
 	deliver(1)
-	waitHibernated(t, 0)
+	waitHibernated(t, r, 0)
 
 	exists := make(chan uint32, 16)
 	expunged := make(chan uint32, 16)
@@ -103,11 +102,11 @@ func TestIMAPHibernation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitHibernated(t, 1)
+	waitHibernated(t, r, 1)
 	// (a) A delivery wakes it.
 	deliver(2)
 	expect(exists, 3, "EXISTS")
-	waitHibernated(t, 1)
+	waitHibernated(t, r, 1)
 	// (c) So does an EXPUNGE by another session.
 	other := login(t, r, bob)
 	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
@@ -116,7 +115,7 @@ func TestIMAPHibernation(t *testing.T) {
 	expungeSeq(t, other, 1)
 	other.Close()
 	expect(expunged, 1, "EXPUNGE")
-	waitHibernated(t, 1)
+	waitHibernated(t, r, 1)
 	// (b) DONE, and the connection goes on.
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
@@ -124,7 +123,7 @@ func TestIMAPHibernation(t *testing.T) {
 	if err := idle.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	waitHibernated(t, 0)
+	waitHibernated(t, r, 0)
 	uids(2, 3)
 
 	// (e) Again and again.
@@ -134,11 +133,11 @@ func TestIMAPHibernation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitHibernated(t, 1)
+		waitHibernated(t, r, 1)
 		deliver(i)
 		want = append(want, imap.UID(i+1))
 		expect(exists, uint32(len(want)), "EXISTS")
-		waitHibernated(t, 1)
+		waitHibernated(t, r, 1)
 		if err := idle.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -154,13 +153,13 @@ func TestIMAPHibernation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitHibernated(t, 1)
+	waitHibernated(t, r, 1)
 	c.Close()
-	waitHibernated(t, 0)
+	waitHibernated(t, r, 0)
 	waitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before-1 })
 	// The session is gone from the mailbox: deliveries do not reach it.
 	deliver(9)
-	if imapext.Hibernated() != 0 {
+	if r.HibernatedIMAP() != 0 {
 		t.Fatal("closed connection woke up")
 	}
 }
@@ -195,7 +194,7 @@ func TestIMAPHibernationRaces(t *testing.T) {
 		}})
 		ws = append(ws, watcher{c, selectIdle(t, c, u), exists})
 	}
-	waitHibernated(t, int64(len(ws)))
+	waitHibernated(t, r, int64(len(ws)))
 	const n = 30
 	for i := range n {
 		// 0 to 3 ms apart: some land mid-detach or mid-resume.

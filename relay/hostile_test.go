@@ -77,8 +77,18 @@ func record(t *testing.T, input, port, observed string) {
 // (made by /new).
 func hostileRelay(t *testing.T, edit func(*relaytest.Cfg)) *relaytest.Relay {
 	t.Helper()
-	r := relaytest.Start(t, edit)
-	relay.SetMaxWaitForTest(r.Server, maxWait)
+	return hostileRelayCapped(t, edit, maxWait)
+}
+
+// hostileRelayCapped is hostileRelay with client deadlines capped at
+// timeoutCap (0: the relay's own timeouts).
+func hostileRelayCapped(t *testing.T, edit func(*relaytest.Cfg), timeoutCap time.Duration) *relaytest.Relay {
+	t.Helper()
+	cfg := relaytest.Config(t.TempDir())
+	if edit != nil {
+		edit(&cfg)
+	}
+	r := relaytest.StartWith(t, cfg, relay.Options{ClientTimeoutCap: timeoutCap})
 	for _, a := range []string{hAlice, hBob} {
 		if err := r.Store().CreateAccount(a, password, mailbox.Generated); err != nil {
 			t.Fatal(err)
@@ -486,10 +496,9 @@ func hugeSize() int64 {
 }
 
 func TestHostileHugeMessages(t *testing.T) {
-	r := hostileRelay(t, nil)
 	// go-smtp's read timeout covers the whole DATA transfer: keep the
 	// relay's own (5 minutes) here.
-	relay.SetMaxWaitForTest(r.Server, 0)
+	r := hostileRelayCapped(t, nil, 0)
 	size := hugeSize()
 	human := fmt.Sprintf("%d MiB", size>>20)
 	if size == 1<<30 {

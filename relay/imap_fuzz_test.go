@@ -38,8 +38,7 @@ func FuzzIMAPSession(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	r := relaytest.Start(f, nil)
-	relay.SetMaxWaitForTest(r.Server, 300*time.Millisecond)
+	r := relaytest.StartWith(f, relaytest.Config(f.TempDir()), relay.Options{ClientTimeoutCap: 300 * time.Millisecond})
 	if err := r.Store().CreateAccount(hAlice, password, mailbox.Generated); err != nil {
 		f.Fatal(err)
 	}

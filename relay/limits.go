@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/acme"
+	"github.com/chatrelay/chatrelay/mailbox/imapext/lifecycle"
 )
 
 // ConnLimits caps simultaneous client connections per protocol, in total
@@ -271,13 +273,11 @@ type connLimits struct {
 	// server sees (the TLS and IMAP layers wrap the raw connection).
 	mu     sync.Mutex
 	byAddr map[string]*slot
-	// maxWait, when set, shortens every read and write deadline of a
-	// limited connection to at most this long: tests use it to make
-	// slow-client timeouts fast.
-	maxWait atomic.Int64
+	// timeoutCap is Options.ClientTimeoutCap.
+	timeoutCap time.Duration
 }
 
-func newConnLimits(c ConnLimits) *connLimits {
+func newConnLimits(c ConnLimits, timeoutCap time.Duration) *connLimits {
 	return &connLimits{
 		imap:       newConnLimiter("imap", c.IMAP, c.IMAPPerIP),
 		submission: newConnLimiter("submission", c.Submission, c.SubmissionPerIP),
@@ -288,6 +288,7 @@ func newConnLimits(c ConnLimits) *connLimits {
 
 		proveWithin: time.Duration(c.ProveWithinSeconds) * time.Second,
 		byAddr:      map[string]*slot{},
+		timeoutCap:  timeoutCap,
 	}
 }
 
@@ -398,6 +399,31 @@ type limitListener struct {
 	refuse func(net.Conn)
 }
 
+// connSample is a listener that says what type of connection its Accept
+// returns, so that Start can check it before serving (checkIMAPConns).
+type connSample interface {
+	// sampleConn returns a value (possibly a nil pointer) of that type.
+	sampleConn() net.Conn
+}
+
+func (l *limitListener) sampleConn() net.Conn { return (*limitedConn)(nil) }
+
+// checkIMAPConns fails when the connections ln (an IMAP listener beneath
+// TLS) yields are not what the IMAP layer needs to let the goroutine of a
+// hibernated connection go (lifecycle.Socket): a wrapper that lacks a
+// method would turn that off silently, costing a goroutine per idle
+// client.
+func checkIMAPConns(name string, ln net.Listener) error {
+	cs, ok := ln.(connSample)
+	if !ok {
+		return fmt.Errorf("%s listener: %T does not say what its connections are (sampleConn), so the IMAP layer's needs cannot be checked", name, ln)
+	}
+	if err := lifecycle.CheckSocket(cs.sampleConn()); err != nil {
+		return fmt.Errorf("%s listener: %w", name, err)
+	}
+	return nil
+}
+
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
@@ -428,7 +454,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 					sl.timer.Stop()
 				}
 			}
-			return &limitedConn{Conn: c, release: release, maxWait: &ls.maxWait}, nil
+			return &limitedConn{Conn: c, release: release, timeoutCap: ls.timeoutCap}, nil
 		}
 		l.lim.refused.Add(1)
 		l.logRefusal(which)
@@ -506,11 +532,11 @@ func refuseALPN(conf *tls.Config) func(net.Conn) {
 // limitedConn gives its slot back when closed.
 type limitedConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
-	maxWait *atomic.Int64
-	closed  atomic.Bool
-	onClose atomic.Pointer[func()]
+	once       sync.Once
+	release    func()
+	timeoutCap time.Duration // connLimits.timeoutCap
+	closed     atomic.Bool
+	onClose    atomic.Pointer[func()]
 }
 
 func (c *limitedConn) Close() error {
@@ -523,7 +549,12 @@ func (c *limitedConn) Close() error {
 	return err
 }
 
-// OnClose has f called once c is closed (imapext.ClosingConn: a hibernated
+// limitedConn is what the IMAP layer needs beneath TLS to let the
+// goroutine of a hibernated connection go; Start checks it too
+// (checkIMAPConns), for wrappers added later.
+var _ lifecycle.Socket = (*limitedConn)(nil)
+
+// OnClose has f called once c is closed (lifecycle.Socket: a hibernated
 // IMAP connection waits without a goroutine, and must learn of a close
 // from here).
 func (c *limitedConn) OnClose(f func()) {
@@ -545,12 +576,12 @@ func (c *limitedConn) SyscallConn() (syscall.RawConn, error) {
 	return sc.SyscallConn()
 }
 
-// ClampDeadline returns the deadline c sets for t (imapext: a connection
-// waiting without a goroutine keeps the time itself).
+// ClampDeadline returns the deadline c sets for t (lifecycle.Socket: a
+// connection waiting without a goroutine keeps the time itself).
 func (c *limitedConn) ClampDeadline(t time.Time) time.Time { return c.clamp(t) }
 
 func (c *limitedConn) clamp(t time.Time) time.Time {
-	if d := time.Duration(c.maxWait.Load()); d > 0 {
+	if d := c.timeoutCap; d > 0 {
 		if limit := time.Now().Add(d); t.IsZero() || t.After(limit) {
 			return limit
 		}

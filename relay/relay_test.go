@@ -522,8 +522,7 @@ func TestExpiryIsSeenByIMAPSessions(t *testing.T) {
 // A message that arrives slowly but steadily is taken even when the whole
 // DATA takes longer than one read timeout.
 func TestSlowButSteadyDATA(t *testing.T) {
-	r := relaytest.Start(t, nil)
-	relay.SetMaxWaitForTest(r.Server, 600*time.Millisecond)
+	r := relaytest.StartWith(t, relaytest.Config(t.TempDir()), relay.Options{ClientTimeoutCap: 600 * time.Millisecond})
 	const alice = "alicealic@localhost"
 	login(t, r, alice).Close()
 	conn, err := tls.Dial("tcp", r.AddrOf("submissions"), relaytest.ClientTLS())

@@ -54,9 +54,9 @@ func TestClientClosingHibernatedSessionIsNoWarning(t *testing.T) {
 	if _, err := c.Idle(); err != nil {
 		t.Fatal(err)
 	}
-	waitHibernated(t, 1)
+	waitHibernated(t, r, 1)
 	c.Close()
-	waitHibernated(t, 0)
+	waitHibernated(t, r, 0)
 	var rec slog.Record
 	waitFor(t, "the refused resume to be logged", func() bool {
 		var ok bool

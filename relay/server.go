@@ -81,8 +81,8 @@ type Server struct {
 	bg     *rungroup.Group
 
 	imap       *imapserver.Server // behind the imapext layer of every connection
-	imapTLS    *imapext.Options   // implicit TLS (993, 443 by ALPN)
-	imapPlain  *imapext.Options   // STARTTLS (143)
+	imapTLS    *imapext.Server    // implicit TLS (993, 443 by ALPN)
+	imapPlain  *imapext.Server    // STARTTLS (143)
 	submission *smtpService
 	inbound    *smtpService
 	https      *http.Server
@@ -114,6 +114,10 @@ type Options struct {
 	Version string
 	// RecentErrors keeps the last error log lines for status.
 	RecentErrors *metrics.RecentErrors
+	// ClientTimeoutCap, if positive, shortens every read and write
+	// deadline of a client connection to at most this long, so that tests
+	// of slow clients finish in seconds.
+	ClientTimeoutCap time.Duration
 }
 
 // New opens the store and builds the protocol servers; Start opens the
@@ -141,7 +145,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		rate:      policy.NewRateLimiter(cfg.SendRatePerMinute, cfg.SendRateBurst),
 		rules:     policy.AccountRules{MinNameLen: cfg.MinNameLen, MaxNameLen: cfg.MaxNameLen, MinPasswordLen: cfg.MinPasswordLen},
 		listeners: map[string]net.Listener{},
-		limits:    newConnLimits(cfg.Limits),
+		limits:    newConnLimits(cfg.Limits, opts.ClientTimeoutCap),
 		bg:        rungroup.New(),
 	}
 	s.auth = newAuthenticator(s)
@@ -177,7 +181,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
-	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: imapext.Hibernated})
+	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: s.HibernatedIMAP})
 	s.router = router.New(router.Options{
 		Store: store, Queue: s.fed.queue, Push: s.push, Metrics: s.metrics, Logger: s.log,
 		Quota: cfg.QuotaBytes, Lifecycle: cfg.Lifecycle(), Background: s.bg.Go,
@@ -261,8 +265,8 @@ func (s *Server) buildIMAP() {
 	// The imapext layer in front enforces TLS before authentication, so
 	// imapserver itself may allow it on the in-memory connection.
 	s.imap = imapserver.New(&imapserver.Options{NewSession: newSession, Caps: imapCaps(), Logger: stdLogger(s.log, "imap"), InsecureAuth: true})
-	ext := func(implicit bool) *imapext.Options {
-		o := &imapext.Options{
+	ext := func(implicit bool) *imapext.Server {
+		o := imapext.Options{
 			Server:      s.imap,
 			Handler:     metadata{s},
 			ImplicitTLS: implicit,
@@ -279,14 +283,19 @@ func (s *Server) buildIMAP() {
 		if !implicit {
 			o.TLSConfig = s.clientTLS()
 		}
-		return o
+		return imapext.New(o)
 	}
 	s.imapTLS, s.imapPlain = ext(true), ext(false)
 }
 
+// HibernatedIMAP returns how many IMAP connections are hibernated now.
+func (s *Server) HibernatedIMAP() int64 {
+	return s.imapTLS.Hibernated() + s.imapPlain.Hibernated()
+}
+
 // serveIMAP accepts IMAP connections and runs each through the imapext
 // layer.
-func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
+func (s *Server) serveIMAP(layer *imapext.Server) func(net.Listener) error {
 	return func(ln net.Listener) error {
 		retry := accept.Retry{OnPause: func(err error, pause time.Duration) {
 			s.log.Warn("imap accept", "err", err, "retry_in", pause)
@@ -304,7 +313,7 @@ func (s *Server) serveIMAP(opts *imapext.Options) func(net.Listener) error {
 			ended := s.metrics.IMAPConn()
 			// A hibernated connection holds no goroutine (imapext away.go):
 			// what ends it runs in done.
-			go imapext.ServeAsync(conn, opts, func(err error) {
+			go layer.ServeAsync(conn, func(err error) {
 				if err != nil && !isClosed(err) {
 					s.log.Debug("imap connection ended", "err", err)
 				}
@@ -370,6 +379,13 @@ func (s *Server) Start() error {
 		}
 		// Counted below TLS, so that a handshake already holds a slot.
 		ln = s.limitListener(e.name, ln)
+		if e.name == "imaps" || e.name == "imap" || e.name == "https" {
+			if err := checkIMAPConns(e.name, ln); err != nil {
+				ln.Close()
+				s.closeListeners()
+				return err
+			}
+		}
 		if e.tls {
 			ln = tls.NewListener(ln, tlsConf)
 		}
@@ -525,6 +541,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.submission.Shutdown(ctx)
 	s.inbound.Shutdown(ctx)
+	s.imapTLS.Close()
+	s.imapPlain.Close()
 	s.imap.Close()
 	s.conns.closeAll()
 	if s.proxy != nil {

@@ -5,6 +5,8 @@ import (
 	"bytes"
 
 	"github.com/emersion/go-imap/v2"
+
+	"github.com/chatrelay/chatrelay/mailbox/imapext/lifecycle"
 )
 
 // IDLE (RFC 2177) in the layer. imapserver runs IDLE in a goroutine of its
@@ -42,10 +44,10 @@ func (c *Conn) Notify() {
 	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	switch {
-	case l.closed || l.ended:
-	case l.hib != hibNone:
-		l.wakeUp() // hibernate.go
+	switch st := l.lc.State(); {
+	case st.Closed():
+	case st != lifecycle.Active:
+		l.lc.Wake() // hibernate.go
 	case !l.idle.on:
 	case l.idle.inFlight:
 		l.idle.again = true
@@ -66,7 +68,7 @@ func (l *layer) injectNoop() {
 // mu.
 func (l *layer) internalDone() {
 	l.idle.inFlight = false
-	if l.idle.again && l.idle.on && !l.closed && !l.ended {
+	if l.idle.again && l.idle.on && !l.lc.State().Closed() {
 		l.idle.again = false
 		l.injectNoop()
 	}
@@ -94,7 +96,7 @@ func (l *layer) idleCommand(tag, name string, line []byte, lit literal) error {
 	l.mu.Unlock()
 
 	// The wait for DONE is the layer's wait for the next command (waiting),
-	// which may go away (away.go); then idleDone.
+	// which may go away (lifecycle's Leaving); then idleDone.
 	l.idleTag = tag
 	l.rtimeout = idleTimeout
 	return nil
@@ -111,8 +113,8 @@ func (l *layer) idleDone(line []byte, err error) error {
 	}
 	l.mu.Lock()
 	l.idle.on, l.idle.again = false, false
-	l.disarmHibernate()
-	l.wakeUp() // waitIdle waits for the resume
+	l.lc.Disarm()
+	l.lc.Wake() // waitIdle waits for the resume
 	l.mu.Unlock()
 	if err != nil {
 		return err

@@ -513,7 +513,7 @@ func TestCompressIdleParksDecoder(t *testing.T) {
 					// DONE wakes it up. (The test's sessions do not keep
 					// their selection across a resume, as the mailbox
 					// package's do, so no EXISTS here.)
-					waitFor(t, func() bool { return Hibernated() == 1 })
+					waitFor(t, func() bool { return env.srv.Hibernated() == 1 })
 				} else {
 					appendMsg(t, other)
 					env.notifyAll()

@@ -44,6 +44,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/chatrelay/chatrelay/mailbox/imapext/lifecycle"
 )
 
 const (
@@ -96,9 +98,7 @@ type Handler interface {
 	Quota(user string) (usedBytes, limitBytes int64, err error)
 }
 
-// Options configure the layer. One Options value, with one imapserver.Server,
-// serves all connections of a listener (or of several listeners); it must not
-// be copied after the first Serve.
+// Options configure the layer; New makes a Server of them.
 type Options struct {
 	// Server handles every command the layer passes through. Build it with
 	// InsecureAuth: true (the layer enforces TLS itself) and no TLSConfig.
@@ -141,13 +141,46 @@ type Options struct {
 	// sessions of Server must support it (KeptSession, Conn.Keep, Kept).
 	HibernateAfter time.Duration
 
-	start    sync.Once
-	listener *listener
 	// onTagged, if set, is called with the first line of each tagged
 	// response of imapserver's and the passthrough command the layer
 	// expects it to answer (tests).
 	onTagged func(resp []byte, want pendingCmd)
 }
+
+// Server is the layer for the connections of one or more listeners: it
+// runs Options.Server on an in-memory listener that yields the inner end
+// of each connection, and counts its hibernated connections.
+type Server struct {
+	opts       Options
+	listener   *listener
+	hibernated lifecycle.Counter
+}
+
+// New starts serving opts.Server behind the layer. The imapserver.Server
+// may be shared by several Servers; closing it makes later Serve calls
+// fail.
+func New(opts Options) *Server {
+	s := &Server{opts: opts, listener: newListener()}
+	go func() {
+		err := opts.Server.Serve(s.listener)
+		s.listener.stop(err)
+	}()
+	return s
+}
+
+// Close stops handing new connections to imapserver and returns once its
+// Serve on them has returned (closing the imapserver.Server afterwards
+// does not race with that Serve). Connections served already go on until
+// imapserver closes them.
+func (s *Server) Close() error {
+	s.listener.Close()
+	<-s.listener.stopped
+	return nil
+}
+
+// Hibernated returns how many connections of s are hibernated now
+// (metrics, tests).
+func (s *Server) Hibernated() int64 { return s.hibernated.Load() }
 
 func (o *Options) maxMetadataSize() int {
 	if o.MaxMetadataSize > 0 {
@@ -156,24 +189,11 @@ func (o *Options) maxMetadataSize() int {
 	return 64 << 10
 }
 
-// startServer runs Server on an in-memory listener that yields the inner end
-// of each connection, once per Options.
-func (o *Options) startServer() *listener {
-	o.start.Do(func() {
-		o.listener = newListener()
-		go func() {
-			err := o.Server.Serve(o.listener)
-			o.listener.stop(err)
-		}()
-	})
-	return o.listener
-}
-
 // Conn is the connection imapserver sees (imapserver.Conn.NetConn returns
 // it): an in-memory connection whose peer is the layer.
 type Conn struct {
 	l   *layer
-	gen uint64 // the layer's gen when it was handed out; see hibernate.go
+	gen uint64 // lifecycle.Machine.Gen when it was handed out; see hibernate.go
 }
 
 // RemoteAddr returns the client's address.
@@ -204,7 +224,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for c.current() && len(l.in) == 0 && len(l.inject) == 0 && !l.closed && !l.ended {
+	for l.lc.Current(c.gen) && len(l.in) == 0 && len(l.inject) == 0 && !l.lc.State().Closed() {
 		if !l.srvWaiting {
 			l.srvWaiting = true
 			l.cond.Broadcast() // settle
@@ -213,7 +233,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	l.srvWaiting = false
 	switch {
-	case !c.current():
+	case !l.lc.Current(c.gen):
 		return 0, io.EOF // imapserver lets go of it: hibernation
 	case len(l.inject) > 0:
 		n := copy(p, l.inject)
@@ -226,7 +246,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			l.cond.Broadcast() // send returns
 		}
 		return n, nil
-	case l.closed:
+	case l.lc.State() == lifecycle.Closed:
 		return 0, net.ErrClosed
 	}
 	return 0, io.EOF
@@ -238,7 +258,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 // respEnd).
 func (c *Conn) Write(p []byte) (int, error) {
 	l := c.l
-	if c.stale() {
+	l.mu.Lock()
+	stale := c.gen != l.lc.Gen()
+	l.mu.Unlock()
+	if stale {
 		return 0, net.ErrClosed
 	}
 	l.wmu.Lock()
@@ -264,7 +287,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 // it wrote is flushed and the client connection is closed.
 func (c *Conn) Close() error {
 	l := c.l
-	if c.detached() {
+	l.mu.Lock()
+	own := l.lc.Detached(c.gen) // an old generation, or the detach completing
+	l.mu.Unlock()
+	if own {
 		return nil
 	}
 	l.wmu.Lock()
@@ -274,8 +300,7 @@ func (c *Conn) Close() error {
 	}
 	l.wmu.Unlock()
 	l.mu.Lock()
-	was := l.closed
-	l.closed = true
+	was := l.lc.Close()
 	l.cond.Broadcast()
 	l.mu.Unlock()
 	if !was {
@@ -389,14 +414,15 @@ func (l *layer) respStart(kind respKind, first []byte) bool {
 		return hide
 	case respTagged:
 		tag, _, _ := bytes.Cut(first, []byte(" "))
-		if l.opts.onTagged != nil && !l.replay {
+		replay := l.lc.State() == lifecycle.Resuming
+		if l.opts.onTagged != nil && !replay {
 			var want pendingCmd
 			if len(l.pending) > 0 {
 				want = l.pending[0]
 			}
 			l.opts.onTagged(first, want)
 		}
-		if !l.replay && (len(l.pending) == 0 || string(tag) != l.pending[0].tag) {
+		if !replay && (len(l.pending) == 0 || string(tag) != l.pending[0].tag) {
 			// imapserver answers a command the layer did not pass, or not
 			// in the layer's order: the two framed the client's bytes
 			// differently. Nothing more of this connection can be trusted.
@@ -404,9 +430,9 @@ func (l *layer) respStart(kind respKind, first []byte) bool {
 			l.werr = errDesync
 			return true
 		}
-		return l.replay || len(l.pending) > 0 && l.pending[0].internal
+		return replay || len(l.pending) > 0 && l.pending[0].internal
 	}
-	return l.replay
+	return l.lc.State() == lifecycle.Resuming
 }
 
 func (l *layer) firstLine(b []byte) {
@@ -488,7 +514,7 @@ func (l *layer) writer() *bufio.Writer {
 // waits for a client with its buffer given back, the first byte that comes
 // is read into b, and handed out first once a buffer is borrowed again.
 type primedReader struct {
-	r   timedReader
+	r   lifecycle.Reader
 	b   [1]byte
 	n   int
 	err error
@@ -513,7 +539,7 @@ func (p *primedReader) Read(b []byte) (int, error) {
 // nothing is buffered. With COMPRESS the decompressor has to stand at a
 // sync flush, and then goes too, with the buffer of compressed bytes it
 // reads from (see inflate.go). An error is returned by the next read. It
-// returns errAway when the connection goes away (away.go) instead; it comes
+// returns lifecycle.ErrAway when the connection goes away instead; it comes
 // back with no read buffer, and parks again.
 func (l *layer) park() error {
 	if l.cr.br != nil {
@@ -526,8 +552,8 @@ func (l *layer) park() error {
 		readers.Put(l.cr.br)
 		l.cr.br = nil
 	}
-	n, err := l.readParked(l.src.b[:])
-	if err == errAway {
+	n, err := l.lc.Wait(l.src.r, l.src.b[:])
+	if err == lifecycle.ErrAway {
 		return err
 	}
 	l.unparked(n, err)
@@ -546,48 +572,6 @@ func (l *layer) unparked(n int, err error) {
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(r)
 	l.cr.br = br
-}
-
-// timedReader gives every read of the client connection a fresh deadline.
-// The client is idle only while it waits for nothing: a deadline that
-// passes while one of its commands is still being served (a LOGIN queued
-// for a password hash during a login storm, a long FETCH) is renewed, and
-// once the answer is out the client has a whole period again. crypto/tls
-// keeps a connection usable after a read timeout.
-type timedReader struct {
-	c       net.Conn
-	timeout *time.Duration
-	busy    func() bool // commands of the client await their answers
-}
-
-func (r timedReader) Read(p []byte) (int, error) {
-	var served servedWait
-	for {
-		r.c.SetReadDeadline(time.Now().Add(*r.timeout))
-		n, err := r.c.Read(p)
-		if n == 0 && served.renew(err, r.busy) {
-			continue
-		}
-		return n, err
-	}
-}
-
-// servedWait decides, after a read deadline passed, whether the client
-// was waiting for the relay rather than idle: while its commands are
-// served, and for one more period after the last answer went out.
-type servedWait struct{ wasBusy bool }
-
-func (w *servedWait) renew(err error, busy func() bool) bool {
-	if !errors.Is(err, os.ErrDeadlineExceeded) || busy == nil {
-		return false
-	}
-	if busy() {
-		w.wasBusy = true
-		return true
-	}
-	renew := w.wasBusy
-	w.wasBusy = false
-	return renew
 }
 
 // busy tells whether commands the client sent await their answers.
@@ -612,7 +596,8 @@ func (w timedWriter) Write(p []byte) (int, error) {
 
 // layer is the state of one client connection.
 type layer struct {
-	opts          *Options
+	srv           *Server
+	opts          *Options // &srv.opts
 	log           *slog.Logger
 	remote, local net.Addr
 	cr            commandReader
@@ -628,7 +613,6 @@ type layer struct {
 	idleEnd func()
 	conn    net.Conn    // as given to Serve, closed when the connection ends
 	done    func(error) // ServeAsync's
-	awayState
 
 	wmu sync.Mutex // guards what follows, the write side of the client
 	raw net.Conn   // the client connection, *tls.Conn after STARTTLS
@@ -653,15 +637,13 @@ type layer struct {
 	// handed over yet.
 	srvWaiting bool
 	swallow    bool // hide the next continuation request from the client
-	closed     bool // imapserver closed the connection
-	ended      bool // the layer is done: imapserver reads EOF
 	user       string
 	tls        bool
 	in         []byte // command bytes imapserver is to read (send)
 	inject     []byte // an internal command imapserver is to read first
 	idle       idleState
-	enabled    bool // the client ENABLEd something
-	hibState
+	enabled    bool              // the client ENABLEd something
+	lc         lifecycle.Machine // where the connection stands: hibernated, away...
 }
 
 // pendingCmd is a passthrough command awaiting its tagged response;
@@ -680,9 +662,9 @@ var (
 
 // Serve handles one client connection until it ends. The connection is closed
 // when Serve returns. A client that disconnects or logs out is not an error.
-func Serve(conn net.Conn, opts *Options) error {
+func (s *Server) Serve(conn net.Conn) error {
 	res := make(chan error, 1)
-	ServeAsync(conn, opts, func(err error) { res <- err })
+	s.ServeAsync(conn, func(err error) { res <- err })
 	return <-res
 }
 
@@ -691,16 +673,18 @@ func Serve(conn net.Conn, opts *Options) error {
 // hibernated connection waiting for its client holds no goroutine of the
 // layer's. done is called once, with what Serve would return, when the
 // connection has ended and is closed.
-func ServeAsync(conn net.Conn, opts *Options, done func(error)) {
+func (s *Server) ServeAsync(conn net.Conn, done func(error)) {
+	opts := &s.opts
 	tc, isTLS := conn.(*tls.Conn)
 	if isTLS && !tc.ConnectionState().HandshakeComplete {
-		if err := handshake(tc); err != nil {
+		if err := lifecycle.Handshake(tc, handshakeTimeout); err != nil {
 			conn.Close()
 			done(fmt.Errorf("imapext: TLS handshake: %w", err))
 			return
 		}
 	}
 	l := &layer{
+		srv:      s,
 		opts:     opts,
 		log:      opts.Logger,
 		conn:     conn,
@@ -727,15 +711,12 @@ func ServeAsync(conn net.Conn, opts *Options, done func(error)) {
 			l.hasCompress = true
 		}
 	}
-	if cc := closingConnOf(conn); cc != nil && awaySupported {
-		l.canAway = true
-		cc.OnClose(l.closedBeneath)
-	}
-	l.src.r = timedReader{conn, &l.rtimeout, l.busy}
+	l.lc.Init(&l.mu, l, lifecycle.Config{HibernateAfter: opts.HibernateAfter, Counter: &s.hibernated, Logger: l.log}, conn)
+	l.src.r = lifecycle.Reader{C: conn, Timeout: &l.rtimeout, Busy: l.busy}
 	l.cr.br = bufio.NewReaderSize(&l.src, bufSize)
 	l.dst = timedWriter{conn}
 
-	if err := opts.startServer().hand(&Conn{l: l, gen: l.gen}); err != nil {
+	if err := s.listener.hand(&Conn{l: l}); err != nil {
 		conn.Close()
 		done(err)
 		return
@@ -746,8 +727,8 @@ func ServeAsync(conn net.Conn, opts *Options, done func(error)) {
 // serve reads commands until the connection ends, or until it goes away.
 func (l *layer) serve() {
 	err := serveCommands(&l.cr, l)
-	if err == errAway {
-		l.goAway()
+	if err == lifecycle.ErrAway {
+		l.lc.GoAway() // a goroutine comes back to serve it
 		return
 	}
 	l.done(l.end(err))
@@ -777,9 +758,8 @@ func (l *layer) end(err error) error {
 		}
 	}
 	l.mu.Lock()
-	l.ended = true // imapserver reads EOF and ends the session
+	kept := l.lc.End() // imapserver reads EOF and ends the session
 	l.cond.Broadcast()
-	kept := l.dropKept()
 	l.mu.Unlock()
 	l.closeClient()
 	if kept != nil {
@@ -796,10 +776,14 @@ func (l *layer) end(err error) error {
 	return fmt.Errorf("imapext: %w", err)
 }
 
+// isClosed reports whether imapserver closed the connection or the layer
+// ended it; the caller holds mu.
+func (l *layer) isClosed() bool { return l.lc.State().Closed() }
+
 func (l *layer) serverEnded() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.closed
+	return l.lc.State() == lifecycle.Closed
 }
 
 func (l *layer) closeClient() {
@@ -875,10 +859,10 @@ func (l *layer) authAllowed() bool {
 func (l *layer) waitIdle() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for (!l.greeted || len(l.pending) > 0 || l.hib != hibNone) && !l.closed {
+	for (!l.greeted || len(l.pending) > 0 || l.lc.State() != lifecycle.Active) && !l.isClosed() {
 		l.cond.Wait()
 	}
-	if l.closed {
+	if l.isClosed() {
 		return errClosed
 	}
 	return nil
@@ -967,10 +951,10 @@ func (l *layer) refuseFraming(tag string, e *framingError) error {
 func (l *layer) begin(tag, name string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for len(l.pending) >= maxPipelined && !l.closed {
+	for len(l.pending) >= maxPipelined && !l.isClosed() {
 		l.cond.Wait()
 	}
-	if l.closed {
+	if l.isClosed() {
 		return errClosed
 	}
 	l.pending = append(l.pending, pendingCmd{tag: tag, name: name})
@@ -981,12 +965,12 @@ func (l *layer) begin(tag, name string) error {
 func (l *layer) send(p []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
+	if l.isClosed() {
 		return errClosed
 	}
 	l.in = p
 	l.cond.Broadcast()
-	for len(l.in) > 0 && !l.closed {
+	for len(l.in) > 0 && !l.isClosed() {
 		l.cond.Wait()
 	}
 	rest := len(l.in)
@@ -1016,14 +1000,14 @@ func (l *layer) sendAwait(p []byte, lit literal) (bool, error) {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for l.conts == conts && len(l.pending) > 0 && !l.closed {
+	for l.conts == conts && len(l.pending) > 0 && !l.isClosed() {
 		l.cond.Wait()
 	}
 	l.swallow = false
 	if l.conts != conts {
 		return true, nil
 	}
-	if l.closed {
+	if l.isClosed() {
 		return false, errClosed
 	}
 	return false, nil
@@ -1038,13 +1022,13 @@ func (l *layer) mark() int {
 func (l *layer) settle(mark int) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for l.tagged == mark && !(l.srvWaiting && len(l.in) == 0) && !l.closed {
+	for l.tagged == mark && !(l.srvWaiting && len(l.in) == 0) && !l.isClosed() {
 		l.cond.Wait()
 	}
 	if l.tagged != mark {
 		return true, nil
 	}
-	if l.closed {
+	if l.isClosed() {
 		return false, errClosed
 	}
 	return false, nil
@@ -1159,14 +1143,14 @@ func (l *layer) startTLS(tag string, a *args) error {
 	raw := l.raw
 	l.wmu.Unlock()
 	tc := tls.Server(raw, l.opts.TLSConfig)
-	if err := handshake(tc); err != nil {
+	if err := lifecycle.Handshake(tc, handshakeTimeout); err != nil {
 		return fmt.Errorf("imapext: STARTTLS handshake: %w", err)
 	}
 	l.wmu.Lock()
 	l.raw = tc
 	l.dst = timedWriter{tc}
 	l.wmu.Unlock()
-	l.src.r = timedReader{tc, &l.rtimeout, l.busy}
+	l.src.r = lifecycle.Reader{C: tc, Timeout: &l.rtimeout, Busy: l.busy}
 	l.cr.br.Reset(&l.src)
 	l.mu.Lock()
 	l.tls = true

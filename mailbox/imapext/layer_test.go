@@ -115,6 +115,7 @@ type testEnv struct {
 	addr string
 	h    *fakeHandler
 	opts *Options
+	srv  *Server
 
 	mu    sync.Mutex
 	conns []*Conn // the layer's connections, for notifyAll
@@ -196,6 +197,7 @@ func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
 	if mod != nil {
 		mod(env.opts)
 	}
+	env.srv = New(*env.opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -217,12 +219,13 @@ func newTestEnv(t *testing.T, mod func(*Options)) *testEnv {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				Serve(c, env.opts)
+				env.srv.Serve(c)
 			}()
 		}
 	}()
 	t.Cleanup(func() {
 		ln.Close()
+		env.srv.Close()
 		srv.Close()
 		wg.Wait()
 	})
@@ -764,12 +767,14 @@ func appendMsg(t *testing.T, c *imapclient.Client) {
 // notified during it come at once, DONE completes it, and the connection
 // goes on with ordinary commands.
 func TestLayerIdle(t *testing.T) {
-	env := newTestEnv(t, func(o *Options) { o.IdleNotify = true })
 	var idling atomic.Int32
-	env.opts.OnIdle = func() func() {
-		idling.Add(1)
-		return func() { idling.Add(-1) }
-	}
+	env := newTestEnv(t, func(o *Options) {
+		o.IdleNotify = true
+		o.OnIdle = func() func() {
+			idling.Add(1)
+			return func() { idling.Add(-1) }
+		}
+	})
 	other := env.loggedIn(t)
 	r := env.raw(t)
 	r.login()

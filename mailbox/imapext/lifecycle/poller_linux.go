@@ -1,4 +1,4 @@
-package imapext
+package lifecycle
 
 import (
 	"errors"
@@ -9,16 +9,17 @@ import (
 )
 
 // The poller: one epoll instance for the connections away, woken in one
-// goroutine that only starts their comeBack. Registrations are one-shot;
-// a socket stays in the instance (disarmed) until closed, so a connection
-// that goes away again re-arms it.
+// goroutine that only starts their comeBack. One serves the whole process,
+// as the runtime's own network poller does. Registrations are one-shot; a
+// socket stays in the instance (disarmed) until closed, so a connection
+// that goes away again re-arms it, and a stale event finds no token.
 var poller struct {
 	once  sync.Once
 	epfd  int
 	err   error
 	mu    sync.Mutex
 	next  uint64
-	waits map[uint64]*layer
+	waits map[uint64]*Machine
 }
 
 const awaySupported = canWaitReadable
@@ -31,7 +32,7 @@ func pollStart() error {
 			return
 		}
 		poller.epfd = fd
-		poller.waits = make(map[uint64]*layer)
+		poller.waits = make(map[uint64]*Machine)
 		go pollRun(fd)
 	})
 	return poller.err
@@ -65,9 +66,9 @@ func pollRun(epfd int) {
 	}
 }
 
-// pollAdd arms the poller for l's socket (l.awayState.rc) until its
-// deadline. Once it returns nil, the connection comes back by pollFire.
-func pollAdd(l *layer) error {
+// pollAdd arms the poller for m's socket (m.rc) until m.until. Once it
+// returns nil, the connection comes back by pollFire (or recall).
+func pollAdd(m *Machine) error {
 	if err := pollStart(); err != nil {
 		return err
 	}
@@ -78,12 +79,19 @@ func pollAdd(l *layer) error {
 	}
 	poller.next++
 	token := poller.next
-	poller.waits[token] = l
+	poller.waits[token] = m
 	poller.mu.Unlock()
-	l.mu.Lock()
-	l.awayState.token = token
-	l.awayState.wakeTimer = time.AfterFunc(time.Until(l.awayState.deadline), func() { pollFire(token) })
-	l.mu.Unlock()
+	m.mu.Lock()
+	if m.state != Away {
+		// Woken meanwhile (Wake found no token to recall).
+		m.mu.Unlock()
+		pollRemove(token)
+		go m.owner.ServeAgain()
+		return nil
+	}
+	m.token = token
+	m.wake = time.AfterFunc(time.Until(m.until), func() { pollFire(token) })
+	m.mu.Unlock()
 
 	ev := syscall.EpollEvent{
 		Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,
@@ -91,7 +99,7 @@ func pollAdd(l *layer) error {
 		Pad:    int32(uint32(token >> 32)),
 	}
 	var cerr error
-	err := l.awayState.rc.Control(func(fd uintptr) {
+	err := m.rc.Control(func(fd uintptr) {
 		cerr = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
 		if errors.Is(cerr, syscall.EEXIST) {
 			cerr = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
@@ -103,34 +111,52 @@ func pollAdd(l *layer) error {
 	if err != nil && pollTake(token) != nil {
 		return err
 	}
-	// Armed, or fired meanwhile (a close, the deadline): either way the
-	// connection comes back by pollFire.
+	// Armed, or fired meanwhile (a close, the deadline, a wake): either
+	// way the connection comes back.
 	return nil
+}
+
+// pollRemove takes token out of the poller and reports whether it was
+// there; only one caller gets true.
+func pollRemove(token uint64) bool {
+	poller.mu.Lock()
+	defer poller.mu.Unlock()
+	if _, ok := poller.waits[token]; !ok {
+		return false
+	}
+	delete(poller.waits, token)
+	return true
 }
 
 // pollTake takes the connection of token out of the poller, once: nil if
 // it was taken already.
-func pollTake(token uint64) *layer {
+func pollTake(token uint64) *Machine {
 	poller.mu.Lock()
-	l := poller.waits[token]
+	m := poller.waits[token]
 	delete(poller.waits, token)
 	poller.mu.Unlock()
-	if l == nil {
+	if m == nil {
 		return nil
 	}
-	l.mu.Lock()
-	if l.awayState.wakeTimer != nil {
-		l.awayState.wakeTimer.Stop()
-		l.awayState.wakeTimer = nil
+	m.mu.Lock()
+	m.stopPollTimer()
+	m.mu.Unlock()
+	return m
+}
+
+// stopPollTimer forgets the poller's registration; the caller holds the
+// lock.
+func (m *Machine) stopPollTimer() {
+	if m.wake != nil {
+		m.wake.Stop()
+		m.wake = nil
 	}
-	l.awayState.token = 0
-	l.mu.Unlock()
-	return l
+	m.token = 0
 }
 
 // pollFire brings the connection of token back, once.
 func pollFire(token uint64) {
-	if l := pollTake(token); l != nil {
-		go l.comeBack()
+	if m := pollTake(token); m != nil {
+		go m.comeBack()
 	}
 }

@@ -1,4 +1,10 @@
-package imapext
+// Reviewed against crypto/tls of Go 1.26 only: every Go release must be
+// read again (conn.go: rawInput, input, hand and how readRecord and
+// Read use them) before this constraint names it.
+
+//go:build go1.26 && !go1.27
+
+package lifecycle
 
 import (
 	"bytes"
@@ -11,7 +17,7 @@ import (
 // handshake: the raw input (the ClientHello's record, about 2 KiB with a
 // post-quantum key share) and the handshake buffer (about 1.5 KiB), for its
 // whole life. They are a third of what an idle connection costs, and
-// crypto/tls offers no way to let them go. A connection going away (away.go)
+// crypto/tls offers no way to let them go. A connection going away (Leaving)
 // has read everything crypto/tls held, and no goroutine is in a read of it
 // then, so shrinkTLS resets the buffers to empty ones: crypto/tls grows new
 // ones from nothing when the next record comes. It finds them by name and
@@ -35,6 +41,9 @@ var tlsFields = func() (f struct {
 	f.ok = ok1 && ok2 && ok3
 	return f
 }()
+
+// tlsShrinks says whether shrinkTLS was reviewed for this Go release.
+const tlsShrinks = true
 
 // shrinkTLS lets go of tc's empty read buffers and returns the bytes of
 // buffer it let go. The caller is tc's only reader and is not in a read.

@@ -1,11 +1,13 @@
 //go:build !unix
 
-package imapext
+package lifecycle
 
 import "syscall"
 
-// canWaitReadable is false where the socket cannot be peeked at: parked
+// canWaitReadable is false where the socket cannot be peeked at: waiting
 // connections wait in their read, and do not go away.
 const canWaitReadable = false
 
 func waitReadable(syscall.RawConn) error { return nil }
+
+func readableNow(syscall.RawConn) bool { return true }
