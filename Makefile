@@ -58,9 +58,12 @@ hosttest: deltachat
 # CORE_SRC is a copy of the chatmail/core repository at the version of the
 # deltachat-rpc-server we test with. Needs root (a network namespace);
 # installs pytest and imap-tools from Debian packages.
-conformance: deltachat
-	@test -n "$(CORE_SRC)" || { echo "usage: make conformance CORE_SRC=DIR (a copy of github.com/chatmail/core)"; exit 1; }
-	GO="$(GO)" scripts/conformance.sh "$(CORE_SRC)" $(PYTEST_ARGS)
+# DC_RPC_VERSION picks the deltachat-rpc-server from npm to match CORE_SRC
+# (default: the one the e2e tests use).
+conformance:
+	@test -n "$(CORE_SRC)" || { echo "usage: make conformance CORE_SRC=DIR [DC_RPC_VERSION=X.Y.Z] (a copy of github.com/chatmail/core at vX.Y.Z)"; exit 1; }
+	rpc=$$(DC_RPC_VERSION=$(or $(DC_RPC_VERSION),2.62.0) scripts/install-deltachat.sh $(CURDIR)/.cache/deltachat-$(or $(DC_RPC_VERSION),2.62.0) | tail -n 1) && \
+	DELTACHAT_RPC_SERVER=$$rpc GO="$(GO)" scripts/conformance.sh "$(CORE_SRC)" $(PYTEST_ARGS)
 
 FUZZTIME ?= 30s
 fuzz:

@@ -145,6 +145,13 @@ if [ -z "$ok" ]; then
 fi
 mkdir -p "$WORK/bin"
 ln -s "$RPC" "$WORK/bin/deltachat-rpc-server"
+# The suite's own IMAP connections (imap-tools, Python's ssl) verify the
+# certificate as on a real relay: trust the relay's self-signed one there.
+cert=$(find "$WORK/data" -name selfsigned.crt | head -n 1)
+if [ -n "$cert" ]; then
+  cat /etc/ssl/certs/ca-certificates.crt "$cert" >"$WORK/ca.pem" 2>/dev/null || cp "$cert" "$WORK/ca.pem"
+  export SSL_CERT_FILE="$WORK/ca.pem"
+fi
 cd "$SUITE"
 status=0
 PATH="$WORK/bin:$PATH" PYTHONPATH="$SUITE/src" CHATMAIL_DOMAIN="$DOMAIN" \
