@@ -129,6 +129,7 @@ type frontConn struct {
 	tls      *tls.Conn    // the TLS transport, if it is one
 	svc      *smtpService // answers STARTTLS when set (plain connections)
 	r        *bufio.Reader
+	chunkBuf []byte // BDAT bytes being handed to go-smtp
 	pending  []byte // client bytes for go-smtp's next Read
 
 	midLine bool   // the last bytes handed on did not end a line
@@ -193,9 +194,13 @@ func (f *frontConn) Read(p []byte) (int, error) {
 // body line, or a command line, which it may answer itself.
 func (f *frontConn) next() error {
 	if f.chunk > 0 {
-		buf := make([]byte, min(f.chunk, 32<<10))
-		n, err := f.r.Read(buf)
-		f.pending = buf[:n]
+		// Read hands pending out whole before it calls next again, so
+		// one buffer serves every chunk.
+		if f.chunkBuf == nil {
+			f.chunkBuf = make([]byte, 32<<10)
+		}
+		n, err := f.r.Read(f.chunkBuf[:min(f.chunk, uint64(len(f.chunkBuf)))])
+		f.pending = f.chunkBuf[:n]
 		f.chunk -= uint64(n)
 		if n > 0 {
 			return nil
@@ -213,10 +218,15 @@ func (f *frontConn) next() error {
 	}
 	atStart := !f.midLine
 	f.midLine = line[len(line)-1] != '\n'
+	if f.body != 0 {
+		// A body line: the reader's buffer stays as it is until Read has
+		// handed the whole line out, so no copy per line.
+		f.pending = line
+		f.scanBody(line)
+		return nil
+	}
 	f.pending = bytes.Clone(line)
 	switch {
-	case f.body != 0:
-		f.scanBody(line)
 	case !atStart:
 	case f.continuation:
 		f.continuation = false
