@@ -370,7 +370,7 @@ func (s *Server) limitListener(name string, ln net.Listener) net.Listener {
 	ls := s.limits
 	var lim *connLimiter
 	var refuse func(net.Conn)
-	tlsConf := s.certs.TLSConfig()
+	tlsConf := s.clientTLS()
 	switch name {
 	case "imaps":
 		lim, refuse = ls.imap, refuseTLS(tlsConf, imapTooMany)
@@ -537,12 +537,19 @@ type limitedConn struct {
 	timeoutCap time.Duration // connLimits.timeoutCap
 	closed     atomic.Bool
 	onClose    atomic.Pointer[func()]
+	// gate is set while a TLS handshake on c computes under the relay's
+	// handshakeGate; held, while c holds one of its slots.
+	gate atomic.Pointer[handshakeGate]
+	held atomic.Bool
 }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	c.closed.Store(true)
+	if g := c.gate.Load(); g != nil {
+		c.letGo(g)
+	}
 	if f := c.onClose.Swap(nil); f != nil {
 		(*f)()
 	}

@@ -29,3 +29,9 @@ func RecordAuthDelaysForTest(s *Server) <-chan time.Duration {
 func SlowAuthDelaysForTest(s *Server, d time.Duration) {
 	s.auth.sleep = func(time.Duration) { time.Sleep(d) }
 }
+
+// HandshakeGateForTest reports how many TLS handshakes went through s's
+// handshake gate, how many slots are held now and how many waits ran out.
+func HandshakeGateForTest(s *Server) (gated int64, inUse int, bypassed int64) {
+	return s.hsGate.gated.Load(), s.hsGate.inUse(), s.hsGate.bypassed.Load()
+}

@@ -91,8 +91,10 @@ type Server struct {
 
 	proxy *proxy // nil when off
 
-	conns     connSet
-	limits    *connLimits
+	conns  connSet
+	limits *connLimits
+	// hsGate bounds the TLS handshakes computing at once (handshakegate.go).
+	hsGate    *handshakeGate
 	mu        sync.Mutex
 	listeners map[string]net.Listener
 	wg        sync.WaitGroup
@@ -118,6 +120,9 @@ type Options struct {
 	// deadline of a client connection to at most this long, so that tests
 	// of slow clients finish in seconds.
 	ClientTimeoutCap time.Duration
+	// HandshakeSlots is how many TLS handshakes of accepted connections
+	// may compute at once; 0 means GOMAXPROCS-1, at least 1.
+	HandshakeSlots int
 }
 
 // New opens the store and builds the protocol servers; Start opens the
@@ -146,6 +151,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		rules:     policy.AccountRules{MinNameLen: cfg.MinNameLen, MaxNameLen: cfg.MaxNameLen, MinPasswordLen: cfg.MinPasswordLen},
 		listeners: map[string]net.Listener{},
 		limits:    newConnLimits(cfg.Limits, opts.ClientTimeoutCap),
+		hsGate:    newHandshakeGate(opts.HandshakeSlots),
 		bg:        rungroup.New(),
 	}
 	s.auth = newAuthenticator(s)
@@ -430,10 +436,13 @@ func (s *Server) Start() error {
 // STARTTLS, 993, 143 after STARTTLS, 443): TLS 1.3 only, as the reference
 // relay (SPEC section 5). Port 25 keeps TLS 1.2 for other mail servers.
 func (s *Server) clientTLS() *tls.Config {
-	c := s.certs.TLSConfig().Clone()
+	c := s.certs.TLSConfig()
 	c.MinVersion = tls.VersionTLS13
-	return c
+	return s.hsGate.wrap(c)
 }
+
+// serverTLS is the TLS config of port 25 (TLS 1.2 allowed).
+func (s *Server) serverTLS() *tls.Config { return s.hsGate.wrap(s.certs.TLSConfig()) }
 
 // serveHTTPS runs the 443 listener: each TLS connection goes by its ALPN
 // protocol to IMAP ("imap"), submission ("smtp") or the web site.

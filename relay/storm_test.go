@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"fmt"
+	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -9,6 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/chatrelay/chatrelay/acme"
 	"github.com/chatrelay/chatrelay/internal/testmsg"
 	"github.com/chatrelay/chatrelay/mailbox"
 	"github.com/chatrelay/chatrelay/relay"
@@ -101,4 +107,90 @@ func TestWrongPasswordStormDoesNotHoldUpDelivery(t *testing.T) {
 	}
 	record(t, "storm of wrong passwords for a chosen-password account", "imaps, submissions",
 		fmt.Sprintf("a message from a logged-in sender announced to IDLE with %d of %d guesses (GOMAXPROCS %d) still waiting for a hash", storm-int(n), storm, runtime.GOMAXPROCS(0)))
+}
+
+// TestEveryTLSHandshakeIsGated: every way into the relay over TLS, implicit
+// or after STARTTLS, takes its handshake through the handshake gate (which
+// keeps a core for connected clients during a login storm), and gives its
+// slot back.
+func TestEveryTLSHandshakeIsGated(t *testing.T) {
+	r := relaytest.Start(t, nil)
+	if err := r.Store().CreateAccount(hAlice, password, mailbox.Generated); err != nil {
+		t.Fatal(err)
+	}
+	ways := []struct {
+		name string
+		do   func() error
+	}{
+		{"imaps", func() error {
+			c, err := imapclient.DialTLS(r.AddrOf("imaps"), &imapclient.Options{TLSConfig: relaytest.ClientTLS()})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Login(hAlice, password).Wait()
+		}},
+		{"imap STARTTLS", func() error {
+			c, err := imapclient.DialStartTLS(r.AddrOf("imap"), &imapclient.Options{TLSConfig: relaytest.ClientTLS()})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Login(hAlice, password).Wait()
+		}},
+		{"https alpn imap", func() error {
+			conf := relaytest.ClientTLS()
+			conf.NextProtos = []string{acme.ALPNIMAP}
+			c, err := imapclient.DialTLS(r.AddrOf("https"), &imapclient.Options{TLSConfig: conf})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Login(hAlice, password).Wait()
+		}},
+		{"submissions", func() error {
+			c, err := smtp.DialTLS(r.AddrOf("submissions"), relaytest.ClientTLS())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Auth(sasl.NewPlainClient("", hAlice, password))
+		}},
+		{"submission STARTTLS", func() error {
+			c, err := smtp.DialStartTLS(r.AddrOf("submission"), relaytest.ClientTLS())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Auth(sasl.NewPlainClient("", hAlice, password))
+		}},
+		{"smtp STARTTLS", func() error {
+			c, err := smtp.DialStartTLS(r.AddrOf("smtp"), relaytest.ClientTLS())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Hello("mx.example.test")
+		}},
+		{"https", func() error {
+			cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: relaytest.ClientTLS()}}
+			defer cl.CloseIdleConnections()
+			resp, err := cl.Get("https://" + r.AddrOf("https") + "/")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			return nil
+		}},
+	}
+	for _, w := range ways {
+		before, _, _ := relay.HandshakeGateForTest(r.Server)
+		if err := w.do(); err != nil {
+			t.Fatalf("%s: %v", w.name, err)
+		}
+		gated, inUse, bypassed := relay.HandshakeGateForTest(r.Server)
+		if gated != before+1 || inUse != 0 || bypassed != 0 {
+			t.Fatalf("%s: %d handshakes gated (want 1), %d slots still held, %d bypassed", w.name, gated-before, inUse, bypassed)
+		}
+	}
 }

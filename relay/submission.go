@@ -30,7 +30,7 @@ func (s *Server) buildSMTP() {
 	}), s.clientTLS(), common)
 	s.inbound = newSMTPService(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &inboundSession{s: s, conn: c}, nil
-	}), s.certs.TLSConfig(), common)
+	}), s.serverTLS(), common)
 }
 
 // isLocal tells whether an address belongs to this relay's domain.
