@@ -154,10 +154,14 @@ if [ -n "$cert" ]; then
 fi
 cd "$SUITE"
 status=0
+# Core's events (every rpc-server event is logged at DEBUG) land in the
+# failure reports of pytest.log; the timestamps let them be laid beside
+# the relay's log.
 PATH="$WORK/bin:$PATH" PYTHONPATH="$SUITE/src" CHATMAIL_DOMAIN="$DOMAIN" \
   RUST_MIN_STACK=8388608 HOME="$WORK" \
   nice -n 5 /usr/bin/python3 -m pytest -p deltachat_rpc_client.pytestplugin \
   -o log_cli=false -o cache_dir="$WORK/pytest-cache" -p no:cacheprovider \
+  --log-format='%(asctime)s.%(msecs)03d %(levelname)s %(message)s' --log-date-format=%H:%M:%S \
   --timeout="$TIMEOUT" -n "$JOBS" --junitxml="$OUT/junit.xml" -q -rfEs \
   $IGNORE "$@" tests >"$OUT/pytest.log" 2>&1 || status=$?
 kill $relay 2>/dev/null
