@@ -15,7 +15,7 @@
 #
 # It builds chatrelay, then, inside a new network namespace (only its own
 # loopback, nothing reaches outside) with a private /etc/hosts that names
-# the relay, starts `chatrelay serve` for CHATMAIL_DOMAIN (default
+# the relay and a private /etc/resolv.conf that fails look-ups fast, starts `chatrelay serve` for CHATMAIL_DOMAIN (default
 # _chatrelay.test: core skips CA checks for names starting with `_`, and
 # checks the name) on the standard ports of 127.0.0.1, runs the suite with
 # CHATMAIL_DOMAIN set, and prints one line per test and the totals.
@@ -123,12 +123,18 @@ https_per_ip = 0
 prove_within_seconds = 60
 EOF
 printf '127.0.0.1 localhost %s\n::1 localhost\n' "$domain" >"$work/hosts"
+# No DNS server inside the namespace: core asks for autoconfig.DOMAIN at
+# every configuration, and the machine's resolver, out of reach there, made
+# each one wait 5 s. A resolver on the namespace's own loopback, where
+# nothing answers, with a 1 s timeout, gives up after 1 s.
+printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$work/resolv.conf"
 
 # The part that runs inside the namespace.
 cat >"$work/inside.sh" <<'EOF'
 set -uo pipefail
 ip link set lo up
 mount --bind "$WORK/hosts" /etc/hosts
+mount --bind "$WORK/resolv.conf" /etc/resolv.conf
 "$WORK/chatrelay" serve --config "$WORK/chatrelay.toml" --log-level debug >"$OUT/relay.log" 2>&1 &
 relay=$!
 ok=
@@ -154,10 +160,14 @@ if [ -n "$cert" ]; then
 fi
 cd "$SUITE"
 status=0
+# Core's events (every rpc-server event is logged at DEBUG) land in the
+# failure reports of pytest.log; the timestamps let them be laid beside
+# the relay's log.
 PATH="$WORK/bin:$PATH" PYTHONPATH="$SUITE/src" CHATMAIL_DOMAIN="$DOMAIN" \
   RUST_MIN_STACK=8388608 HOME="$WORK" \
   nice -n 5 /usr/bin/python3 -m pytest -p deltachat_rpc_client.pytestplugin \
   -o log_cli=false -o cache_dir="$WORK/pytest-cache" -p no:cacheprovider \
+  --log-format='%(asctime)s.%(msecs)03d %(levelname)s %(message)s' --log-date-format=%H:%M:%S \
   --timeout="$TIMEOUT" -n "$JOBS" --junitxml="$OUT/junit.xml" -q -rfEs \
   $IGNORE "$@" tests >"$OUT/pytest.log" 2>&1 || status=$?
 kill $relay 2>/dev/null
