@@ -16,8 +16,9 @@ BENCH_GAP_MIN_MS and BENCH_GAP_MAX_MS (the pause before each message),
 BENCH_MSG_FILE (the message, the same encrypted-format message the Go
 client sends, so both measure the same work), BENCH_REIDLE=1 (after each
 EXISTS, DONE and a new IDLE, as Delta Chat does; the Go client stays in
-one IDLE). Prints one JSON object. Loopback only; every wait is
-bounded.
+one IDLE). SIGTERM ends it after the message under way (the load
+generator measures P1 during a login storm that way). Prints one JSON
+object. Loopback only; every wait is bounded.
 """
 
 import base64
@@ -25,6 +26,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import ssl
 import threading
@@ -162,6 +164,8 @@ def pct(xs, p):
 
 def main():
     env = os.environ
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     n = int(env.get("BENCH_N", "500"))
     gmin = float(env.get("BENCH_GAP_MIN_MS", "100")) / 1000
     gmax = float(env.get("BENCH_GAP_MAX_MS", "500")) / 1000
@@ -200,7 +204,8 @@ def main():
     msg = re.sub(rb"(?m)^\.", b"..", msg)
     end_to_exists, end_to_250, failures = [], [], 0
     for i in range(n):
-        time.sleep(random.uniform(gmin, gmax))
+        if stop.wait(random.uniform(gmin, gmax)):
+            break
         smtp_cmd(smtp, f"MAIL FROM:<{sender}>", 250)
         smtp_cmd(smtp, f"RCPT TO:<{rcpt}>", 250)
         smtp_cmd(smtp, "DATA", 354)

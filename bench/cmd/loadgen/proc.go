@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -214,4 +215,36 @@ func processTree(root int) []int {
 		out = append(out, children[out[i]]...)
 	}
 	return out
+}
+
+// renice sets the nice value of every thread of process pid (Linux keeps
+// it per thread; threads made later inherit it from the thread that makes
+// them). Lowering it below 0 needs root.
+func renice(pid, nice int) error {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// renice sets the nice value of the group's processes.
+func (g *group) renice(nice int) error {
+	var first error
+	for _, p := range g.pids() {
+		if err := renice(p, nice); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }

@@ -64,6 +64,21 @@ var metrics = []metric{
 	{"p5_p1_during_p99_ms", "P5 during the storm: P1 p99 of a client that stayed connected (ms)", false, func(r *Result) (float64, bool) {
 		return val(r.P5 != nil && r.P5.P1During != nil && r.P5.P1During.N > 0, func() float64 { return r.P5.P1During.P99 })
 	}},
+	{"p5_p1_during_second_p50_ms", "P5 during the storm: the same, second client in its own process, p50 (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.P1DuringSecond != nil && r.P5.P1DuringSecond.N > 0, func() float64 { return r.P5.P1DuringSecond.P50 })
+	}},
+	{"p5_p1_during_second_p99_ms", "P5 during the storm: the same, second client in its own process, p99 (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.P1DuringSecond != nil && r.P5.P1DuringSecond.N > 0, func() float64 { return r.P5.P1DuringSecond.P99 })
+	}},
+	{"p5_apart_p1_p50_ms", "P5 storm from a generator at lower priority (as other machines): P1 p50 of a connected client, own process (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Apart != nil && r.P5.Apart.P1.N > 0, func() float64 { return r.P5.Apart.P1.P50 })
+	}},
+	{"p5_apart_p1_p99_ms", "P5 the same: P1 p99 (ms)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Apart != nil && r.P5.Apart.P1.N > 0, func() float64 { return r.P5.Apart.P1.P99 })
+	}},
+	{"p5_apart_login_s", "P5 the same: all logged in (s)", false, func(r *Result) (float64, bool) {
+		return val(r.P5 != nil && r.P5.Apart != nil && r.P5.Apart.Storm.LoggedIn == r.P5.Apart.Storm.Wanted, func() float64 { return r.P5.Apart.Storm.LoginSeconds })
+	}},
 	{"p5_warm_login_s", "P5 the storm again, server kept running: all logged in (s)", false, func(r *Result) (float64, bool) {
 		return val(r.P5 != nil && r.P5.Warm != nil && r.P5.Warm.LoggedIn == r.P5.Warm.Wanted, func() float64 { return r.P5.Warm.LoginSeconds })
 	}},
