@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // handshakeGate bounds how many TLS handshakes compute at once, so that a
@@ -69,6 +71,20 @@ func (g *handshakeGate) acquire() bool {
 }
 
 func (g *handshakeGate) release() { <-g.slots }
+
+// collectors are the gate's metrics.
+func (g *handshakeGate) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "chatrelay_tls_handshakes_gated_total",
+			Help: "TLS handshakes that computed under the handshake gate (at most GOMAXPROCS-1 at once).",
+		}, func() float64 { return float64(g.gated.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "chatrelay_tls_handshake_gate_timeouts_total",
+			Help: "TLS handshakes that waited a second for a slot and went on without one: a sustained storm.",
+		}, func() float64 { return float64(g.bypassed.Load()) }),
+	}
+}
 
 // inUse is the number of slots held, for tests.
 func (g *handshakeGate) inUse() int { return len(g.slots) }

@@ -1,12 +1,14 @@
 package relay_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/chatrelay/chatrelay/internal/testmsg"
+	"github.com/chatrelay/chatrelay/relay"
 	"github.com/chatrelay/chatrelay/relay/relaytest"
 )
 
@@ -40,8 +42,14 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	submit(t, r, alice, password, alice, []string{bob}, testmsg.Cleartext(alice, bob))
+	gated, _, _ := relay.HandshakeGateForTest(r.Server)
+	if gated < 5 {
+		t.Errorf("%d TLS handshakes gated, want one per connection (5)", gated)
+	}
 	page := scrape(t, r)
 	for _, want := range []string{
+		fmt.Sprintf("chatrelay_tls_handshakes_gated_total %d", gated),
+		`chatrelay_tls_handshake_gate_timeouts_total 0`,
 		`chatrelay_accounts 2`,
 		`chatrelay_logins_total{proto="imap",result="ok"} 2`,
 		`chatrelay_logins_total{proto="imap",result="failed"} 1`,

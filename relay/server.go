@@ -188,6 +188,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		}
 	}
 	s.metrics = metrics.New(metrics.Options{Accounts: store.CountAccounts, Queue: s.Queue().Stats, Now: opts.Now, Version: opts.Version, Hibernated: s.HibernatedIMAP})
+	s.metrics.Register(s.hsGate.collectors()...)
 	s.router = router.New(router.Options{
 		Store: store, Queue: s.fed.queue, Push: s.push, Metrics: s.metrics, Logger: s.log,
 		Quota: cfg.QuotaBytes, Lifecycle: cfg.Lifecycle(), Background: s.bg.Go,
