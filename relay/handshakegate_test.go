@@ -218,3 +218,39 @@ func TestHandshakeGateWaitIsBounded(t *testing.T) {
 		t.Fatal("no wait ran out")
 	}
 }
+
+// Every kind of handshake ends the gating: TLS 1.2 (port 25 allows it)
+// and 1.3, full and resumed. A handshake that stayed gated would hold a
+// slot between its reads for the whole connection (gateServer checks).
+func TestHandshakeGateEndsWithEveryKindOfHandshake(t *testing.T) {
+	cert := gateTestCert(t)
+	g := newHandshakeGate(1)
+	conf := g.wrap(&tls.Config{Certificates: []tls.Certificate{cert}})
+	addr, results := gateServer(t, conf)
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		cc := &tls.Config{InsecureSkipVerify: true, ServerName: "gate.test", MaxVersion: v, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+		for i, want := range []bool{false, true} {
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, cc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := c.Write([]byte{'x'}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Read(make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			if got := c.ConnectionState().DidResume; got != want || c.ConnectionState().Version != v {
+				t.Fatalf("version %x, handshake %d: resumed %v, version %x", v, i, got, c.ConnectionState().Version)
+			}
+			c.Close()
+			if err := <-results; err != nil {
+				t.Fatalf("version %x, handshake %d: %v", v, i, err)
+			}
+		}
+	}
+	if g.inUse() != 0 || g.gated.Load() != 4 {
+		t.Fatalf("%d slots held, %d gated; want 0, 4", g.inUse(), g.gated.Load())
+	}
+}
