@@ -16,14 +16,17 @@ import (
 // wake-ups do not queue behind a thousand key exchanges in Go's run
 // queue, which knows no priorities.
 //
-// A handshake holds a slot only while it computes: from the moment its
-// ClientHello has been read (tls.Config.GetConfigForClient) until it next
-// reads from or writes to the network; each read that returns takes the
-// slot again, until the handshake's last step (VerifyConnection, called
-// once the server's flight is sent and before the client's Finished is
-// read). A client that stalls mid-handshake therefore holds nothing, and
-// no slot is held across a network wait. Only connections the relay
-// accepted (limitedConn) are gated; others pass.
+// A handshake holds a slot only while it computes its answer to the
+// ClientHello: from the moment the ClientHello has been read
+// (tls.Config.GetConfigForClient) until the server first writes (its
+// flight: ServerHello to Finished in TLS 1.3, to ServerHelloDone in 1.2,
+// or a HelloRetryRequest). That is the key exchange and the signature,
+// nearly all of a handshake's server CPU; no network wait falls in it, so
+// a client that stalls holds nothing. What comes after the first write
+// (a second ClientHello after a HelloRetryRequest, TLS 1.2's
+// ClientKeyExchange) is not gated. Only connections the relay accepted
+// (limitedConn) are gated; others pass. The configs are shared: nothing
+// is kept per connection beyond two words in limitedConn.
 //
 // A wait for a slot is bounded (maxWait): past it the handshake goes on
 // without one, so a fault that kept a slot could slow handshakes but never
@@ -89,25 +92,16 @@ func (g *handshakeGate) collectors() []prometheus.Collector {
 // inUse is the number of slots held, for tests.
 func (g *handshakeGate) inUse() int { return len(g.slots) }
 
-// wrap has conf's handshakes gated. conf must not be changed or cloned
-// afterwards: each handshake runs on a copy of conf as it is now.
+// wrap has conf's handshakes gated and returns it.
 func (g *handshakeGate) wrap(conf *tls.Config) *tls.Config {
 	if g == nil {
 		return conf
 	}
-	base := conf.Clone()
 	conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		c := gatedConn(hello.Conn)
-		if c == nil {
-			return nil, nil
+		if c := gatedConn(hello.Conn); c != nil {
+			c.engage(g)
 		}
-		c.engage(g)
-		per := base.Clone()
-		per.VerifyConnection = func(tls.ConnectionState) error {
-			c.disengage()
-			return nil
-		}
-		return per, nil
+		return nil, nil // conf itself
 	}
 	return conf
 }
@@ -160,26 +154,11 @@ func (c *limitedConn) letGo(g *handshakeGate) {
 	}
 }
 
-// Read gives the slot up while it waits on the network and takes it again
-// when bytes arrived, while a handshake is gated.
-func (c *limitedConn) Read(p []byte) (int, error) {
-	g := c.gate.Load()
-	if g == nil {
-		return c.Conn.Read(p)
-	}
-	c.letGo(g)
-	n, err := c.Conn.Read(p)
-	if err == nil && c.gate.Load() == g {
-		c.take(g)
-	}
-	return n, err
-}
-
-// Write gives the slot up: after a flight is written, a handshake waits
-// for the client.
+// Write ends a gated handshake's computing: its first write is its answer
+// to the ClientHello.
 func (c *limitedConn) Write(p []byte) (int, error) {
-	if g := c.gate.Load(); g != nil {
-		c.letGo(g)
+	if c.gate.Load() != nil {
+		c.disengage()
 	}
 	return c.Conn.Write(p)
 }

@@ -142,7 +142,8 @@ func TestHandshakeGateOneAtATime(t *testing.T) {
 // A client that stalls mid-handshake holds no slot while the server waits
 // for it, so it cannot stop other handshakes; one that goes away gives its
 // slot back. The staller offers a key share the server does not take, so
-// the server computes, asks again (HelloRetryRequest) and waits.
+// the server computes, asks again (HelloRetryRequest: its first write,
+// which ends the gating) and waits.
 func TestHandshakeGateStalledClientHoldsNothing(t *testing.T) {
 	cert := gateTestCert(t)
 	g := newHandshakeGate(1)
@@ -220,8 +221,8 @@ func TestHandshakeGateWaitIsBounded(t *testing.T) {
 }
 
 // Every kind of handshake ends the gating: TLS 1.2 (port 25 allows it)
-// and 1.3, full and resumed. A handshake that stayed gated would hold a
-// slot between its reads for the whole connection (gateServer checks).
+// and 1.3, full and resumed (gateServer checks that the connection is no
+// longer gated once its handshake is done).
 func TestHandshakeGateEndsWithEveryKindOfHandshake(t *testing.T) {
 	cert := gateTestCert(t)
 	g := newHandshakeGate(1)
