@@ -94,9 +94,6 @@ func (g *handshakeGate) inUse() int { return len(g.slots) }
 
 // wrap has conf's handshakes gated and returns it.
 func (g *handshakeGate) wrap(conf *tls.Config) *tls.Config {
-	if g == nil {
-		return conf
-	}
 	conf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		if c := gatedConn(hello.Conn); c != nil {
 			c.engage(g)

@@ -120,9 +120,6 @@ type Options struct {
 	// deadline of a client connection to at most this long, so that tests
 	// of slow clients finish in seconds.
 	ClientTimeoutCap time.Duration
-	// HandshakeSlots is how many TLS handshakes of accepted connections
-	// may compute at once; 0 means GOMAXPROCS-1, at least 1.
-	HandshakeSlots int
 }
 
 // New opens the store and builds the protocol servers; Start opens the
@@ -151,7 +148,7 @@ func New(cfg Config, certs Certificates, opts Options) (*Server, error) {
 		rules:     policy.AccountRules{MinNameLen: cfg.MinNameLen, MaxNameLen: cfg.MaxNameLen, MinPasswordLen: cfg.MinPasswordLen},
 		listeners: map[string]net.Listener{},
 		limits:    newConnLimits(cfg.Limits, opts.ClientTimeoutCap),
-		hsGate:    newHandshakeGate(opts.HandshakeSlots),
+		hsGate:    newHandshakeGate(0),
 		bg:        rungroup.New(),
 	}
 	s.auth = newAuthenticator(s)
